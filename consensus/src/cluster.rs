@@ -1,0 +1,193 @@
+//! The member's identity and the member table: computed from `--initial-cluster` on the very first
+//! start, stored, and from then on read from disk (like etcd, a member with data ignores the
+//! initial-cluster flags). No other process ever derives an ID.
+
+use std::sync::Arc;
+
+use capnp::message::ReaderOptions;
+use rocksdb::WriteBatch;
+use schema::member_capnp::identity;
+use tracing::{info, warn};
+
+use crate::codec::{self, MemberInfo};
+use crate::config::{ClusterState, Config};
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::storage::{CF_META, Db, META_IDENTITY, META_MEMBER_PREFIX, RaftLog};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+}
+
+/// The initial member table: one entry per name of `--initial-cluster`, with its hashed ID.
+pub fn initial_members(config: &Config) -> Vec<MemberInfo> {
+    config
+        .member_peer_urls()
+        .into_iter()
+        .map(|(name, peer_urls)| MemberInfo {
+            id: ids::member_id(&peer_urls, &config.initial_cluster_token),
+            name,
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner: false,
+        })
+        .collect()
+}
+
+/// Loads identity, members and raft log, or creates them on first start (with one fsync).
+pub fn load_or_bootstrap(
+    db: &Arc<Db>,
+    config: &Config,
+) -> Result<(Identity, Vec<MemberInfo>, RaftLog)> {
+    let mut log = RaftLog::load(db.clone())?;
+    if let Some(bytes) = db.get_meta(META_IDENTITY)? {
+        let identity = decode_identity(&bytes)?;
+        if identity.name != config.name {
+            warn!(
+                "the data dir belongs to member {:?}; ignoring --name {:?}",
+                identity.name, config.name
+            );
+        }
+        let members = load_members(db)?;
+        info!(
+            member = ids::format_id(identity.member_id),
+            cluster = ids::format_id(identity.cluster_id),
+            "restarting member from its data dir"
+        );
+        return Ok((identity, members, log));
+    }
+    if config.initial_cluster_state == ClusterState::Existing {
+        return Err(Error::Config(format!(
+            "--initial-cluster-state=existing with an empty data dir {} needs a member added by \
+             MemberAdd, which this version does not support yet; use --initial-cluster-state=new",
+            config.data_dir.display()
+        )));
+    }
+    let members = initial_members(config);
+    let me = members
+        .iter()
+        .find(|m| m.name == config.name)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "member {:?} is not in --initial-cluster {:?}",
+                config.name,
+                config.initial_cluster_string()
+            ))
+        })?;
+    let identity = Identity {
+        member_id: me.id,
+        cluster_id: ids::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>()),
+        name: config.name.clone(),
+    };
+    let mut batch = WriteBatch::default();
+    for m in &members {
+        batch.put_cf(db.cf(CF_META), member_key(m.id), codec::encode_member(m));
+    }
+    batch.put_cf(db.cf(CF_META), META_IDENTITY, encode_identity(&identity));
+    log.bootstrap(members.iter().map(|m| m.id).collect(), &mut batch);
+    db.write(batch, true)?;
+    info!(
+        member = ids::format_id(identity.member_id),
+        cluster = ids::format_id(identity.cluster_id),
+        members = members.len(),
+        "bootstrapped a new cluster member"
+    );
+    Ok((identity, members, log))
+}
+
+pub fn member_key(id: u64) -> Vec<u8> {
+    [META_MEMBER_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub fn load_members(db: &Db) -> Result<Vec<MemberInfo>> {
+    let mut out = Vec::new();
+    let mut it = db.raw().raw_iterator_cf(db.cf(CF_META));
+    it.seek(META_MEMBER_PREFIX);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if !k.starts_with(META_MEMBER_PREFIX) {
+            break;
+        }
+        out.push(codec::decode_member(v).map_err(|e| Error::Corrupt(format!("member: {e}")))?);
+        it.next();
+    }
+    it.status()
+        .map_err(|e| Error::storage("reading members", e))?;
+    Ok(out)
+}
+
+fn encode_identity(id: &Identity) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut b = msg.init_root::<identity::Builder>();
+    b.set_member_id(id.member_id);
+    b.set_cluster_id(id.cluster_id);
+    b.set_name(id.name.as_str());
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+fn decode_identity(bytes: &[u8]) -> Result<Identity> {
+    let corrupt = |e: capnp::Error| Error::Corrupt(format!("identity: {e}"));
+    let msg = capnp::serialize::read_message_from_flat_slice(&mut &bytes[..], ReaderOptions::new())
+        .map_err(corrupt)?;
+    let r = msg.get_root::<identity::Reader>().map_err(corrupt)?;
+    Ok(Identity {
+        member_id: r.get_member_id(),
+        cluster_id: r.get_cluster_id(),
+        name: r
+            .get_name()
+            .map_err(corrupt)?
+            .to_str()
+            .map_err(|e| Error::Corrupt(format!("identity name: {e}")))?
+            .to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Config::load(&args, &[]).unwrap()
+    }
+
+    #[test]
+    fn ids_are_computed_once_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = "--initial-cluster=a=http://127.0.0.1:2380,b=http://127.0.0.2:2380";
+        let first = {
+            let db = Db::open(dir.path()).unwrap();
+            let c = config(&[
+                "--name=a",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                cluster,
+            ]);
+            let (identity, members, log) = load_or_bootstrap(&db, &c).unwrap();
+            assert_eq!(
+                identity.member_id,
+                ids::member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
+            );
+            assert_eq!(members.len(), 2);
+            assert_eq!(
+                identity.cluster_id,
+                ids::cluster_id(&[members[0].id, members[1].id])
+            );
+            let state = raft::Storage::initial_state(&log).unwrap();
+            assert_eq!(state.conf_state.voters.len(), 2);
+            identity
+        };
+        // A restart with another token must not change the stored IDs.
+        let db = Db::open(dir.path()).unwrap();
+        let c = config(&[
+            "--name=a",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            cluster,
+            "--initial-cluster-token=other",
+        ]);
+        let (again, members, _) = load_or_bootstrap(&db, &c).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(members.len(), 2);
+    }
+}

@@ -1,0 +1,45 @@
+//! The one error type of the consensus process.
+
+use std::fmt::Display;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("storage: {context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("corrupt data on disk: {0}")]
+    Corrupt(String),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding: {0}")]
+    Capnp(#[from] capnp::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn storage(context: impl Display, source: rocksdb::Error) -> Error {
+        Error::Storage {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    pub fn io(context: impl Display, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! The IPC thread: serves the peer plane (`peer.sock`) and the client plane (`client.sock`) over
+//! Cap'n Proto, on a tokio-uring runtime (capnp-rpc is `!Send`). It never blocks on an fsync: writes
+//! go to the raft thread as proposals, reads run on a RocksDB snapshot once the read index allows.
+
+use std::cell::{Cell, RefCell};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use capnp::capability::Rc as CapRc;
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use futures::AsyncReadExt;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use schema::member_capnp::{
+    client_gateway_config, client_plane, client_registrar, identity, peer_gateway,
+    peer_gateway_config, peer_plane, peer_registrar, tls_config,
+};
+use tokio::sync::oneshot;
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tracing::{debug, info, warn};
+
+use crate::cluster::Identity;
+use crate::codec::{self, Header};
+use crate::error::{Error, Result};
+use crate::etcd_error::{self as ee, EtcdError};
+use crate::mvcc::{self, View};
+use crate::raft_loop::{Applied, Command, Shared, is_snapshot};
+
+/// TLS files as the gateways receive them.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub cert_file: String,
+    pub key_file: String,
+    pub trusted_ca_file: String,
+    pub client_cert_auth: bool,
+}
+
+/// What the gateways are told at registration besides the identity.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayConfig {
+    pub listen_peer_urls: Vec<String>,
+    pub peer_tls: TlsFiles,
+    pub listen_client_urls: Vec<String>,
+    pub client_tls: TlsFiles,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: u32,
+}
+
+pub struct Context {
+    pub identity: Identity,
+    pub gateways: GatewayConfig,
+    pub db: Arc<Db>,
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Sender<Command>,
+    pub request_timeout: Duration,
+}
+
+use crate::storage::Db;
+
+struct State {
+    ctx: Context,
+    /// The registered peer gateway, with a generation so a failed call only forgets its own.
+    peer_gateway: RefCell<Option<(u64, peer_gateway::Client)>>,
+    generation: Cell<u64>,
+    next_request: Cell<u64>,
+}
+
+impl State {
+    fn header(&self, revision: i64) -> Header {
+        Header {
+            cluster_id: self.ctx.identity.cluster_id,
+            member_id: self.ctx.identity.member_id,
+            revision,
+            raft_term: self.ctx.shared.term.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Request IDs unique across members (as etcd's idutil): the member ID's low 16 bits, then a
+    /// counter seeded from the clock so a restarted member does not reuse its old IDs.
+    fn request_id(&self) -> u64 {
+        let id = self.next_request.get();
+        self.next_request.set(id.wrapping_add(1));
+        (self.ctx.identity.member_id << 48) | (id & ((1 << 48) - 1))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), EtcdError> {
+        self.ctx.commands.send(cmd).map_err(|_| ee::stopped())
+    }
+
+    async fn propose(
+        &self,
+        fill: impl FnOnce(schema::member_capnp::raft_request::Builder) -> capnp::Result<()>,
+    ) -> Result<Applied, EtcdError> {
+        let id = self.request_id();
+        let data = codec::encode_proposal(id, fill).map_err(ee::internal)?;
+        if data.len() as u64 > self.ctx.gateways.max_request_bytes {
+            return Err(ee::request_too_large());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Propose { id, data, reply })?;
+        match tokio::time::timeout(self.ctx.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ee::stopped()),
+            Err(_) => Err(ee::timeout()),
+        }
+    }
+
+    async fn read_index(&self) -> Result<(), EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ReadIndex { reply })?;
+        match tokio::time::timeout(self.ctx.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ee::stopped()),
+            Err(_) => Err(ee::timeout()),
+        }
+    }
+
+    fn fill_identity(&self, mut b: identity::Builder) {
+        let id = &self.ctx.identity;
+        b.set_member_id(id.member_id);
+        b.set_cluster_id(id.cluster_id);
+        b.set_name(id.name.as_str());
+        let members = self.ctx.shared.members();
+        let mut list = b.init_members(members.len() as u32);
+        for (i, m) in members.iter().enumerate() {
+            codec::write_member(list.reborrow().get(i as u32), m);
+        }
+    }
+}
+
+fn fill_tls(mut b: tls_config::Builder, t: &TlsFiles) {
+    b.set_cert_file(t.cert_file.as_str());
+    b.set_key_file(t.key_file.as_str());
+    b.set_trusted_ca_file(t.trusted_ca_file.as_str());
+    b.set_client_cert_auth(t.client_cert_auth);
+}
+
+fn fill_urls(mut list: capnp::text_list::Builder, urls: &[String]) {
+    for (i, u) in urls.iter().enumerate() {
+        list.set(i as u32, u.as_str());
+    }
+}
+
+fn check_version(version: u32) -> capnp::Result<()> {
+    if version != schema::PROTOCOL_VERSION {
+        return Err(capnp::Error::failed(format!(
+            "protocol version {version} is not supported: consensus speaks version {}",
+            schema::PROTOCOL_VERSION
+        )));
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------------------------- peer plane
+
+struct PeerRegistrar(Rc<State>);
+
+impl peer_registrar::Server for PeerRegistrar {
+    async fn register(
+        self: CapRc<Self>,
+        params: peer_registrar::RegisterParams,
+        mut results: peer_registrar::RegisterResults,
+    ) -> capnp::Result<()> {
+        let p = params.get()?;
+        check_version(p.get_version())?;
+        let gateway = p.get_gateway()?;
+        let state = &self.0;
+        let generation = state.generation.get() + 1;
+        state.generation.set(generation);
+        *state.peer_gateway.borrow_mut() = Some((generation, gateway));
+        info!("peer gateway registered");
+        let mut r = results.get();
+        state.fill_identity(r.reborrow().init_identity());
+        let mut c: peer_gateway_config::Builder = r.reborrow().init_config();
+        let g = &state.ctx.gateways;
+        fill_urls(
+            c.reborrow().init_listen_peer_urls(g.listen_peer_urls.len() as u32),
+            &g.listen_peer_urls,
+        );
+        fill_tls(c.init_tls(), &g.peer_tls);
+        r.set_plane(capnp_rpc::new_client(PeerPlane(state.clone())));
+        Ok(())
+    }
+}
+
+struct PeerPlane(Rc<State>);
+
+impl peer_plane::Server for PeerPlane {
+    async fn deliver(
+        self: CapRc<Self>,
+        params: peer_plane::DeliverParams,
+        _: peer_plane::DeliverResults,
+    ) -> capnp::Result<()> {
+        let me = self.0.ctx.identity.member_id;
+        for m in params.get()?.get_messages()? {
+            let data = m.get_data()?;
+            match Message::parse_from_bytes(data) {
+                Ok(msg) if msg.to == me => {
+                    if self.0.send(Command::Step(msg)).is_err() {
+                        return Err(capnp::Error::failed("consensus is stopping".into()));
+                    }
+                }
+                Ok(msg) => debug!(to = msg.to, "dropping a raft message for another member"),
+                Err(e) => warn!(from = m.get_from(), "dropping an undecodable raft message: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn report_unreachable(
+        self: CapRc<Self>,
+        params: peer_plane::ReportUnreachableParams,
+        _: peer_plane::ReportUnreachableResults,
+    ) -> capnp::Result<()> {
+        let id = params.get()?.get_member_id();
+        let _ = self.0.send(Command::Unreachable(id));
+        Ok(())
+    }
+
+    async fn report_snapshot(
+        self: CapRc<Self>,
+        params: peer_plane::ReportSnapshotParams,
+        _: peer_plane::ReportSnapshotResults,
+    ) -> capnp::Result<()> {
+        let p = params.get()?;
+        let _ = self.0.send(Command::SnapshotStatus {
+            to: p.get_member_id(),
+            ok: p.get_ok(),
+        });
+        Ok(())
+    }
+}
+
+/// Ships the raft thread's outbound messages to the registered peer gateway, batching whatever
+/// queued up while the previous call was in flight. With no gateway, messages are dropped: raft
+/// retransmits, and the gateway's restart is exactly the case this covers.
+async fn pump_outbound(
+    state: Rc<State>,
+    mut outbound: tokio::sync::mpsc::UnboundedReceiver<Vec<Message>>,
+) {
+    const MAX_IN_FLIGHT: usize = 8;
+    let in_flight = Rc::new(Cell::new(0usize));
+    let mut batch: Vec<Message> = Vec::new();
+    while let Some(first) = outbound.recv().await {
+        batch.extend(first);
+        while let Ok(more) = outbound.try_recv() {
+            batch.extend(more);
+        }
+        let Some((generation, gateway)) = state.peer_gateway.borrow().clone() else {
+            batch.clear();
+            continue;
+        };
+        while in_flight.get() >= MAX_IN_FLIGHT {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let mut req = gateway.send_request();
+        {
+            let mut list = req.get().init_messages(batch.len() as u32);
+            for (i, m) in batch.drain(..).enumerate() {
+                let mut b = list.reborrow().get(i as u32);
+                b.set_to(m.to);
+                b.set_from(m.from);
+                b.set_is_snapshot(is_snapshot(&m));
+                b.set_data(&m.write_to_bytes().unwrap_or_default());
+            }
+        }
+        in_flight.set(in_flight.get() + 1);
+        let (state, in_flight) = (state.clone(), in_flight.clone());
+        tokio::task::spawn_local(async move {
+            if let Err(e) = req.send().promise.await {
+                let mut gw = state.peer_gateway.borrow_mut();
+                if gw.as_ref().is_some_and(|(g, _)| *g == generation) {
+                    warn!("peer gateway is gone ({e}); raft messages are dropped until it registers again");
+                    *gw = None;
+                }
+            }
+            in_flight.set(in_flight.get() - 1);
+        });
+    }
+}
+
+// --------------------------------------------------------------------------------- client plane
+
+struct ClientRegistrar(Rc<State>);
+
+impl client_registrar::Server for ClientRegistrar {
+    async fn register(
+        self: CapRc<Self>,
+        params: client_registrar::RegisterParams,
+        mut results: client_registrar::RegisterResults,
+    ) -> capnp::Result<()> {
+        check_version(params.get()?.get_version())?;
+        let state = &self.0;
+        info!("client gateway registered");
+        let mut r = results.get();
+        state.fill_identity(r.reborrow().init_identity());
+        let mut c: client_gateway_config::Builder = r.reborrow().init_config();
+        let g = &state.ctx.gateways;
+        fill_urls(
+            c.reborrow()
+                .init_listen_client_urls(g.listen_client_urls.len() as u32),
+            &g.listen_client_urls,
+        );
+        c.set_max_request_bytes(g.max_request_bytes);
+        c.set_max_txn_ops(g.max_txn_ops);
+        fill_tls(c.init_tls(), &g.client_tls);
+        r.set_plane(capnp_rpc::new_client(ClientPlane(state.clone())));
+        Ok(())
+    }
+}
+
+struct ClientPlane(Rc<State>);
+
+/// Writes `error` into a result that has an `error :Status` field.
+macro_rules! refuse {
+    ($results:expr, $err:expr) => {{
+        let e: EtcdError = $err;
+        let mut s = $results.get().init_error();
+        s.set_code(e.code);
+        s.set_message(e.message.as_str());
+        return Ok(());
+    }};
+}
+
+/// Unwraps a `Result<T, EtcdError>` or answers the request with the error.
+macro_rules! or_refuse {
+    ($results:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => refuse!($results, err),
+        }
+    };
+}
+
+fn unexpected(what: &str, got: &Applied) -> EtcdError {
+    ee::internal(format!("expected a {what} result, got {got:?}"))
+}
+
+impl client_plane::Server for ClientPlane {
+    async fn range(
+        self: CapRc<Self>,
+        params: client_plane::RangeParams,
+        mut results: client_plane::RangeResults,
+    ) -> capnp::Result<()> {
+        let req = codec::read_range(params.get()?.get_request()?)?;
+        or_refuse!(results, mvcc::check_range(&req));
+        if !req.serializable {
+            or_refuse!(results, self.0.read_index().await);
+        }
+        let resp = or_refuse!(results, View::snapshot(&self.0.ctx.db).range(&req));
+        codec::write_range_response(
+            results.get().init_response(),
+            &self.0.header(resp.revision),
+            &resp,
+        );
+        Ok(())
+    }
+
+    async fn put(
+        self: CapRc<Self>,
+        params: client_plane::PutParams,
+        mut results: client_plane::PutResults,
+    ) -> capnp::Result<()> {
+        let request = params.get()?.get_request()?;
+        or_refuse!(results, mvcc::check_put(&codec::read_put(request)?));
+        let applied = or_refuse!(results, self.0.propose(|mut rr| rr.set_put(request)).await);
+        let Applied::Put(resp) = applied else {
+            refuse!(results, unexpected("put", &applied));
+        };
+        codec::write_put_response(
+            results.get().init_response(),
+            &self.0.header(resp.revision),
+            &resp,
+        );
+        Ok(())
+    }
+
+    async fn delete_range(
+        self: CapRc<Self>,
+        params: client_plane::DeleteRangeParams,
+        mut results: client_plane::DeleteRangeResults,
+    ) -> capnp::Result<()> {
+        let request = params.get()?.get_request()?;
+        or_refuse!(results, mvcc::check_delete(&codec::read_delete(request)?));
+        let applied = or_refuse!(
+            results,
+            self.0.propose(|mut rr| rr.set_delete_range(request)).await
+        );
+        let Applied::DeleteRange(resp) = applied else {
+            refuse!(results, unexpected("delete", &applied));
+        };
+        codec::write_delete_response(
+            results.get().init_response(),
+            &self.0.header(resp.revision),
+            &resp,
+        );
+        Ok(())
+    }
+
+    async fn txn(
+        self: CapRc<Self>,
+        params: client_plane::TxnParams,
+        mut results: client_plane::TxnResults,
+    ) -> capnp::Result<()> {
+        let request = params.get()?.get_request()?;
+        let txn = codec::read_txn(request)?;
+        or_refuse!(
+            results,
+            mvcc::check_txn(&txn, self.0.ctx.gateways.max_txn_ops as usize)
+        );
+        let read_only = txn_is_read_only(&txn);
+        let resp = if read_only {
+            // etcd serves a read-only txn like a linearizable range, without the raft log.
+            or_refuse!(results, self.0.read_index().await);
+            or_refuse!(results, read_only_txn(&self.0.ctx.db, &txn))
+        } else {
+            let applied = or_refuse!(results, self.0.propose(|mut rr| rr.set_txn(request)).await);
+            let Applied::Txn(resp) = applied else {
+                refuse!(results, unexpected("txn", &applied));
+            };
+            resp
+        };
+        codec::write_txn_response(
+            results.get().init_response(),
+            &self.0.header(resp.revision),
+            &resp,
+        );
+        Ok(())
+    }
+
+    async fn compact(
+        self: CapRc<Self>,
+        params: client_plane::CompactParams,
+        mut results: client_plane::CompactResults,
+    ) -> capnp::Result<()> {
+        let request = params.get()?.get_request()?;
+        let applied = or_refuse!(
+            results,
+            self.0.propose(|mut rr| rr.set_compaction(request)).await
+        );
+        let Applied::Compaction { revision } = applied else {
+            refuse!(results, unexpected("compaction", &applied));
+        };
+        codec::write_header(
+            results.get().init_response().init_header(),
+            &self.0.header(revision),
+        );
+        Ok(())
+    }
+
+    async fn member_list(
+        self: CapRc<Self>,
+        _: client_plane::MemberListParams,
+        mut results: client_plane::MemberListResults,
+    ) -> capnp::Result<()> {
+        let members = self.0.ctx.shared.members();
+        let mut r = results.get().init_response();
+        // etcd's cluster responses carry no revision.
+        codec::write_header(r.reborrow().init_header(), &self.0.header(0));
+        let mut list = r.init_members(members.len() as u32);
+        for (i, m) in members.iter().enumerate() {
+            codec::write_member(list.reborrow().get(i as u32), m);
+        }
+        Ok(())
+    }
+
+    async fn status(
+        self: CapRc<Self>,
+        _: client_plane::StatusParams,
+        mut results: client_plane::StatusResults,
+    ) -> capnp::Result<()> {
+        let s = &self.0.ctx.shared;
+        let revision = s.revision.load(Ordering::Acquire);
+        let mut r = results.get().init_response();
+        codec::write_header(r.reborrow().init_header(), &self.0.header(revision));
+        // The etcd release whose API and behaviour this member matches.
+        r.set_version(crate::ETCD_VERSION);
+        let size = self.0.ctx.db.size();
+        r.set_db_size(size);
+        r.set_db_size_in_use(size);
+        r.set_leader(s.leader.load(Ordering::Relaxed));
+        r.set_raft_index(s.commit.load(Ordering::Relaxed));
+        r.set_raft_term(s.term.load(Ordering::Relaxed));
+        r.set_raft_applied_index(s.applied.load(Ordering::Relaxed));
+        r.set_is_learner(false);
+        Ok(())
+    }
+}
+
+fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match op {
+            mvcc::RequestOp::Range(_) => true,
+            mvcc::RequestOp::Txn(t) => txn_is_read_only(t),
+            _ => false,
+        })
+}
+
+/// A txn without writes, answered from one snapshot.
+fn read_only_txn(db: &Db, t: &mvcc::TxnRequest) -> Result<mvcc::TxnResponse, EtcdError> {
+    let view = View::snapshot(db);
+    let revision = view.current_revision().map_err(ee::internal)?;
+    read_only_txn_at(&view, t, revision)
+}
+
+fn read_only_txn_at(
+    view: &View,
+    t: &mvcc::TxnRequest,
+    revision: i64,
+) -> Result<mvcc::TxnResponse, EtcdError> {
+    let succeeded = view.evaluate(&t.compare)?;
+    let branch = if succeeded { &t.success } else { &t.failure };
+    let mut responses = Vec::with_capacity(branch.len());
+    for op in branch {
+        responses.push(match op {
+            mvcc::RequestOp::Range(r) => mvcc::ResponseOp::Range(view.range(r)?),
+            mvcc::RequestOp::Txn(t) => mvcc::ResponseOp::Txn(read_only_txn_at(view, t, revision)?),
+            _ => return Err(ee::internal("write in a read-only txn")),
+        });
+    }
+    Ok(mvcc::TxnResponse {
+        revision,
+        succeeded,
+        responses,
+    })
+}
+
+// --------------------------------------------------------------------------------- sockets
+
+/// Binds a socket only this user can use (0600; SO_PEERCRED is checked on every connection too).
+fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    if path.as_os_str().len() >= 108 {
+        return Err(Error::Config(format!(
+            "socket path {} is too long for a Unix socket (at most 107 bytes): use a shorter --data-dir",
+            path.display()
+        )));
+    }
+    // We hold the data dir's lock, so a socket file left here is from a consensus that died.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("chmod 0600 {}", path.display()), e))?;
+    Ok(listener)
+}
+
+fn peer_uid_allowed(stream: &tokio::net::UnixStream) -> std::result::Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != me && cred.uid() != 0 {
+        return Err(format!(
+            "uid {} (pid {}) is not our uid {me}",
+            cred.uid(),
+            cred.pid()
+        ));
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: tokio::net::UnixListener, bootstrap: capnp::capability::Client, plane: &'static str) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("{plane} socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(why) = peer_uid_allowed(&stream) {
+            warn!("{plane} socket: refusing a connection: {why}");
+            continue;
+        }
+        let (reader, writer) = stream.compat().split();
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(reader),
+            futures::io::BufWriter::new(writer),
+            Side::Server,
+            Default::default(),
+        );
+        let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.clone()));
+        tokio::task::spawn_local(async move {
+            if let Err(e) = rpc.await {
+                debug!("{plane} connection ended: {e}");
+            }
+        });
+    }
+}
+
+pub struct Sockets {
+    pub peer: PathBuf,
+    pub client: PathBuf,
+}
+
+/// Runs the IPC thread until the process stops. `ready` fires once both sockets accept.
+pub fn run(
+    ctx: Context,
+    sockets: Sockets,
+    outbound: tokio::sync::mpsc::UnboundedReceiver<Vec<Message>>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) {
+    tokio_uring::start(async move {
+        let (peer, client) = match (bind(&sockets.peer), bind(&sockets.client)) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let state = Rc::new(State {
+            ctx,
+            peer_gateway: RefCell::new(None),
+            generation: Cell::new(0),
+            next_request: Cell::new(seed << 8),
+        });
+        let peer_bootstrap: peer_registrar::Client =
+            capnp_rpc::new_client(PeerRegistrar(state.clone()));
+        let client_bootstrap: client_registrar::Client =
+            capnp_rpc::new_client(ClientRegistrar(state.clone()));
+        tokio::task::spawn_local(pump_outbound(state.clone(), outbound));
+        tokio::task::spawn_local(accept_loop(peer, peer_bootstrap.client, "peer"));
+        let _ = ready.send(Ok(()));
+        accept_loop(client, client_bootstrap.client, "client").await;
+    });
+}

@@ -1,0 +1,38 @@
+//! `consensus`: the raft and storage process of a member. Takes etcd's configuration (flags,
+//! `ETCD_*` variables, or an etcd.conf file with `--env-file`).
+
+use std::process::ExitCode;
+
+use consensus::config::Config;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::from_process() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("consensus: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if config.print_data_dir {
+        println!("{}", config.data_dir.display());
+        return ExitCode::SUCCESS;
+    }
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},raft=warn", config.log_level)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    match consensus::member::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("consensus: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

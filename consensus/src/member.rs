@@ -1,0 +1,185 @@
+//! Starts a member's consensus process: locks the data dir, opens storage, settles the identity,
+//! then runs the raft thread and the IPC thread until SIGTERM or SIGINT.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{SigSet, Signal};
+use raft::RawNode;
+use tracing::{error, info};
+
+use crate::codec::MemberInfo;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ipc::{self, Context, GatewayConfig, Sockets, TlsFiles};
+use crate::raft_loop::{RaftLoop, Shared};
+use crate::storage::Db;
+use crate::{cluster, ids, mvcc};
+
+fn path_text(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn gateway_config(config: &Config) -> GatewayConfig {
+    let urls = |v: &[crate::config::Url]| v.iter().map(|u| u.to_string()).collect();
+    GatewayConfig {
+        listen_peer_urls: urls(&config.listen_peer_urls),
+        peer_tls: TlsFiles {
+            cert_file: path_text(&config.peer_cert_file),
+            key_file: path_text(&config.peer_key_file),
+            trusted_ca_file: path_text(&config.peer_trusted_ca_file),
+            client_cert_auth: config.peer_client_cert_auth,
+        },
+        listen_client_urls: urls(&config.listen_client_urls),
+        client_tls: TlsFiles {
+            cert_file: path_text(&config.cert_file),
+            key_file: path_text(&config.key_file),
+            trusted_ca_file: path_text(&config.trusted_ca_file),
+            client_cert_auth: config.client_cert_auth,
+        },
+        max_request_bytes: config.max_request_bytes,
+        max_txn_ops: config.max_txn_ops.min(u32::MAX as u64) as u32,
+    }
+}
+
+/// Takes the data dir for this process alone (flock); held until the process exits.
+fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
+    let path = dir.join("consensus.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        Error::Config(format!(
+            "data dir {} is in use by another consensus process ({e})",
+            dir.display()
+        ))
+    })
+}
+
+pub fn run(config: Config) -> Result<()> {
+    // Block the stop signals before any thread exists, so that only the wait below receives them.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    stop.thread_block()
+        .map_err(|e| Error::io("blocking signals", e.into()))?;
+
+    let dir = &config.data_dir;
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))?;
+    let _lock = lock_data_dir(dir)?;
+
+    let db = Db::open(&dir.join("db"))?;
+    let (identity, members, log) = cluster::load_or_bootstrap(&db, &config)?;
+    let applied = db.applied_index()?;
+    let revision = mvcc::View::snapshot(&db).current_revision()?;
+    let own_peer_urls = members
+        .iter()
+        .find(|m| m.id == identity.member_id)
+        .map(|m| m.peer_urls.clone())
+        .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        members: Mutex::new(members),
+        ..Default::default()
+    });
+    shared.applied.store(applied, Ordering::Relaxed);
+    shared.revision.store(revision, Ordering::Relaxed);
+
+    let raft_config = raft::Config {
+        id: identity.member_id,
+        election_tick: config.election_ticks() as usize,
+        heartbeat_tick: 1,
+        applied,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    raft_config.validate()?;
+    let node = RawNode::new(&raft_config, log, &crate::raft_log_bridge::logger())?;
+
+    let (commands_tx, commands_rx) = mpsc::channel();
+    let (outbound_tx, outbound_rx) = tokio::sync::mpsc::unbounded_channel();
+    let me = MemberInfo {
+        id: identity.member_id,
+        name: identity.name.clone(),
+        peer_urls: own_peer_urls,
+        client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.to_string())
+            .collect(),
+        is_learner: false,
+    };
+    let tick = Duration::from_millis(config.heartbeat_interval);
+    let raft_loop = RaftLoop::new(
+        node,
+        db.clone(),
+        commands_rx,
+        outbound_tx,
+        shared.clone(),
+        tick,
+        me,
+        applied,
+    );
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            if let Err(e) = raft_loop.run() {
+                error!("raft loop stopped: {e}");
+                std::process::exit(1);
+            }
+        })
+        .map_err(|e| Error::io("starting the raft thread", e))?;
+
+    let sockets = Sockets {
+        peer: schema::peer_socket(dir),
+        client: schema::client_socket(dir),
+    };
+    let socket_paths = [sockets.peer.clone(), sockets.client.clone()];
+    let ctx = Context {
+        identity: identity.clone(),
+        gateways: gateway_config(&config),
+        db,
+        shared,
+        commands: commands_tx,
+        // etcd's request timeout: 5s plus two election timeouts.
+        request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout),
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("ipc".into())
+        .spawn(move || ipc::run(ctx, sockets, outbound_rx, ready_tx))
+        .map_err(|e| Error::io("starting the IPC thread", e))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(Error::Config("the IPC thread stopped while starting".into())),
+    }
+    info!(
+        name = identity.name,
+        member = ids::format_id(identity.member_id),
+        cluster = ids::format_id(identity.cluster_id),
+        peer_socket = %socket_paths[0].display(),
+        client_socket = %socket_paths[1].display(),
+        "consensus is ready"
+    );
+
+    let signal = stop
+        .wait()
+        .map_err(|e| Error::io("waiting for signals", e.into()))?;
+    info!("received {signal:?}; stopping");
+    for p in &socket_paths {
+        let _ = fs::remove_file(p);
+    }
+    Ok(())
+}

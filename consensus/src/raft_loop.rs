@@ -1,0 +1,449 @@
+//! The raft thread: owns the `RawNode`, runs the Ready cycle (persist with fsync, send, apply),
+//! and answers proposals and read-index requests. It is the only writer of the database.
+//!
+//! Everything that arrives while the previous Ready is being persisted is taken in one go, so many
+//! proposals share one fsync.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::codec::{self, MemberInfo, Proposal};
+use crate::error::Result;
+use crate::etcd_error::{self as ee, EtcdError};
+use crate::mvcc::{Applier, DeleteRangeResponse, PutResponse, TxnResponse};
+use crate::storage::{Db, META_MEMBER_PREFIX, RaftLog};
+
+/// What applying a proposal gave, sent back to whoever proposed it.
+#[derive(Debug)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction { revision: i64 },
+    Published,
+}
+
+pub type Reply = oneshot::Sender<Result<Applied, EtcdError>>;
+
+pub enum Command {
+    /// `data` is an encoded `RaftRequest` whose id is `id`.
+    Propose { id: u64, data: Vec<u8>, reply: Reply },
+    /// Answers once this member has applied everything committed when the request arrived
+    /// (etcd's linearizable read).
+    ReadIndex { reply: oneshot::Sender<Result<(), EtcdError>> },
+    /// A raft message from another member.
+    Step(Message),
+    Unreachable(u64),
+    SnapshotStatus { to: u64, ok: bool },
+}
+
+/// State the IPC thread reads without asking the raft thread.
+#[derive(Default)]
+pub struct Shared {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub last_index: AtomicU64,
+    pub revision: AtomicI64,
+    pub members: Mutex<Vec<MemberInfo>>,
+}
+
+impl Shared {
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+pub struct RaftLoop {
+    node: RawNode<RaftLog>,
+    db: Arc<Db>,
+    commands: mpsc::Receiver<Command>,
+    outbound: tokio::sync::mpsc::UnboundedSender<Vec<Message>>,
+    shared: Arc<Shared>,
+    tick: Duration,
+    /// Proposals waiting to be applied, by `RaftRequest.id`.
+    waiters: HashMap<u64, Reply>,
+    /// Read-index requests not yet sent to raft, then those waiting for raft's answer (by context),
+    /// then those waiting for the apply to reach their index.
+    reads_unsent: Vec<oneshot::Sender<Result<(), EtcdError>>>,
+    reads_in_raft: HashMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
+    reads_applying: Vec<(u64, oneshot::Sender<Result<(), EtcdError>>)>,
+    read_ctx: u64,
+    applied: u64,
+    /// This member's name and client URLs, published through raft once a leader exists.
+    me: MemberInfo,
+    published: bool,
+    last_publish: Option<Instant>,
+}
+
+impl RaftLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: RawNode<RaftLog>,
+        db: Arc<Db>,
+        commands: mpsc::Receiver<Command>,
+        outbound: tokio::sync::mpsc::UnboundedSender<Vec<Message>>,
+        shared: Arc<Shared>,
+        tick: Duration,
+        me: MemberInfo,
+        applied: u64,
+    ) -> RaftLoop {
+        let published = shared
+            .members()
+            .iter()
+            .any(|m| m.id == me.id && m.name == me.name && m.client_urls == me.client_urls);
+        RaftLoop {
+            node,
+            db,
+            commands,
+            outbound,
+            shared,
+            tick,
+            waiters: HashMap::new(),
+            reads_unsent: Vec::new(),
+            reads_in_raft: HashMap::new(),
+            reads_applying: Vec::new(),
+            read_ctx: 0,
+            applied,
+            me,
+            published,
+            last_publish: None,
+        }
+    }
+
+    /// Runs until every command sender is gone. A storage error stops the member: raft's state
+    /// can no longer be trusted to be on disk.
+    pub fn run(mut self) -> Result<()> {
+        let voters = self.node.raft.prs().conf().voters().ids().len();
+        if voters == 1 && self.node.raft.prs().conf().voters().contains(self.me.id) {
+            // A single member needs no election timeout to know it wins.
+            let _ = self.node.campaign();
+        }
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.commands.recv_timeout(wait) {
+                Ok(cmd) => {
+                    self.handle(cmd);
+                    // Take whatever else is queued, so it shares this Ready's fsync.
+                    for _ in 0..4096 {
+                        match self.commands.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            self.send_read_index();
+            if Instant::now() >= next_tick {
+                next_tick += self.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tick;
+                }
+                self.node.tick();
+                self.maybe_publish();
+                self.forget_abandoned();
+            }
+            if self.node.has_ready() {
+                self.on_ready()?;
+            }
+            self.publish_status();
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Propose { id, data, reply } => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ee::no_leader()));
+                    return;
+                }
+                match self.node.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        self.waiters.insert(id, reply);
+                    }
+                    Err(e) => {
+                        debug!("proposal dropped: {e}");
+                        let _ = reply.send(Err(ee::no_leader()));
+                    }
+                }
+            }
+            Command::ReadIndex { reply } => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ee::no_leader()));
+                } else {
+                    self.reads_unsent.push(reply);
+                }
+            }
+            Command::Step(m) => {
+                if m.to != self.me.id {
+                    debug!(to = m.to, "dropping a raft message meant for another member");
+                    return;
+                }
+                if let Err(e) = self.node.step(m) {
+                    debug!("raft refused a message: {e}");
+                }
+            }
+            Command::Unreachable(id) => self.node.report_unreachable(id),
+            Command::SnapshotStatus { to, ok } => self.node.report_snapshot(
+                to,
+                if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                },
+            ),
+        }
+    }
+
+    /// One read index for every read that arrived since the last one (etcd batches them too).
+    fn send_read_index(&mut self) {
+        if self.reads_unsent.is_empty() {
+            return;
+        }
+        self.read_ctx += 1;
+        let ctx = self.read_ctx;
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+        self.reads_in_raft
+            .insert(ctx, std::mem::take(&mut self.reads_unsent));
+    }
+
+    /// Drops waiters whose client gave up (the IPC side timed out), so lost proposals don't pile up.
+    fn forget_abandoned(&mut self) {
+        self.waiters.retain(|_, r| !r.is_closed());
+        self.reads_in_raft.retain(|_, v| {
+            v.retain(|r| !r.is_closed());
+            !v.is_empty()
+        });
+    }
+
+    fn maybe_publish(&mut self) {
+        if self.published || self.node.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        if self
+            .last_publish
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last_publish = Some(Instant::now());
+        let me = self.me.clone();
+        let data = codec::encode_proposal(0, |rr| {
+            codec::write_member(rr.init_publish(), &me);
+            Ok(())
+        });
+        match data {
+            Ok(data) => {
+                if let Err(e) = self.node.propose(Vec::new(), data) {
+                    debug!("publishing this member's attributes: {e}");
+                }
+            }
+            Err(e) => error!("encoding this member's attributes: {e}"),
+        }
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            // The IPC side is gone only while the process stops.
+            let _ = self.outbound.send(msgs);
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            let role = ss.raft_state;
+            info!(
+                leader = format!("{:x}", ss.leader_id),
+                term = self.node.raft.term,
+                "raft role is now {role:?}"
+            );
+            if role != StateRole::Leader {
+                debug!("reads in flight are answered by the new leader's read index or time out");
+            }
+        }
+        // A leader may send before its own fsync; followers' replies come from persisted_messages.
+        self.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            warn!("received a raft snapshot, which this version does not install yet");
+        }
+        self.apply(rd.take_committed_entries())?;
+
+        let mut batch = WriteBatch::default();
+        let log = self.node.mut_store();
+        log.append(rd.entries(), &mut batch);
+        if let Some(hs) = rd.hs() {
+            log.set_hard_state(hs, &mut batch);
+        }
+        if !batch.is_empty() {
+            self.db.write(batch, rd.must_sync())?;
+        }
+        self.send(rd.take_persisted_messages());
+        for rs in rd.take_read_states() {
+            let ctx = crate::storage::be_u64(&rs.request_ctx);
+            if let Some(replies) = self.reads_in_raft.remove(&ctx) {
+                self.reads_applying
+                    .extend(replies.into_iter().map(|r| (rs.index, r)));
+            }
+        }
+
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut batch = WriteBatch::default();
+            self.node.mut_store().set_commit(commit, &mut batch);
+            if !batch.is_empty() {
+                self.db.write(batch, false)?;
+            }
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.answer_reads();
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_applying)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_applying = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let db = self.db.clone();
+        let mut applier = Applier::new(&db)?;
+        let mut replies = Vec::new();
+        let mut members_changed = false;
+        for entry in &entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    match codec::decode_proposal(&entry.data) {
+                        Ok((id, proposal)) => {
+                            if let Proposal::Publish(m) = &proposal {
+                                members_changed |= self.apply_publish(&mut applier, m);
+                            }
+                            let result = apply_proposal(&mut applier, proposal);
+                            if let Some(reply) = self.waiters.remove(&id).filter(|_| id != 0) {
+                                replies.push((reply, result));
+                            }
+                        }
+                        // Applied by every member alike, so skipping it keeps them equal.
+                        Err(e) => error!(index = entry.index, "skipping an undecodable entry: {e}"),
+                    }
+                }
+                EntryType::EntryNormal => {} // a new leader's empty entry
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    if let Err(e) = cc.merge_from_bytes(&entry.data) {
+                        error!(index = entry.index, "skipping an undecodable conf change: {e}");
+                    } else {
+                        let cs = self.node.apply_conf_change(&cc)?;
+                        self.node.mut_store().set_conf_state(cs, applier.batch());
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    if let Err(e) = cc.merge_from_bytes(&entry.data) {
+                        error!(index = entry.index, "skipping an undecodable conf change: {e}");
+                    } else {
+                        let cs = self.node.apply_conf_change(&cc)?;
+                        self.node.mut_store().set_conf_state(cs, applier.batch());
+                    }
+                }
+            }
+            applier.set_applied(entry.index);
+        }
+        let revision = applier.revision();
+        applier.flush()?;
+        self.applied = last;
+        self.shared.revision.store(revision, Ordering::Release);
+        self.shared.applied.store(last, Ordering::Release);
+        if members_changed {
+            self.reload_members()?;
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+        Ok(())
+    }
+
+    /// Records a member's published name and client URLs; true when the table changed.
+    fn apply_publish(&mut self, applier: &mut Applier, m: &MemberInfo) -> bool {
+        let members = self.shared.members();
+        let Some(known) = members.iter().find(|k| k.id == m.id) else {
+            warn!(id = format!("{:x}", m.id), "ignoring attributes of an unknown member");
+            return false;
+        };
+        if m.id == self.me.id {
+            self.published = true;
+        }
+        let updated = MemberInfo {
+            name: m.name.clone(),
+            client_urls: m.client_urls.clone(),
+            ..known.clone()
+        };
+        if &updated == known {
+            return false;
+        }
+        let key = [META_MEMBER_PREFIX, &m.id.to_be_bytes()].concat();
+        applier
+            .batch()
+            .put_cf(self.db.cf(crate::storage::CF_META), key, codec::encode_member(&updated));
+        true
+    }
+
+    fn reload_members(&self) -> Result<()> {
+        let members = crate::cluster::load_members(&self.db)?;
+        if let Ok(mut m) = self.shared.members.lock() {
+            *m = members;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let s = &self.shared;
+        s.term.store(self.node.raft.term, Ordering::Relaxed);
+        s.leader.store(self.node.raft.leader_id, Ordering::Relaxed);
+        s.commit
+            .store(self.node.raft.raft_log.committed, Ordering::Relaxed);
+        s.last_index
+            .store(self.node.store().last_index_cached(), Ordering::Relaxed);
+    }
+}
+
+fn apply_proposal(applier: &mut Applier, p: Proposal) -> Result<Applied, EtcdError> {
+    Ok(match p {
+        Proposal::Put(r) => Applied::Put(applier.put(&r)?),
+        Proposal::DeleteRange(r) => Applied::DeleteRange(applier.delete_range(&r)?),
+        Proposal::Txn(r) => Applied::Txn(applier.txn(&r)?),
+        Proposal::Compaction(r) => Applied::Compaction {
+            revision: applier.compact(&r)?,
+        },
+        Proposal::Publish(_) => Applied::Published,
+    })
+}
+
+/// Whether a raft message carries a snapshot (the peer gateway puts those on their own stream).
+pub fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgSnapshot
+}

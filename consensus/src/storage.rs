@@ -1,0 +1,374 @@
+//! Durable state in one RocksDB: the raft log, hard state and conf state (raft-rs's `Storage`), and
+//! the member's meta keys (identity, members, applied index). The MVCC key space (`mvcc`) lives in
+//! the same database so that an entry's effects and the applied index go in one write batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+
+use crate::error::{Error, Result};
+
+/// Raft log entries: index (big-endian u64) -> `eraftpb.Entry`.
+pub const CF_LOG: &str = "raft_log";
+/// Hard state, conf state, identity, members, applied index, MVCC revisions.
+pub const CF_META: &str = "meta";
+/// MVCC versions: escaped user key ++ inverted main revision -> record (see `mvcc`).
+pub const CF_KEY: &str = "kv_key";
+/// MVCC change log: main ++ sub revision -> user key (for watch and compaction).
+pub const CF_REV: &str = "kv_rev";
+
+pub const META_HARD_STATE: &[u8] = b"raft/hard_state";
+pub const META_CONF_STATE: &[u8] = b"raft/conf_state";
+pub const META_SNAPSHOT: &[u8] = b"raft/snapshot_meta";
+pub const META_APPLIED: &[u8] = b"raft/applied_index";
+pub const META_IDENTITY: &[u8] = b"cluster/identity";
+pub const META_MEMBER_PREFIX: &[u8] = b"cluster/member/";
+
+/// The member's database. Shared (`Arc`) between the raft thread, which writes, and the IPC
+/// thread, which reads the key space.
+pub struct Db {
+    db: DB,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Arc<Db>> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // fsync happens per write batch (WriteOptions::set_sync); the WAL is the only log.
+        opts.set_max_background_jobs(2);
+        let cfs = [CF_LOG, CF_META, CF_KEY, CF_REV]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|e| Error::storage(format!("opening RocksDB at {}", path.display()), e))?;
+        Ok(Arc::new(Db { db }))
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn cf(&self, name: &'static str) -> &ColumnFamily {
+        // The four families are created at open, so a missing one is a bug, not bad input.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created at open"))
+    }
+
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(|e| Error::storage("reading meta", e))
+    }
+
+    /// Writes a batch; `sync` makes it durable (fsync of the WAL) before returning.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| Error::storage("writing batch", e))
+    }
+
+    pub fn applied_index(&self) -> Result<u64> {
+        Ok(self.get_meta(META_APPLIED)?.map(|v| be_u64(&v)).unwrap_or(0))
+    }
+
+    /// Approximate on-disk size, for `endpoint status`.
+    pub fn size(&self) -> i64 {
+        let mut total = 0u64;
+        for cf in [CF_LOG, CF_META, CF_KEY, CF_REV] {
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(cf), prop) {
+                    total += v;
+                }
+            }
+        }
+        total as i64
+    }
+}
+
+pub fn be_u64(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_be_bytes(b)
+}
+
+fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M> {
+    M::parse_from_bytes(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
+    // Encoding our own, already valid, message into a Vec cannot fail.
+    m.write_to_bytes().unwrap_or_default()
+}
+
+/// raft-rs's view of the log: hard state, conf state and entries, with the bounds cached in memory.
+pub struct RaftLog {
+    db: Arc<Db>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry folded into a snapshot (0/0 before the first one).
+    snapshot_index: u64,
+    snapshot_term: u64,
+    last_index: u64,
+    last_term: u64,
+}
+
+impl RaftLog {
+    /// Loads the raft state from `db`.
+    pub fn load(db: Arc<Db>) -> Result<RaftLog> {
+        let hard_state = match db.get_meta(META_HARD_STATE)? {
+            Some(v) => decode("hard state", &v)?,
+            None => HardState::default(),
+        };
+        let conf_state = match db.get_meta(META_CONF_STATE)? {
+            Some(v) => decode("conf state", &v)?,
+            None => ConfState::default(),
+        };
+        let (snapshot_index, snapshot_term) = match db.get_meta(META_SNAPSHOT)? {
+            Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
+            _ => (0, 0),
+        };
+        let mut log = RaftLog {
+            db,
+            hard_state,
+            conf_state,
+            snapshot_index,
+            snapshot_term,
+            last_index: snapshot_index,
+            last_term: snapshot_term,
+        };
+        let db = log.db.clone();
+        let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
+        it.seek_to_last();
+        if let Some(v) = it.value() {
+            let e: Entry = decode("last log entry", v)?;
+            log.last_index = e.index;
+            log.last_term = e.term;
+        }
+        it.status()
+            .map_err(|e| Error::storage("scanning the raft log", e))?;
+        drop(it);
+        Ok(log)
+    }
+
+    /// First start of a new cluster: every initial member is a voter.
+    pub fn bootstrap(&mut self, voters: Vec<u64>, batch: &mut WriteBatch) {
+        self.conf_state.set_voters(voters);
+        batch.put_cf(self.db.cf(CF_META), META_CONF_STATE, encode(&self.conf_state));
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn last_index_cached(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Adds new entries (truncating a conflicting tail) to `batch`; call `committed` once it is
+    /// written.
+    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let cf = self.db.cf(CF_LOG);
+        if first.index <= self.last_index {
+            // A new leader overwrote our uncommitted tail.
+            batch.delete_range_cf(cf, log_key(last.index + 1), log_key(self.last_index + 1));
+        }
+        for e in entries {
+            batch.put_cf(cf, log_key(e.index), encode(e));
+        }
+        self.last_index = last.index;
+        self.last_term = last.term;
+    }
+
+    pub fn set_hard_state(&mut self, hs: &HardState, batch: &mut WriteBatch) {
+        self.hard_state = hs.clone();
+        batch.put_cf(self.db.cf(CF_META), META_HARD_STATE, encode(hs));
+    }
+
+    pub fn set_commit(&mut self, commit: u64, batch: &mut WriteBatch) {
+        if commit != self.hard_state.commit {
+            let mut hs = self.hard_state.clone();
+            hs.commit = commit;
+            self.set_hard_state(&hs, batch);
+        }
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch) {
+        batch.put_cf(self.db.cf(CF_META), META_CONF_STATE, encode(&cs));
+        self.conf_state = cs;
+    }
+
+    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
+        match self.db.raw().get_pinned_cf(self.db.cf(CF_LOG), log_key(index)) {
+            Ok(Some(v)) => Entry::parse_from_bytes(&v).map_err(|e| raft::Error::CodecError(e)),
+            Ok(None) => Err(raft::Error::Store(StorageError::Unavailable)),
+            Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        }
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let mut it = self.db.raw().raw_iterator_cf(self.db.cf(CF_LOG));
+        it.seek(log_key(low));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let index = be_u64(k);
+            if index >= high {
+                break;
+            }
+            if index != low + out.len() as u64 {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            size += v.len() as u64;
+            // Always return at least one entry, as raft-rs requires.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(Entry::parse_from_bytes(v).map_err(raft::Error::CodecError)?);
+            it.next();
+        }
+        if out.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        if idx < self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.snapshot_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is never compacted yet, so no follower needs a snapshot; raft-rs asks only when
+        // entries below first_index are wanted. Report it as temporarily unavailable.
+        let mut snap = Snapshot::default();
+        let mut meta = SnapshotMetadata::default();
+        meta.index = self.snapshot_index;
+        meta.term = self.snapshot_term;
+        meta.set_conf_state(self.conf_state.clone());
+        snap.set_metadata(meta);
+        if self.snapshot_index == 0 {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("e{index}").into_bytes().into();
+        e
+    }
+
+    #[test]
+    fn log_survives_reopen_and_truncates_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path()).unwrap();
+            let mut log = RaftLog::load(db.clone()).unwrap();
+            let mut b = WriteBatch::default();
+            log.bootstrap(vec![1, 2, 3], &mut b);
+            log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.vote = 3;
+            hs.commit = 3;
+            log.set_hard_state(&hs, &mut b);
+            db.write(b, true).unwrap();
+            // A new leader in term 2 replaces entries 4 and 5 with a single entry 4.
+            let mut b = WriteBatch::default();
+            log.append(&[entry(4, 2)], &mut b);
+            db.write(b, true).unwrap();
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let log = RaftLog::load(db).unwrap();
+        let state = log.initial_state().unwrap();
+        assert_eq!(state.hard_state.term, 2);
+        assert_eq!(state.hard_state.vote, 3);
+        assert_eq!(state.hard_state.commit, 3);
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(log.first_index().unwrap(), 1);
+        assert_eq!(log.last_index().unwrap(), 4);
+        assert_eq!(log.term(4).unwrap(), 2);
+        assert_eq!(log.term(3).unwrap(), 1);
+        assert_eq!(log.term(0).unwrap(), 0);
+        let got = log
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(2, 1), (3, 1), (4, 2)]
+        );
+        // max_size still yields at least one entry.
+        let one = log
+            .entries(2, 5, 1, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(log.entries(2, 6, None, GetEntriesContext::empty(false)).is_err());
+    }
+}

@@ -1,0 +1,255 @@
+# The contract between the three processes of one member.
+#
+# consensus serves two Unix sockets in its data dir: `peer.sock` (bootstrap: PeerRegistrar) and
+# `client.sock` (bootstrap: ClientRegistrar). Each gateway registers with `protocolVersion`; consensus
+# refuses any other version. The gateways are restarted independently of consensus, so this file only
+# ever grows: add fields and methods at the end, never renumber or retype one, never reuse an ordinal.
+@0xcb9f39efa5dd9560;
+
+const protocolVersion :UInt32 = 1;
+
+# ---------------------------------------------------------------- identity, handed out at registration
+
+struct Member {
+  id @0 :UInt64;
+  name @1 :Text;             # empty until the member has published itself through raft
+  peerUrls @2 :List(Text);
+  clientUrls @3 :List(Text);
+  isLearner @4 :Bool;
+}
+
+struct Identity {
+  # Computed once by consensus on first start and persisted; no gateway ever derives an ID.
+  memberId @0 :UInt64;
+  name @1 :Text;
+  clusterId @2 :UInt64;
+  members @3 :List(Member);
+}
+
+struct TlsConfig {
+  # Paths as given in etcd.conf; empty when not configured.
+  certFile @0 :Text;
+  keyFile @1 :Text;
+  trustedCaFile @2 :Text;
+  clientCertAuth @3 :Bool;
+}
+
+struct PeerGatewayConfig {
+  listenPeerUrls @0 :List(Text);
+  tls @1 :TlsConfig;
+}
+
+struct ClientGatewayConfig {
+  listenClientUrls @0 :List(Text);
+  tls @1 :TlsConfig;
+  maxRequestBytes @2 :UInt64;
+  maxTxnOps @3 :UInt32;
+}
+
+# ---------------------------------------------------------------- peer plane
+
+struct RaftMessage {
+  to @0 :UInt64;
+  from @1 :UInt64;
+  isSnapshot @2 :Bool;       # routed on its own QUIC stream so it never delays heartbeats and appends
+  data @3 :Data;             # raft eraftpb.Message, protobuf-encoded; gateways route by `to` only
+}
+
+interface PeerRegistrar {
+  register @0 (version :UInt32, gateway :PeerGateway)
+      -> (identity :Identity, config :PeerGatewayConfig, plane :PeerPlane);
+}
+
+# Served by the peer gateway, called by consensus.
+interface PeerGateway {
+  send @0 (messages :List(RaftMessage)) -> ();
+  membersChanged @1 (members :List(Member)) -> ();
+}
+
+# Served by consensus, called by the peer gateway.
+interface PeerPlane {
+  deliver @0 (messages :List(RaftMessage)) -> ();
+  reportUnreachable @1 (memberId :UInt64) -> ();
+  reportSnapshot @2 (memberId :UInt64, ok :Bool) -> ();
+}
+
+# ---------------------------------------------------------------- client plane
+#
+# Requests and responses mirror etcd's v3 API (etcdserverpb). Enum-like fields keep etcd's protobuf
+# numbers as plain integers, so that a value this file does not know still reaches consensus, which
+# answers it the way etcd does.
+
+struct ResponseHeader {
+  clusterId @0 :UInt64;
+  memberId @1 :UInt64;
+  revision @2 :Int64;
+  raftTerm @3 :UInt64;
+}
+
+# A refused request: the gRPC status code and message etcd gives for it.
+struct Status {
+  code @0 :UInt32;
+  message @1 :Text;
+}
+
+struct KeyValue {
+  key @0 :Data;
+  createRevision @1 :Int64;
+  modRevision @2 :Int64;
+  version @3 :Int64;
+  value @4 :Data;
+  lease @5 :Int64;
+}
+
+struct RangeRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;
+  limit @2 :Int64;
+  revision @3 :Int64;
+  sortOrder @4 :Int32;       # NONE=0 ASCEND=1 DESCEND=2
+  sortTarget @5 :Int32;      # KEY=0 VERSION=1 CREATE=2 MOD=3 VALUE=4
+  serializable @6 :Bool;
+  keysOnly @7 :Bool;
+  countOnly @8 :Bool;
+  minModRevision @9 :Int64;
+  maxModRevision @10 :Int64;
+  minCreateRevision @11 :Int64;
+  maxCreateRevision @12 :Int64;
+}
+
+struct RangeResponse {
+  header @0 :ResponseHeader;
+  kvs @1 :List(KeyValue);
+  more @2 :Bool;
+  count @3 :Int64;
+}
+
+struct PutRequest {
+  key @0 :Data;
+  value @1 :Data;
+  lease @2 :Int64;
+  prevKv @3 :Bool;
+  ignoreValue @4 :Bool;
+  ignoreLease @5 :Bool;
+}
+
+struct PutResponse {
+  header @0 :ResponseHeader;
+  prevKv @1 :KeyValue;       # null when not asked for or no previous key
+}
+
+struct DeleteRangeRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;
+  prevKv @2 :Bool;
+}
+
+struct DeleteRangeResponse {
+  header @0 :ResponseHeader;
+  deleted @1 :Int64;
+  prevKvs @2 :List(KeyValue);
+}
+
+struct Compare {
+  result @0 :Int32;          # EQUAL=0 GREATER=1 LESS=2 NOT_EQUAL=3
+  target @1 :Int32;          # VERSION=0 CREATE=1 MOD=2 VALUE=3 LEASE=4
+  key @2 :Data;
+  # etcd's target_union: the field named by `target` is the one compared.
+  version @3 :Int64;
+  createRevision @4 :Int64;
+  modRevision @5 :Int64;
+  value @6 :Data;
+  lease @7 :Int64;
+  rangeEnd @8 :Data;
+}
+
+struct RequestOp {
+  union {
+    range @0 :RangeRequest;
+    put @1 :PutRequest;
+    deleteRange @2 :DeleteRangeRequest;
+    txn @3 :TxnRequest;
+  }
+}
+
+struct ResponseOp {
+  union {
+    range @0 :RangeResponse;
+    put @1 :PutResponse;
+    deleteRange @2 :DeleteRangeResponse;
+    txn @3 :TxnResponse;
+  }
+}
+
+struct TxnRequest {
+  compare @0 :List(Compare);
+  success @1 :List(RequestOp);
+  failure @2 :List(RequestOp);
+}
+
+struct TxnResponse {
+  header @0 :ResponseHeader;
+  succeeded @1 :Bool;
+  responses @2 :List(ResponseOp);
+}
+
+struct CompactionRequest {
+  revision @0 :Int64;
+  physical @1 :Bool;
+}
+
+struct CompactionResponse {
+  header @0 :ResponseHeader;
+}
+
+struct MemberListResponse {
+  header @0 :ResponseHeader;
+  members @1 :List(Member);
+}
+
+struct StatusResponse {
+  header @0 :ResponseHeader;
+  version @1 :Text;
+  dbSize @2 :Int64;
+  leader @3 :UInt64;
+  raftIndex @4 :UInt64;
+  raftTerm @5 :UInt64;
+  raftAppliedIndex @6 :UInt64;
+  errors @7 :List(Text);
+  dbSizeInUse @8 :Int64;
+  isLearner @9 :Bool;
+}
+
+interface ClientRegistrar {
+  register @0 (version :UInt32)
+      -> (identity :Identity, config :ClientGatewayConfig, plane :ClientPlane);
+}
+
+# Served by consensus, called by the client gateway. Each result carries either `error` (set when the
+# request is refused) or `response`. Streams (watch, lease keep-alive) will come as methods that take
+# a sink capability, e.g. `watch @8 (sink :WatchSink) -> (stream :WatchStream)`.
+interface ClientPlane {
+  range @0 (request :RangeRequest) -> (error :Status, response :RangeResponse);
+  put @1 (request :PutRequest) -> (error :Status, response :PutResponse);
+  deleteRange @2 (request :DeleteRangeRequest) -> (error :Status, response :DeleteRangeResponse);
+  txn @3 (request :TxnRequest) -> (error :Status, response :TxnResponse);
+  compact @4 (request :CompactionRequest) -> (error :Status, response :CompactionResponse);
+  memberList @5 () -> (error :Status, response :MemberListResponse);
+  status @6 () -> (error :Status, response :StatusResponse);
+}
+
+# ---------------------------------------------------------------- the raft log
+#
+# What consensus proposes: one entry's data. It is durable and crosses members of different versions,
+# so it evolves under the same rules as the rest of this file.
+
+struct RaftRequest {
+  id @0 :UInt64;             # proposer-local, matches the reply to its waiter; 0 when nobody waits
+  union {
+    put @1 :PutRequest;
+    deleteRange @2 :DeleteRangeRequest;
+    txn @3 :TxnRequest;
+    compaction @4 :CompactionRequest;
+    publish @5 :Member;      # a member's name and client URLs, published once it has started
+  }
+}
