@@ -127,9 +127,7 @@ pub fn read_compaction(c: compaction_request::Reader) -> CompactionRequest {
 }
 
 fn text_list(list: capnp::text_list::Reader) -> capnp::Result<Vec<String>> {
-    list.iter()
-        .map(|t| Ok(t?.to_str()?.to_string()))
-        .collect()
+    list.iter().map(|t| Ok(t?.to_str()?.to_string())).collect()
 }
 
 pub fn read_member(m: member::Reader) -> capnp::Result<MemberInfo> {
@@ -295,7 +293,12 @@ mod tests {
             let mut p = ops.reborrow().get(0).init_put();
             p.set_key(b"k");
             p.set_value(b"v2");
-            let mut nested = ops.get(1).init_txn().init_failure(1).get(0).init_delete_range();
+            let mut nested = ops
+                .get(1)
+                .init_txn()
+                .init_failure(1)
+                .get(0)
+                .init_delete_range();
             nested.set_key(b"a");
             nested.set_range_end(b"b");
         }

@@ -178,7 +178,8 @@ impl peer_registrar::Server for PeerRegistrar {
         let mut c: peer_gateway_config::Builder = r.reborrow().init_config();
         let g = &state.ctx.gateways;
         fill_urls(
-            c.reborrow().init_listen_peer_urls(g.listen_peer_urls.len() as u32),
+            c.reborrow()
+                .init_listen_peer_urls(g.listen_peer_urls.len() as u32),
             &g.listen_peer_urls,
         );
         fill_tls(c.init_tls(), &g.peer_tls);
@@ -205,7 +206,10 @@ impl peer_plane::Server for PeerPlane {
                     }
                 }
                 Ok(msg) => debug!(to = msg.to, "dropping a raft message for another member"),
-                Err(e) => warn!(from = m.get_from(), "dropping an undecodable raft message: {e}"),
+                Err(e) => warn!(
+                    from = m.get_from(),
+                    "dropping an undecodable raft message: {e}"
+                ),
             }
         }
         Ok(())
@@ -274,7 +278,9 @@ async fn pump_outbound(
             if let Err(e) = req.send().promise.await {
                 let mut gw = state.peer_gateway.borrow_mut();
                 if gw.as_ref().is_some_and(|(g, _)| *g == generation) {
-                    warn!("peer gateway is gone ({e}); raft messages are dropped until it registers again");
+                    warn!(
+                        "peer gateway is gone ({e}); raft messages are dropped until it registers again"
+                    );
                     *gw = None;
                 }
             }
@@ -492,14 +498,11 @@ impl client_plane::Server for ClientPlane {
 }
 
 fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .all(|op| match op {
-            mvcc::RequestOp::Range(_) => true,
-            mvcc::RequestOp::Txn(t) => txn_is_read_only(t),
-            _ => false,
-        })
+    t.success.iter().chain(&t.failure).all(|op| match op {
+        mvcc::RequestOp::Range(_) => true,
+        mvcc::RequestOp::Txn(t) => txn_is_read_only(t),
+        _ => false,
+    })
 }
 
 /// A txn without writes, answered from one snapshot.
@@ -564,7 +567,11 @@ fn peer_uid_allowed(stream: &tokio::net::UnixStream) -> std::result::Result<(), 
     Ok(())
 }
 
-async fn accept_loop(listener: tokio::net::UnixListener, bootstrap: capnp::capability::Client, plane: &'static str) {
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    bootstrap: capnp::capability::Client,
+    plane: &'static str,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,

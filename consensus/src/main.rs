@@ -1,6 +1,7 @@
 //! `consensus`: the raft and storage process of a member. Takes etcd's configuration (flags,
 //! `ETCD_*` variables, or an etcd.conf file with `--env-file`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use consensus::config::Config;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     for w in &config.warnings {
         tracing::warn!("{w}");

@@ -21,7 +21,9 @@ use crate::storage::Db;
 use crate::{cluster, ids, mvcc};
 
 fn path_text(p: &Option<std::path::PathBuf>) -> String {
-    p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 fn gateway_config(config: &Config) -> GatewayConfig {
@@ -163,7 +165,11 @@ pub fn run(config: Config) -> Result<()> {
     match ready_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(Error::Config("the IPC thread stopped while starting".into())),
+        Err(_) => {
+            return Err(Error::Config(
+                "the IPC thread stopped while starting".into(),
+            ));
+        }
     }
     info!(
         name = identity.name,

@@ -455,8 +455,8 @@ fn range(
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
     // Every key is needed to count them; the limit only trims what is returned.
-    let rows = collect(view, overlay, &req.key, &req.range_end, rev, usize::MAX)
-        .map_err(ee::internal)?;
+    let rows =
+        collect(view, overlay, &req.key, &req.range_end, rev, usize::MAX).map_err(ee::internal)?;
     let count = rows.len() as i64;
     let mut kvs: Vec<KeyValue> = if req.count_only {
         Vec::new()
@@ -552,8 +552,11 @@ impl<'a> Applier<'a> {
         let meta = self.db.cf(CF_META);
         self.batch
             .put_cf(meta, META_REVISION, self.revision.to_be_bytes());
-        self.batch
-            .put_cf(meta, META_COMPACT_REVISION, self.compact_revision.to_be_bytes());
+        self.batch.put_cf(
+            meta,
+            META_COMPACT_REVISION,
+            self.compact_revision.to_be_bytes(),
+        );
         self.db.write(std::mem::take(&mut self.batch), false)?;
         self.overlay.clear();
         Ok(())
@@ -590,8 +593,11 @@ impl<'a> Applier<'a> {
         change.push(record.tombstone as u8);
         change.extend_from_slice(key);
         self.batch.put_cf(self.db.cf(CF_REV), rev_key, change);
-        self.batch
-            .put_cf(self.db.cf(CF_KEY), version_row(key, self.main), record.encode());
+        self.batch.put_cf(
+            self.db.cf(CF_KEY),
+            version_row(key, self.main),
+            record.encode(),
+        );
         self.overlay.entry(key.to_vec()).or_default().push(record);
         self.sub += 1;
     }
@@ -818,11 +824,11 @@ impl<'a> Applier<'a> {
             }
             it.next();
         }
-        it.status().map_err(|e| ee::internal(Error::storage("compacting", e)))?;
+        it.status()
+            .map_err(|e| ee::internal(Error::storage("compacting", e)))?;
         let mut upper = [0u8; 16];
         upper[..8].copy_from_slice(&(req.revision + 1).to_be_bytes());
-        self.batch
-            .delete_range_cf(db.cf(CF_REV), [0u8; 16], upper);
+        self.batch.delete_range_cf(db.cf(CF_REV), [0u8; 16], upper);
         Ok(self.revision)
     }
 }
@@ -842,7 +848,11 @@ fn set_txn_revisions(resp: &mut TxnResponse, revision: i64) {
 }
 
 /// A txn's compares, all of which must hold, at the latest revision.
-fn evaluate(view: &View, overlay: Option<&Overlay>, compares: &[Compare]) -> Result<bool, EtcdError> {
+fn evaluate(
+    view: &View,
+    overlay: Option<&Overlay>,
+    compares: &[Compare],
+) -> Result<bool, EtcdError> {
     for c in compares {
         let rows = collect(view, overlay, &c.key, &c.range_end, i64::MAX, usize::MAX)
             .map_err(ee::internal)?;
@@ -1074,7 +1084,13 @@ mod tests {
     fn ranges_prefixes_limits_sort_and_count() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        for (k, v) in [("a", "9"), ("b\0", "8"), ("b", "7"), ("ba", "6"), ("c", "5")] {
+        for (k, v) in [
+            ("a", "9"),
+            ("b\0", "8"),
+            ("b", "7"),
+            ("ba", "6"),
+            ("c", "5"),
+        ] {
             apply(&db, |a| a.put(&put(k, v)).unwrap());
         }
         let view = View::snapshot(&db);
@@ -1090,7 +1106,10 @@ mod tests {
                 ..get("a", "\0", 0)
             })
             .unwrap();
-        assert_eq!((limited.kvs.len(), limited.more, limited.count), (2, true, 5));
+        assert_eq!(
+            (limited.kvs.len(), limited.more, limited.count),
+            (2, true, 5)
+        );
         let by_value = view
             .range(&RangeRequest {
                 sort_order: 2,
@@ -1138,7 +1157,10 @@ mod tests {
         assert_eq!(seen.kvs[0].value, b"v2");
         // One revision for the whole txn.
         let view = View::snapshot(&db);
-        assert_eq!(view.range(&get("other", "", 0)).unwrap().kvs[0].mod_revision, 3);
+        assert_eq!(
+            view.range(&get("other", "", 0)).unwrap().kvs[0].mod_revision,
+            3
+        );
         drop(view);
         let r = apply(&db, |a| a.txn(&txn).unwrap());
         assert!(!r.succeeded);
@@ -1185,7 +1207,13 @@ mod tests {
             })
             .unwrap()
         });
-        apply(&db, |a| a.compact(&CompactionRequest { revision: 3, physical: true }).unwrap());
+        apply(&db, |a| {
+            a.compact(&CompactionRequest {
+                revision: 3,
+                physical: true,
+            })
+            .unwrap()
+        });
         let view = View::snapshot(&db);
         assert_eq!(view.range(&get("k", "", 2)), Err(ee::compacted()));
         assert_eq!(view.range(&get("k", "", 3)).unwrap().kvs[0].value, b"2");
@@ -1198,7 +1226,10 @@ mod tests {
         .unwrap();
         drop(view);
         assert_eq!(
-            apply(&db, |a| a.compact(&CompactionRequest { revision: 3, physical: false })),
+            apply(&db, |a| a.compact(&CompactionRequest {
+                revision: 3,
+                physical: false
+            })),
             Err(ee::compacted())
         );
     }
@@ -1224,7 +1255,9 @@ mod tests {
         };
         assert_eq!(check_txn(&overlap, 128), Err(ee::duplicate_key()));
         let many = TxnRequest {
-            success: (0..3).map(|i| RequestOp::Put(put(&format!("k{i}"), ""))).collect(),
+            success: (0..3)
+                .map(|i| RequestOp::Put(put(&format!("k{i}"), "")))
+                .collect(),
             ..Default::default()
         };
         assert_eq!(check_txn(&many, 2), Err(ee::too_many_ops()));

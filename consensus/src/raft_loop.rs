@@ -36,14 +36,23 @@ pub type Reply = oneshot::Sender<Result<Applied, EtcdError>>;
 
 pub enum Command {
     /// `data` is an encoded `RaftRequest` whose id is `id`.
-    Propose { id: u64, data: Vec<u8>, reply: Reply },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        reply: Reply,
+    },
     /// Answers once this member has applied everything committed when the request arrived
     /// (etcd's linearizable read).
-    ReadIndex { reply: oneshot::Sender<Result<(), EtcdError>> },
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
     /// A raft message from another member.
     Step(Message),
     Unreachable(u64),
-    SnapshotStatus { to: u64, ok: bool },
+    SnapshotStatus {
+        to: u64,
+        ok: bool,
+    },
 }
 
 /// State the IPC thread reads without asking the raft thread.
@@ -189,7 +198,10 @@ impl RaftLoop {
             }
             Command::Step(m) => {
                 if m.to != self.me.id {
-                    debug!(to = m.to, "dropping a raft message meant for another member");
+                    debug!(
+                        to = m.to,
+                        "dropping a raft message meant for another member"
+                    );
                     return;
                 }
                 if let Err(e) = self.node.step(m) {
@@ -355,7 +367,10 @@ impl RaftLoop {
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
                     if let Err(e) = cc.merge_from_bytes(&entry.data) {
-                        error!(index = entry.index, "skipping an undecodable conf change: {e}");
+                        error!(
+                            index = entry.index,
+                            "skipping an undecodable conf change: {e}"
+                        );
                     } else {
                         let cs = self.node.apply_conf_change(&cc)?;
                         self.node.mut_store().set_conf_state(cs, applier.batch());
@@ -364,7 +379,10 @@ impl RaftLoop {
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
                     if let Err(e) = cc.merge_from_bytes(&entry.data) {
-                        error!(index = entry.index, "skipping an undecodable conf change: {e}");
+                        error!(
+                            index = entry.index,
+                            "skipping an undecodable conf change: {e}"
+                        );
                     } else {
                         let cs = self.node.apply_conf_change(&cc)?;
                         self.node.mut_store().set_conf_state(cs, applier.batch());
@@ -391,7 +409,10 @@ impl RaftLoop {
     fn apply_publish(&mut self, applier: &mut Applier, m: &MemberInfo) -> bool {
         let members = self.shared.members();
         let Some(known) = members.iter().find(|k| k.id == m.id) else {
-            warn!(id = format!("{:x}", m.id), "ignoring attributes of an unknown member");
+            warn!(
+                id = format!("{:x}", m.id),
+                "ignoring attributes of an unknown member"
+            );
             return false;
         };
         if m.id == self.me.id {
@@ -406,9 +427,11 @@ impl RaftLoop {
             return false;
         }
         let key = [META_MEMBER_PREFIX, &m.id.to_be_bytes()].concat();
-        applier
-            .batch()
-            .put_cf(self.db.cf(crate::storage::CF_META), key, codec::encode_member(&updated));
+        applier.batch().put_cf(
+            self.db.cf(crate::storage::CF_META),
+            key,
+            codec::encode_member(&updated),
+        );
         true
     }
 

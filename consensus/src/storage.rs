@@ -76,14 +76,20 @@ impl Db {
     }
 
     pub fn applied_index(&self) -> Result<u64> {
-        Ok(self.get_meta(META_APPLIED)?.map(|v| be_u64(&v)).unwrap_or(0))
+        Ok(self
+            .get_meta(META_APPLIED)?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
     }
 
     /// Approximate on-disk size, for `endpoint status`.
     pub fn size(&self) -> i64 {
         let mut total = 0u64;
         for cf in [CF_LOG, CF_META, CF_KEY, CF_REV] {
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+            for prop in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ] {
                 if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(cf), prop) {
                     total += v;
                 }
@@ -166,7 +172,11 @@ impl RaftLog {
     /// First start of a new cluster: every initial member is a voter.
     pub fn bootstrap(&mut self, voters: Vec<u64>, batch: &mut WriteBatch) {
         self.conf_state.set_voters(voters);
-        batch.put_cf(self.db.cf(CF_META), META_CONF_STATE, encode(&self.conf_state));
+        batch.put_cf(
+            self.db.cf(CF_META),
+            META_CONF_STATE,
+            encode(&self.conf_state),
+        );
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -214,8 +224,12 @@ impl RaftLog {
     }
 
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
-        match self.db.raw().get_pinned_cf(self.db.cf(CF_LOG), log_key(index)) {
-            Ok(Some(v)) => Entry::parse_from_bytes(&v).map_err(|e| raft::Error::CodecError(e)),
+        match self
+            .db
+            .raw()
+            .get_pinned_cf(self.db.cf(CF_LOG), log_key(index))
+        {
+            Ok(Some(v)) => Entry::parse_from_bytes(&v).map_err(raft::Error::CodecError),
             Ok(None) => Err(raft::Error::Store(StorageError::Unavailable)),
             Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
         }
@@ -298,9 +312,11 @@ impl raft::Storage for RaftLog {
         // The log is never compacted yet, so no follower needs a snapshot; raft-rs asks only when
         // entries below first_index are wanted. Report it as temporarily unavailable.
         let mut snap = Snapshot::default();
-        let mut meta = SnapshotMetadata::default();
-        meta.index = self.snapshot_index;
-        meta.term = self.snapshot_term;
+        let mut meta = SnapshotMetadata {
+            index: self.snapshot_index,
+            term: self.snapshot_term,
+            ..Default::default()
+        };
         meta.set_conf_state(self.conf_state.clone());
         snap.set_metadata(meta);
         if self.snapshot_index == 0 {
@@ -318,11 +334,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("e{index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("e{index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -334,10 +351,12 @@ mod tests {
             let mut b = WriteBatch::default();
             log.bootstrap(vec![1, 2, 3], &mut b);
             log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 3;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 3,
+                ..Default::default()
+            };
             log.set_hard_state(&hs, &mut b);
             db.write(b, true).unwrap();
             // A new leader in term 2 replaces entries 4 and 5 with a single entry 4.
@@ -369,6 +388,9 @@ mod tests {
             .entries(2, 5, 1, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(one.len(), 1);
-        assert!(log.entries(2, 6, None, GetEntriesContext::empty(false)).is_err());
+        assert!(
+            log.entries(2, 6, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
     }
 }

@@ -1,0 +1,159 @@
+//! etcd's v3 gRPC services: check each request the way etcd's gRPC layer does, then forward it
+//! over the link to consensus. Methods the contract does not cover yet are answered UNIMPLEMENTED
+//! by tonic (they are absent from our proto).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tonic::{Request, Response, Status};
+
+use crate::link::Link;
+use crate::plane;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    cluster_server::{Cluster, ClusterServer},
+    kv_server::{Kv, KvServer},
+    maintenance_server::{Maintenance, MaintenanceServer},
+};
+use crate::validate;
+
+/// etcd lets a gRPC message exceed `max-request-bytes` by this much (its gRPC overhead
+/// allowance); the exact limit on the request itself is consensus's to enforce.
+const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
+
+/// Limits consensus may change at re-registration.
+pub struct Limits {
+    max_txn_ops: AtomicU32,
+}
+
+impl Limits {
+    pub fn new(max_txn_ops: u32) -> Self {
+        Limits {
+            max_txn_ops: AtomicU32::new(max_txn_ops),
+        }
+    }
+
+    pub fn set_max_txn_ops(&self, n: u32) {
+        self.max_txn_ops.store(n, Ordering::Relaxed);
+    }
+
+    fn max_txn_ops(&self) -> u32 {
+        self.max_txn_ops.load(Ordering::Relaxed)
+    }
+}
+
+/// The gRPC router for one listener.
+pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Router {
+    let max_message = usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES))
+        .unwrap_or(usize::MAX);
+    let kv = KvService {
+        link: link.clone(),
+        limits: limits.clone(),
+    };
+    Server::builder()
+        .add_service(KvServer::new(kv).max_decoding_message_size(max_message))
+        .add_service(
+            ClusterServer::new(ClusterService { link: link.clone() })
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService { link: link.clone() })
+                .max_decoding_message_size(max_message),
+        )
+}
+
+pub struct KvService {
+    link: Link,
+    limits: Arc<Limits>,
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = r.into_inner();
+        validate::range(&r)?;
+        self.link
+            .call(move |s| plane::range(s, r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = r.into_inner();
+        validate::put(&r)?;
+        self.link
+            .call(move |s| plane::put(s, r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        r: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = r.into_inner();
+        validate::delete_range(&r)?;
+        self.link
+            .call(move |s| plane::delete_range(s, r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = r.into_inner();
+        validate::txn(&r, self.limits.max_txn_ops())?;
+        self.link
+            .call(move |s| plane::txn(s, r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn compact(
+        &self,
+        r: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let r = r.into_inner();
+        self.link
+            .call(move |s| plane::compact(s, r))
+            .await
+            .map(Response::new)
+    }
+}
+
+pub struct ClusterService {
+    link: Link,
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _r: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        // The contract's memberList has no `linearizable` flag yet; consensus picks.
+        self.link.call(plane::member_list).await.map(Response::new)
+    }
+}
+
+pub struct MaintenanceService {
+    link: Link,
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = r.into_inner();
+        self.link
+            .call(move |s| plane::alarm(s, r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.link.call(plane::status).await.map(Response::new)
+    }
+}

@@ -1,0 +1,229 @@
+//! The link to consensus. capnp-rpc is `!Send`, so it lives on its own thread (current-thread
+//! runtime + `LocalSet`). The thread keeps the gateway registered, re-dialing with a short backoff
+//! whenever consensus goes away, and runs client requests, sent to it as jobs, on the current
+//! registration's `ClientPlane`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::plane::Session;
+use crate::registration::{self, Registered, Registration};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a request waits for a registration when consensus is away: long enough to ride out a
+/// consensus restart, short enough that a client fails over to another member.
+pub const SESSION_WAIT: Duration = Duration::from_secs(2);
+const JOB_QUEUE: usize = 1024;
+
+type Sessions = watch::Receiver<Option<Session>>;
+type Job = Box<dyn FnOnce(Sessions) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The `Send` handle the gRPC services use to reach consensus.
+#[derive(Clone)]
+pub struct Link {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn not_registered() -> Status {
+    Status::unavailable("client gateway: consensus is unreachable (not registered)")
+}
+
+impl Link {
+    /// Runs `f` on the link thread with the current session and returns its answer. Waits up to
+    /// `SESSION_WAIT` for a registration; a request is only sent once, never retried.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(Session) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Status>> + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |sessions| Box::pin(run_job(sessions, f, reply)));
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Status::unavailable("client gateway: the consensus link has stopped"))?;
+        answer.await.map_err(|_| not_registered())?
+    }
+}
+
+async fn run_job<T, F, Fut>(
+    mut sessions: Sessions,
+    f: F,
+    mut reply: oneshot::Sender<Result<T, Status>>,
+) where
+    F: FnOnce(Session) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let work = async {
+        let session =
+            match tokio::time::timeout(SESSION_WAIT, sessions.wait_for(Option::is_some)).await {
+                Ok(Ok(current)) => current.clone(),
+                _ => None,
+            };
+        match session {
+            Some(session) => f(session).await,
+            None => Err(not_registered()),
+        }
+    };
+    let outcome = tokio::select! {
+        r = work => Some(r),
+        // The client went away: dropping `work` cancels the call at consensus too.
+        () = reply.closed() => None,
+    };
+    if let Some(r) = outcome {
+        let _ = reply.send(r);
+    }
+}
+
+/// Starts the link thread. Every successful registration (the first and each re-registration)
+/// is reported on the returned receiver, which closes if the thread ever stops.
+pub fn spawn(socket: PathBuf) -> Result<(Link, mpsc::UnboundedReceiver<Registration>), Error> {
+    let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
+    let (registered_tx, registered_rx) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Runtime {
+            what: "consensus link",
+            source,
+        })?;
+    std::thread::Builder::new()
+        .name("consensus-link".into())
+        .spawn(move || {
+            tokio::task::LocalSet::new().block_on(&runtime, run(socket, jobs_rx, registered_tx));
+        })
+        .map_err(|source| Error::Runtime {
+            what: "consensus link",
+            source,
+        })?;
+    Ok((Link { jobs: jobs_tx }, registered_rx))
+}
+
+/// The link thread's body; must run inside a `LocalSet`. Returns once nobody listens any more.
+async fn run(
+    socket: PathBuf,
+    mut jobs: mpsc::Receiver<Job>,
+    registered: mpsc::UnboundedSender<Registration>,
+) {
+    let (sessions_tx, sessions_rx) = watch::channel(None);
+    let dispatch = async move {
+        while let Some(job) = jobs.recv().await {
+            tokio::task::spawn_local(job(sessions_rx.clone()));
+        }
+    };
+    tokio::select! {
+        () = dispatch => {}
+        () = stay_registered(socket, sessions_tx, registered) => {}
+    }
+}
+
+async fn stay_registered(
+    socket: PathBuf,
+    sessions: watch::Sender<Option<Session>>,
+    registered: mpsc::UnboundedSender<Registration>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    // Log an outage once, not on every retry.
+    let mut outage_logged = false;
+    while !registered.is_closed() {
+        match registration::register(&socket).await {
+            Ok(Registered {
+                plane,
+                registration,
+                closed,
+            }) => {
+                let id = &registration.identity;
+                info!(
+                    member_id = %format_args!("{:x}", id.member_id),
+                    cluster_id = %format_args!("{:x}", id.cluster_id),
+                    name = %id.name,
+                    "registered with consensus"
+                );
+                sessions.send_replace(Some(Session {
+                    plane,
+                    cluster_id: id.cluster_id,
+                    member_id: id.member_id,
+                }));
+                if registered.send(registration).is_err() {
+                    return;
+                }
+                backoff = MIN_BACKOFF;
+                let why = closed
+                    .await
+                    .unwrap_or_else(|_| "connection task ended".to_string());
+                sessions.send_replace(None);
+                warn!(reason = %why, "lost consensus; re-registering");
+                outage_logged = true;
+            }
+            Err(e) if !outage_logged => {
+                warn!(error = %e, "cannot register with consensus; retrying");
+                outage_logged = true;
+            }
+            Err(e) => debug!(error = %e, "still cannot register with consensus"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tonic::Code;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn without_a_registration_a_request_fails_unavailable_after_the_wait() {
+        let (_tx, sessions) = watch::channel(None);
+        let ran = Arc::new(AtomicBool::new(false));
+        let (reply, answer) = oneshot::channel::<Result<(), Status>>();
+        let started = tokio::time::Instant::now();
+        let flag = ran.clone();
+        run_job(
+            sessions,
+            move |_s| async move {
+                flag.store(true, Ordering::SeqCst);
+                Ok(())
+            },
+            reply,
+        )
+        .await;
+        let err = answer.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(started.elapsed() >= SESSION_WAIT);
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_request_whose_client_left_is_dropped_without_running() {
+        let (_tx, sessions) = watch::channel(None);
+        let (reply, answer) = oneshot::channel::<Result<(), Status>>();
+        drop(answer);
+        let started = tokio::time::Instant::now();
+        run_job(sessions, |_s| async { Ok(()) }, reply).await;
+        // It stopped at once instead of waiting for a registration.
+        assert!(started.elapsed() < SESSION_WAIT);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_link_answers_unavailable() {
+        let (jobs, rx) = mpsc::channel(1);
+        drop(rx);
+        let link = Link { jobs };
+        let err = link
+            .call(|_s| async { Ok::<(), Status>(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,109 @@
+//! The client gateway of a member: serves etcd's v3 gRPC API on the listen-client URLs and
+//! forwards every request to the member's consensus process over `client.sock`.
+//!
+//! Its only input is `--socket`: everything else (identity, listeners, TLS, limits) comes from
+//! consensus at registration.
+
+mod error;
+mod from_capnp;
+mod gateway;
+mod grpc;
+mod link;
+mod listen;
+mod plane;
+mod proto;
+mod registration;
+mod tls;
+mod to_capnp;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+use crate::error::Error;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "etcd v3 gRPC API of one member, forwarded to its consensus process"
+)]
+struct Args {
+    /// consensus's client.sock (in its data dir).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Log filter, e.g. `info` or `client_gateway=debug` (default: RUST_LOG, else info).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_tracing(args.log_level.as_deref()) {
+        eprintln!("client-gateway: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(args.socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>) -> Result<(), Error> {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| Error::LogFilter {
+            filter: l.to_string(),
+            reason: e.to_string(),
+        })?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // No colour codes in log files.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+fn run(socket: PathBuf) -> Result<(), Error> {
+    let (link, registrations) = link::spawn(socket)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("grpc")
+        .build()
+        .map_err(|source| Error::Runtime {
+            what: "gRPC",
+            source,
+        })?;
+    runtime.block_on(gateway::run(link, registrations, shutdown_signal()))
+}
+
+/// SIGINT or SIGTERM. If a handler cannot be installed, that signal keeps its default action.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,135 @@
+//! Bad input from outside the process: configuration that stops consensus with one line, and a
+//! gateway that speaks another protocol version, which is refused while consensus keeps serving.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use schema::member_capnp::client_registrar;
+use support::*;
+
+fn consensus(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_consensus"));
+    cmd.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    err
+}
+
+#[test]
+fn configuration_errors_stop_consensus_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("etcd.conf");
+    std::fs::write(
+        &conf,
+        "#[Member]\nETCD_NAME=\"etcd01\"\nthis is not a setting\n",
+    )
+    .unwrap();
+    let err = one_line_error(&consensus(&["--env-file", conf.to_str().unwrap()], &[]));
+    assert!(
+        err.contains("etcd.conf:3") && err.contains("this is not a setting"),
+        "{err}"
+    );
+
+    let err = one_line_error(&consensus(
+        &[
+            "--name=etcd04",
+            "--initial-cluster=etcd01=http://127.0.0.1:2380",
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("etcd04") && err.contains("etcd01=http://127.0.0.1:2380"),
+        "{err}"
+    );
+
+    let err = one_line_error(&consensus(
+        &[
+            "--name=etcd01",
+            "--initial-advertise-peer-urls=http://127.0.0.9:2380",
+            "--initial-cluster=etcd01=http://127.0.0.1:2380",
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("http://127.0.0.9:2380") && err.contains("http://127.0.0.1:2380"),
+        "{err}"
+    );
+
+    // Environment variables are read too, and a bad value names the field and the value.
+    let err = one_line_error(&consensus(&[], &[("ETCD_HEARTBEAT_INTERVAL", "soon")]));
+    assert!(
+        err.contains("heartbeat-interval") && err.contains("soon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gateway_with_another_protocol_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("m");
+    // consensus alone binds only its Unix sockets, so no port is used here.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .args([
+            "--name=solo",
+            &format!("--data-dir={}", data.display()),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=solo=http://127.0.0.1:2380",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = schema::client_socket(&data);
+    eventually(Duration::from_secs(10), "client.sock", || {
+        socket.exists().then_some(())
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let (refused, member_id) = local.block_on(&rt, async {
+        let (registrar, _done) = schema::dial::<client_registrar::Client>(&socket)
+            .await
+            .unwrap();
+        let mut req = registrar.register_request();
+        req.get().set_version(schema::PROTOCOL_VERSION + 98);
+        let refused = match req.send().promise.await {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        // The same consensus still serves a gateway that speaks its version.
+        let (registrar, _done) = schema::dial::<client_registrar::Client>(&socket)
+            .await
+            .unwrap();
+        let mut req = registrar.register_request();
+        req.get().set_version(schema::PROTOCOL_VERSION);
+        let reply = req.send().promise.await.unwrap();
+        let id = reply.get().unwrap().get_identity().unwrap().get_member_id();
+        (refused, id)
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert!(
+        refused.contains("protocol version 99 is not supported"),
+        "refusal: {refused:?}"
+    );
+    assert_eq!(
+        member_id,
+        consensus::ids::member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
+    );
+}

@@ -1,0 +1,261 @@
+//! Members started for real through `scripts/start-node.sh`, the real `etcdctl`, and certificates
+//! for the seed's https configuration. Everything started here is stopped by PID.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where the test build put the three binaries (start-node.sh uses them via ETCDRS_BIN_DIR).
+pub fn bin_dir() -> PathBuf {
+    let consensus = PathBuf::from(env!("CARGO_BIN_EXE_consensus"));
+    let dir = consensus
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf();
+    for b in ["peer-gateway", "client-gateway"] {
+        assert!(
+            dir.join(b).exists(),
+            "{b} is not built in {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// A CA and one certificate for every test host, used for clients and peers as the seed does.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn make_certs(dir: &Path, hosts: &[&str]) -> Certs {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "etcd-rs test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    names.push("localhost".into());
+    let mut params = CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "etcd-rs test member");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+    };
+    std::fs::write(&certs.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&certs.cert, cert.pem()).unwrap();
+    std::fs::write(&certs.key, key.serialize_pem()).unwrap();
+    certs
+}
+
+/// One member: its etcd.conf, its start-node.sh process, and how to reach it.
+pub struct Member {
+    pub name: String,
+    pub conf: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    /// The endpoint etcdctl uses, and the TLS flags it needs.
+    pub endpoint: String,
+    pub tls: Vec<String>,
+    script: Option<Child>,
+}
+
+impl Member {
+    pub fn new(
+        name: &str,
+        conf: PathBuf,
+        data_dir: PathBuf,
+        endpoint: String,
+        tls: Vec<String>,
+    ) -> Member {
+        let log = conf.with_extension("log");
+        Member {
+            name: name.into(),
+            conf,
+            data_dir,
+            log,
+            endpoint,
+            tls,
+            script: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(repo().join("scripts/start-node.sh"))
+            .arg(&self.conf)
+            .env("ETCDRS_BIN_DIR", bin_dir())
+            .env("RUST_LOG", "info,raft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting scripts/start-node.sh");
+        self.script = Some(child);
+    }
+
+    /// PIDs from `<data-dir>/member.pids`, by process name.
+    pub fn pids(&self) -> HashMap<String, i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("member.pids")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (name, pid) = l.split_once(' ')?;
+                Some((name.to_string(), pid.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn pid(&self, process: &str) -> i32 {
+        *self
+            .pids()
+            .get(process)
+            .unwrap_or_else(|| panic!("no pid for {process} of {}", self.name))
+    }
+
+    /// kill -9 of one process of this member.
+    pub fn kill9(&self, process: &str) -> i32 {
+        let pid = self.pid(process);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        pid
+    }
+
+    /// kill -9 of the script and all three processes, as a crashed host would.
+    pub fn kill9_all(&mut self) {
+        let pids = self.pids();
+        if let Some(mut script) = self.script.take() {
+            let _ = script.kill();
+            let _ = script.wait();
+        }
+        for pid in pids.values() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// SIGTERM to the script, which stops all three; SIGKILL what is left after 10 s.
+    pub fn stop(&mut self) {
+        let pids = self.pids();
+        if let Some(mut script) = self.script.take() {
+            let _ = kill(Pid::from_raw(script.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = script.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = script.kill();
+            let _ = script.wait();
+        }
+        for (name, pid) in &pids {
+            if name != "start-node" {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoint, &self.tls, args)
+    }
+
+    /// etcdctl that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} against {} failed: {}{}\n--- member log tail ---\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `endpoint status -w json` of this member, parsed.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.get(0)?.get("Status").cloned()
+    }
+
+    pub fn leader_and_term(&self) -> Option<(u64, u64)> {
+        let s = self.status()?;
+        Some((s["leader"].as_u64()?, s["raftTerm"].as_u64()?))
+    }
+
+    pub fn member_id(&self) -> Option<u64> {
+        self.status()?["header"]["member_id"].as_u64()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(tls)
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(args)
+        .output()
+        .expect("running etcdctl (apt-get install etcd-client)")
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

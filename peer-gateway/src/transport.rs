@@ -1,0 +1,774 @@
+//! QUIC between the peer gateways of the members. Every member dials each other member and sends
+//! its raft messages on that connection; what others dial to us carries their messages to us. So
+//! each pair of members has two connections, one per direction.
+//!
+//! This module knows nothing of consensus: messages go in through [`Transport::send`] and come
+//! out of [`Events::inbound`]; what consensus must hear about comes out of [`Events::reports`].
+
+mod frame;
+mod handshake;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::peer_url::PeerUrl;
+use crate::tls::PeerTls;
+use frame::{MAX_MESSAGE_FRAME, MAX_SNAPSHOT_FRAME, STREAM_MESSAGES, STREAM_SNAPSHOT};
+use handshake::{ACCEPTED, HELLO_LEN, Hello, MAX_REASON, REFUSED, WIRE_VERSION};
+
+/// Messages waiting for one peer's connection; beyond this they are dropped (raft resends).
+const QUEUE_LEN: usize = 4096;
+/// Inbound messages waiting for consensus; a full channel slows down reading from peers.
+const INBOUND_LEN: usize = 4096;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// consensus hears that a peer is unreachable at most this often per peer.
+const UNREACHABLE_EVERY: Duration = Duration::from_millis(100);
+/// Repeated dial failures and refusals are logged at most this often per peer.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT_MS: u32 = 5_000;
+/// Ordinary messages are coalesced into writes of about this size.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Application error codes for QUIC connection closes and stream stops.
+mod code {
+    pub const SHUTDOWN: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const RECONNECT: u32 = 2;
+    pub const FRAME_TOO_LARGE: u32 = 3;
+    pub const BAD_STREAM: u32 = 4;
+}
+
+/// One entry of the member table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub urls: Vec<String>,
+}
+
+pub struct TransportConfig {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub listen: Vec<SocketAddr>,
+    /// The member table; our own entry is skipped when dialing.
+    pub members: Vec<Peer>,
+    pub tls: PeerTls,
+}
+
+/// A raft message a peer sent us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub from: u64,
+    pub is_snapshot: bool,
+    pub data: Vec<u8>,
+}
+
+/// What raft must hear about its outbound messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Unreachable(u64),
+    Snapshot { to: u64, ok: bool },
+}
+
+pub struct Events {
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub reports: mpsc::UnboundedReceiver<Report>,
+}
+
+/// Why [`Transport::send`] dropped a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    UnknownPeer,
+    NotConnected,
+    QueueFull,
+    TooLarge,
+}
+
+pub struct Transport {
+    shared: Arc<Shared>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    cluster_id: u64,
+    member_id: u64,
+    /// Random per start, sent in every hello so peers notice we restarted.
+    incarnation: u64,
+    client_config: quinn::ClientConfig,
+    endpoints: Vec<Endpoint>,
+    /// Who may connect to us: every member of the table.
+    members: Mutex<HashSet<u64>>,
+    /// Whom we dial: every member but us.
+    peers: Mutex<HashMap<u64, PeerHandle>>,
+    /// The last incarnation each member greeted us with.
+    incarnations: Mutex<HashMap<u64, u64>>,
+    inbound: mpsc::Sender<Inbound>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// When we last logged a failed inbound connection, per remote address.
+    accept_log: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+struct PeerHandle {
+    url: String,
+    queue: mpsc::Sender<Outgoing>,
+    link: Arc<PeerLink>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PeerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// State shared between `send` and one peer's connection task.
+#[derive(Default)]
+struct PeerLink {
+    connected: AtomicBool,
+    last_unreachable: Mutex<Option<Instant>>,
+    /// Wakes the connection task to dial again (the peer restarted, our connection is stale).
+    kick: Notify,
+}
+
+impl PeerLink {
+    fn report_unreachable(&self, reports: &mpsc::UnboundedSender<Report>, id: u64) {
+        let mut last = lock(&self.last_unreachable);
+        let now = Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= UNREACHABLE_EVERY) {
+            *last = Some(now);
+            let _ = reports.send(Report::Unreachable(id));
+        }
+    }
+}
+
+struct Outgoing {
+    data: Vec<u8>,
+    is_snapshot: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Transport {
+    /// Binds one QUIC endpoint per listen address and starts dialing the other members. Must run
+    /// inside a tokio runtime.
+    pub fn start(config: TransportConfig) -> Result<(Self, Events)> {
+        if config.listen.is_empty() {
+            return Err(Error::NoListenUrl);
+        }
+        let quic = quic_transport_config();
+        let server_crypto = QuicServerConfig::try_from(config.tls.server)
+            .map_err(|e| Error::Tls(format!("unusable for QUIC: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(quic.clone());
+        let client_crypto = QuicClientConfig::try_from(config.tls.client)
+            .map_err(|e| Error::Tls(format!("unusable for QUIC: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(quic);
+
+        let endpoints = config
+            .listen
+            .iter()
+            .map(|&addr| {
+                Endpoint::server(server.clone(), addr)
+                    .map_err(|source| Error::Bind { addr, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_LEN);
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            cluster_id: config.cluster_id,
+            member_id: config.member_id,
+            incarnation: random_u64(),
+            client_config: client,
+            endpoints,
+            members: Mutex::new(HashSet::new()),
+            peers: Mutex::new(HashMap::new()),
+            incarnations: Mutex::new(HashMap::new()),
+            inbound: inbound_tx,
+            reports: reports_tx,
+            accept_log: Mutex::new(HashMap::new()),
+        });
+        let accept_tasks = shared
+            .endpoints
+            .iter()
+            .map(|e| tokio::spawn(accept_loop(shared.clone(), e.clone())))
+            .collect();
+        let transport = Self {
+            shared,
+            accept_tasks,
+        };
+        transport.set_members(config.members);
+        Ok((
+            transport,
+            Events {
+                inbound: inbound_rx,
+                reports: reports_rx,
+            },
+        ))
+    }
+
+    /// The addresses the endpoints are bound to.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.shared
+            .endpoints
+            .iter()
+            .filter_map(|e| e.local_addr().ok())
+            .collect()
+    }
+
+    /// Queues one message for member `to` without waiting for the network. A message that cannot
+    /// be queued is dropped (raft resends) and reported as described on [`Report`].
+    pub fn send(&self, to: u64, data: Vec<u8>, is_snapshot: bool) -> Result<(), Dropped> {
+        let shared = &self.shared;
+        let peers = lock(&shared.peers);
+        let limit = if is_snapshot {
+            MAX_SNAPSHOT_FRAME
+        } else {
+            MAX_MESSAGE_FRAME
+        };
+        let dropped = match peers.get(&to) {
+            None => {
+                debug!("dropping a message to member {to:x}: not in the member table");
+                Dropped::UnknownPeer
+            }
+            Some(_) if data.len() > limit => {
+                warn!(
+                    "dropping a message of {} bytes to member {to:x}: the limit is {limit} bytes",
+                    data.len()
+                );
+                Dropped::TooLarge
+            }
+            Some(peer) => {
+                let dropped = if !peer.link.connected.load(Ordering::Acquire) {
+                    Dropped::NotConnected
+                } else {
+                    match peer.queue.try_send(Outgoing { data, is_snapshot }) {
+                        Ok(()) => return Ok(()),
+                        Err(mpsc::error::TrySendError::Full(_)) => Dropped::QueueFull,
+                        Err(mpsc::error::TrySendError::Closed(_)) => Dropped::NotConnected,
+                    }
+                };
+                peer.link.report_unreachable(&shared.reports, to);
+                dropped
+            }
+        };
+        if is_snapshot {
+            let _ = shared.reports.send(Report::Snapshot { to, ok: false });
+        }
+        Err(dropped)
+    }
+
+    /// Replaces the member table: dials new members, stops dialing removed ones.
+    pub fn set_members(&self, members: Vec<Peer>) {
+        let shared = &self.shared;
+        *lock(&shared.members) = members.iter().map(|m| m.id).collect();
+        let wanted: HashMap<u64, String> = members
+            .into_iter()
+            .filter(|m| m.id != shared.member_id)
+            .filter_map(|m| match m.urls.into_iter().next() {
+                Some(url) => Some((m.id, url)),
+                None => {
+                    warn!("member {:x} has no peer URL; not dialing it", m.id);
+                    None
+                }
+            })
+            .collect();
+        let mut peers = lock(&shared.peers);
+        peers.retain(|id, handle| {
+            let keep = wanted.get(id) == Some(&handle.url);
+            if !keep {
+                info!("stopped dialing member {id:x} at {}", handle.url);
+            }
+            keep
+        });
+        for (id, url) in wanted {
+            if peers.contains_key(&id) {
+                continue;
+            }
+            match PeerUrl::parse(&url) {
+                Ok(target) => {
+                    let (queue, rx) = mpsc::channel(QUEUE_LEN);
+                    let link = Arc::new(PeerLink::default());
+                    let task = tokio::spawn(run_peer(shared.clone(), id, target, link.clone(), rx));
+                    peers.insert(
+                        id,
+                        PeerHandle {
+                            url,
+                            queue,
+                            link,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => warn!("not dialing member {id:x}: {e}"),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn is_connected(&self, to: u64) -> bool {
+        lock(&self.shared.peers)
+            .get(&to)
+            .is_some_and(|p| p.link.connected.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for task in &self.accept_tasks {
+            task.abort();
+        }
+        lock(&self.shared.peers).clear();
+        for endpoint in &self.shared.endpoints {
+            endpoint.close(VarInt::from_u32(code::SHUTDOWN), b"shutting down");
+        }
+    }
+}
+
+fn quic_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Notice a dead peer within seconds, like etcd's peer probing does.
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    Arc::new(t)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; the clock and pid only add to it.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Shared {
+    /// An endpoint that can reach `addr`: same address family, and loopback only for loopback.
+    fn endpoint_for(&self, addr: SocketAddr) -> Result<&Endpoint> {
+        let usable = |e: &&Endpoint| {
+            e.local_addr().is_ok_and(|local| {
+                local.is_ipv4() == addr.is_ipv4()
+                    && (local.ip().is_unspecified()
+                        || local.ip().is_loopback() == addr.ip().is_loopback())
+            })
+        };
+        let same_family = |e: &&Endpoint| {
+            e.local_addr()
+                .is_ok_and(|local| local.is_ipv4() == addr.is_ipv4())
+        };
+        self.endpoints
+            .iter()
+            .find(usable)
+            .or_else(|| self.endpoints.iter().find(same_family))
+            .ok_or(Error::NoEndpoint(addr))
+    }
+
+    /// Logs a failed inbound connection at most every LOG_EVERY per remote address.
+    fn log_accept_failure(&self, addr: SocketAddr, line: impl FnOnce() -> String) {
+        let mut log = lock(&self.accept_log);
+        let now = Instant::now();
+        if log.len() > 1024 {
+            log.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
+        }
+        match log.get(&addr) {
+            Some(t) if now.duration_since(*t) < LOG_EVERY => debug!("{}", line()),
+            _ => {
+                log.insert(addr, now);
+                warn!("{}", line());
+            }
+        }
+    }
+}
+
+/// Rate limit for one peer's repeated log lines.
+struct Every {
+    period: Duration,
+    last: Option<Instant>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Self { period, last: None }
+    }
+
+    fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= self.period)
+        {
+            self.last = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------- outbound: one task per peer
+
+async fn run_peer(
+    shared: Arc<Shared>,
+    id: u64,
+    target: PeerUrl,
+    link: Arc<PeerLink>,
+    mut queue: mpsc::Receiver<Outgoing>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = Every::new(LOG_EVERY);
+    loop {
+        match dial(&shared, id, &target).await {
+            Ok(conn) => {
+                backoff = MIN_BACKOFF;
+                info!("connected to member {id:x} at {target}");
+                // Whatever was queued for an earlier connection is stale by now.
+                drain(&shared, id, &link, &mut queue);
+                link.connected.store(true, Ordering::Release);
+                let why = pump(&shared, id, &conn, &link, &mut queue).await;
+                link.connected.store(false, Ordering::Release);
+                conn.close(VarInt::from_u32(code::RECONNECT), b"reconnecting");
+                drain(&shared, id, &link, &mut queue);
+                info!("connection to member {id:x} at {target} ended: {why}");
+                failures = Every::new(LOG_EVERY);
+            }
+            Err(Error::Refused(reason)) => {
+                if failures.ready() {
+                    warn!("member {id:x} at {target} refused our connection: {reason}");
+                } else {
+                    debug!("member {id:x} at {target} refused our connection: {reason}");
+                }
+            }
+            Err(e) => {
+                if failures.ready() {
+                    warn!("cannot connect to member {id:x} at {target}: {e}");
+                } else {
+                    debug!("cannot connect to member {id:x} at {target}: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Drops queued messages, telling raft about the peer and about any snapshot among them.
+fn drain(shared: &Shared, id: u64, link: &PeerLink, queue: &mut mpsc::Receiver<Outgoing>) {
+    let mut any = false;
+    while let Ok(m) = queue.try_recv() {
+        any = true;
+        if m.is_snapshot {
+            let _ = shared.reports.send(Report::Snapshot { to: id, ok: false });
+        }
+    }
+    if any {
+        link.report_unreachable(&shared.reports, id);
+    }
+}
+
+async fn dial(shared: &Shared, id: u64, target: &PeerUrl) -> Result<Connection> {
+    let addr = target.resolve().await?;
+    let endpoint = shared.endpoint_for(addr)?;
+    // The TLS server name is the URL's host: etcd peer certificates carry IP SANs.
+    let conn = endpoint
+        .connect_with(shared.client_config.clone(), addr, &target.host)
+        .map_err(|source| Error::Connect { addr, source })?
+        .await?;
+    let hello = Hello {
+        version: WIRE_VERSION,
+        cluster_id: shared.cluster_id,
+        from: shared.member_id,
+        to: id,
+        incarnation: shared.incarnation,
+    };
+    let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, greet(&conn, hello)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::HandshakeTimeout),
+    };
+    match result {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            conn.close(VarInt::from_u32(code::SHUTDOWN), b"handshake failed");
+            Err(e)
+        }
+    }
+}
+
+/// The dialer's half of the handshake.
+async fn greet(conn: &Connection, hello: Hello) -> Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&hello.encode()).await?;
+    send.finish()?;
+    let mut verdict = [0u8; 1];
+    if let Err(e) = recv.read_exact(&mut verdict).await {
+        return Err(refusal_in_close(conn).unwrap_or(e.into()));
+    }
+    if verdict[0] == ACCEPTED {
+        return Ok(());
+    }
+    let reason = match recv.read_to_end(MAX_REASON).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => match refusal_in_close(conn) {
+            Some(refusal) => return Err(refusal),
+            None => "no reason given".to_string(),
+        },
+    };
+    Err(Error::Refused(reason))
+}
+
+/// The refusal reason the acceptor put in its connection close, if it closed that way.
+fn refusal_in_close(conn: &Connection) -> Option<Error> {
+    match conn.close_reason()? {
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(code::REFUSED) =>
+        {
+            Some(Error::Refused(
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Sends queued messages on the connection until it fails; returns why it stopped.
+async fn pump(
+    shared: &Shared,
+    id: u64,
+    conn: &Connection,
+    link: &PeerLink,
+    queue: &mut mpsc::Receiver<Outgoing>,
+) -> String {
+    let kicked = link.kick.notified();
+    tokio::pin!(kicked);
+    let mut stream = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    if let Err(e) = stream.write_all(&[STREAM_MESSAGES]).await {
+        return e.to_string();
+    }
+    let mut buf = Vec::new();
+    loop {
+        let first = tokio::select! {
+            m = queue.recv() => match m {
+                Some(m) => m,
+                None => return "member removed".to_string(),
+            },
+            e = conn.closed() => return e.to_string(),
+            () = &mut kicked => return "the member restarted".to_string(),
+        };
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(m) = next {
+            if m.is_snapshot {
+                // Its own stream, so a big snapshot never holds up heartbeats and appends.
+                spawn_snapshot(shared.reports.clone(), conn.clone(), id, m.data);
+            } else {
+                frame::encode(&mut buf, &m.data);
+            }
+            next = if buf.len() < WRITE_BATCH {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !buf.is_empty()
+            && let Err(e) = stream.write_all(&buf).await
+        {
+            return format!("writing messages failed: {e}");
+        }
+    }
+}
+
+fn spawn_snapshot(
+    reports: mpsc::UnboundedSender<Report>,
+    conn: Connection,
+    to: u64,
+    data: Vec<u8>,
+) {
+    tokio::spawn(async move {
+        let ok = match send_snapshot(&conn, &data).await {
+            Ok(()) => {
+                info!("sent a snapshot of {} bytes to member {to:x}", data.len());
+                true
+            }
+            Err(e) => {
+                warn!("sending a snapshot to member {to:x} failed: {e}");
+                false
+            }
+        };
+        let _ = reports.send(Report::Snapshot { to, ok });
+    });
+}
+
+async fn send_snapshot(conn: &Connection, data: &[u8]) -> Result<()> {
+    let mut stream = conn.open_uni().await?;
+    stream.write_all(&[STREAM_SNAPSHOT]).await?;
+    stream.write_all(&frame::header(data.len())).await?;
+    stream.write_all(data).await?;
+    stream.finish()?;
+    // Done only once the peer has all of it.
+    match stream.stopped().await {
+        Ok(None) => Ok(()),
+        Ok(Some(code)) => Err(Error::StreamStopped(code.into_inner())),
+        Err(e) => Err(Error::Stopped(e)),
+    }
+}
+
+// ---------------------------------------------------------------- inbound: what others dialed
+
+async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(serve_connection(shared.clone(), incoming));
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let addr = incoming.remote_address();
+    let conn = match incoming.accept() {
+        Ok(connecting) => connecting.await,
+        Err(e) => Err(e),
+    };
+    let conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            shared.log_accept_failure(addr, || format!("connection from peer {addr} failed: {e}"));
+            return;
+        }
+    };
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, answer(&shared, &conn)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(Error::Refused(reason))) => {
+            shared.log_accept_failure(addr, || format!("refusing peer {addr}: {reason}"));
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!("handshake with peer {addr} failed: {e}");
+            conn.close(VarInt::from_u32(code::SHUTDOWN), b"handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake with peer {addr} timed out");
+            conn.close(VarInt::from_u32(code::SHUTDOWN), b"handshake timed out");
+            return;
+        }
+    };
+    let from = hello.from;
+    let previous = lock(&shared.incarnations).insert(from, hello.incarnation);
+    if previous.is_some_and(|p| p != hello.incarnation)
+        && let Some(peer) = lock(&shared.peers).get(&from)
+    {
+        // It restarted: our connection to it is dead, though quinn would only notice on timeout.
+        peer.link.kick.notify_waiters();
+    }
+    debug!("accepted connection from member {from:x} at {addr}");
+    read_streams(&shared, conn, from).await;
+}
+
+/// Reads every stream the peer opens until the connection ends.
+async fn read_streams(shared: &Shared, conn: Connection, from: u64) {
+    loop {
+        match conn.accept_uni().await {
+            Ok(stream) => {
+                tokio::spawn(read_stream(shared.inbound.clone(), stream, from));
+            }
+            Err(e) => {
+                debug!("connection from member {from:x} ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The acceptor's half of the handshake.
+async fn answer(shared: &Shared, conn: &Connection) -> Result<Hello> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut bytes = [0u8; HELLO_LEN];
+    recv.read_exact(&mut bytes).await?;
+    let verdict = {
+        let members = lock(&shared.members);
+        handshake::check(&bytes, shared.cluster_id, shared.member_id, |id| {
+            members.contains(&id)
+        })
+    };
+    match verdict {
+        Ok(hello) => {
+            send.write_all(&[ACCEPTED]).await?;
+            send.finish()?;
+            Ok(hello)
+        }
+        Err(refusal) => {
+            let wire = refusal.wire();
+            let mut answer = vec![REFUSED];
+            answer.extend_from_slice(wire.as_bytes());
+            // Let the reason reach the dialer before the close discards unsent stream data; the
+            // close carries it too.
+            if send.write_all(&answer).await.is_ok() && send.finish().is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            }
+            conn.close(VarInt::from_u32(code::REFUSED), wire.as_bytes());
+            Err(Error::Refused(refusal.local()))
+        }
+    }
+}
+
+async fn read_stream(inbound: mpsc::Sender<Inbound>, mut stream: RecvStream, from: u64) {
+    let mut kind = [0u8; 1];
+    if stream.read_exact(&mut kind).await.is_err() {
+        return;
+    }
+    let Some(limit) = frame::limit_of(kind[0]) else {
+        warn!(
+            "member {from:x} opened a stream of unknown kind {}",
+            kind[0]
+        );
+        let _ = stream.stop(VarInt::from_u32(code::BAD_STREAM));
+        return;
+    };
+    let is_snapshot = kind[0] == STREAM_SNAPSHOT;
+    loop {
+        match frame::read(&mut stream, limit).await {
+            Ok(Some(data)) => {
+                let message = Inbound {
+                    from,
+                    is_snapshot,
+                    data,
+                };
+                if inbound.send(message).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e @ Error::FrameTooLarge { .. }) => {
+                warn!("closing a stream from member {from:x}: {e}");
+                let _ = stream.stop(VarInt::from_u32(code::FRAME_TOO_LARGE));
+                return;
+            }
+            Err(e) => {
+                debug!("stream from member {from:x} ended: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Transports talking over real UDP sockets on 127.0.0.1 (port 0, so parallel tests never
+//! collide).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::{sleep, timeout};
+
+use super::*;
+use crate::tls::{self, PeerTls, test_certs::TestCa};
+
+const CLUSTER: u64 = 0x1a2b_3c4d;
+const OTHER_CLUSTER: u64 = 0x9e8f_7a6b;
+const A: u64 = 0xa1;
+const B: u64 = 0xb2;
+const C: u64 = 0xc3;
+/// Generous: the machine is shared, and debug builds are slow.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn start(cluster_id: u64, member_id: u64, addr: SocketAddr, tls: PeerTls) -> (Transport, Events) {
+    Transport::start(TransportConfig {
+        cluster_id,
+        member_id,
+        listen: vec![addr],
+        members: vec![],
+        tls,
+    })
+    .unwrap()
+}
+
+/// Starts on `addr`, waiting for a previous user of the port to let go of it.
+async fn start_on(
+    cluster_id: u64,
+    member_id: u64,
+    addr: SocketAddr,
+    tls: PeerTls,
+) -> (Transport, Events) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match Transport::start(TransportConfig {
+            cluster_id,
+            member_id,
+            listen: vec![addr],
+            members: vec![],
+            tls: tls.clone(),
+        }) {
+            Ok(started) => return started,
+            Err(Error::Bind { .. }) if Instant::now() < deadline => {
+                sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("cannot start on {addr}: {e}"),
+        }
+    }
+}
+
+fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+fn table(entries: &[(u64, SocketAddr)]) -> Vec<Peer> {
+    entries
+        .iter()
+        .map(|&(id, addr)| Peer {
+            id,
+            urls: vec![url_of(addr)],
+        })
+        .collect()
+}
+
+fn addr(t: &Transport) -> SocketAddr {
+    t.local_addrs()[0]
+}
+
+/// Members A and B of one cluster, knowing each other.
+fn pair(tls_a: PeerTls, tls_b: PeerTls) -> ((Transport, Events), (Transport, Events)) {
+    let (a, ea) = start(CLUSTER, A, any_port(), tls_a);
+    let (b, eb) = start(CLUSTER, B, any_port(), tls_b);
+    let members = table(&[(A, addr(&a)), (B, addr(&b))]);
+    a.set_members(members.clone());
+    b.set_members(members);
+    ((a, ea), (b, eb))
+}
+
+async fn wait_connected(t: &Transport, to: u64) {
+    timeout(WAIT, async {
+        while !t.is_connected(to) {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never connected to {to:x}"));
+}
+
+async fn recv(events: &mut Events) -> Inbound {
+    timeout(WAIT, events.inbound.recv())
+        .await
+        .expect("nothing arrived in time")
+        .expect("inbound channel closed")
+}
+
+/// Sends until the message arrives: the sender may still be (re)connecting.
+async fn deliver_eventually(from: &Transport, to: u64, rx: &mut Events, data: &[u8]) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let _ = from.send(to, data.to_vec(), false);
+        if let Ok(Some(m)) = timeout(Duration::from_millis(200), rx.inbound.recv()).await {
+            assert_eq!(m.data, data);
+            return;
+        }
+    }
+    panic!("{data:?} never arrived at {to:x}");
+}
+
+fn self_signed() -> PeerTls {
+    tls::self_signed().unwrap()
+}
+
+#[tokio::test]
+async fn messages_flow_both_ways_in_order() {
+    let ((a, mut ea), (b, mut eb)) = pair(self_signed(), self_signed());
+    wait_connected(&a, B).await;
+    wait_connected(&b, A).await;
+
+    for i in 0..200u32 {
+        a.send(B, i.to_be_bytes().to_vec(), false).unwrap();
+    }
+    for i in 0..200u32 {
+        let m = recv(&mut eb).await;
+        assert_eq!(
+            m,
+            Inbound {
+                from: A,
+                is_snapshot: false,
+                data: i.to_be_bytes().to_vec()
+            }
+        );
+    }
+
+    b.send(A, b"pong".to_vec(), false).unwrap();
+    let m = recv(&mut ea).await;
+    assert_eq!((m.from, m.data.as_slice()), (B, &b"pong"[..]));
+    // An empty message is still a message.
+    b.send(A, Vec::new(), false).unwrap();
+    assert!(recv(&mut ea).await.data.is_empty());
+}
+
+#[tokio::test]
+async fn snapshots_do_not_hold_up_small_messages() {
+    let ((a, mut ea), (b, mut eb)) = pair(self_signed(), self_signed());
+    wait_connected(&a, B).await;
+    let _b = b;
+
+    let snapshot = vec![0x5a; 1 << 20];
+    for _ in 0..4 {
+        a.send(B, snapshot.clone(), true).unwrap();
+    }
+    a.send(B, b"heartbeat".to_vec(), false).unwrap();
+
+    let mut snapshots = 0;
+    loop {
+        let m = recv(&mut eb).await;
+        if !m.is_snapshot {
+            assert_eq!(m.data, b"heartbeat");
+            break;
+        }
+        snapshots += 1;
+    }
+    assert!(snapshots < 4, "the heartbeat waited behind every snapshot");
+    while snapshots < 4 {
+        let m = recv(&mut eb).await;
+        assert!(m.is_snapshot);
+        assert_eq!(m.data, snapshot);
+        assert_eq!(m.from, A);
+        snapshots += 1;
+    }
+
+    let mut reported = 0;
+    while reported < 4 {
+        match timeout(WAIT, ea.reports.recv()).await.unwrap().unwrap() {
+            Report::Snapshot { to: B, ok: true } => reported += 1,
+            other => panic!("unexpected report {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_cluster_is_refused() {
+    let (a, mut ea) = start(CLUSTER, A, any_port(), self_signed());
+    let (c, mut ec) = start(OTHER_CLUSTER, B, any_port(), self_signed());
+    let members = table(&[(A, addr(&a)), (B, addr(&c))]);
+    a.set_members(members.clone());
+    c.set_members(members);
+
+    // The dialer hears why, with both cluster IDs.
+    let target = PeerUrl::parse(&url_of(addr(&c))).unwrap();
+    match dial(&a.shared, B, &target).await {
+        Err(Error::Refused(reason)) => {
+            assert!(reason.contains(&format!("{CLUSTER:x}")), "{reason}");
+            assert!(reason.contains(&format!("{OTHER_CLUSTER:x}")), "{reason}");
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("a member of another cluster was accepted"),
+    }
+
+    sleep(Duration::from_millis(1500)).await;
+    assert!(!a.is_connected(B));
+    assert!(!c.is_connected(A));
+    assert_eq!(a.send(B, b"x".to_vec(), false), Err(Dropped::NotConnected));
+    assert_eq!(c.send(A, b"x".to_vec(), false), Err(Dropped::NotConnected));
+    assert_eq!(ea.reports.recv().await, Some(Report::Unreachable(B)));
+    sleep(Duration::from_millis(300)).await;
+    assert!(ea.inbound.try_recv().is_err());
+    assert!(ec.inbound.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reached_again() {
+    let ((a, mut ea), (b, eb)) = pair(self_signed(), self_signed());
+    wait_connected(&a, B).await;
+    a.send(B, b"one".to_vec(), false).unwrap();
+    let mut eb = eb;
+    assert_eq!(recv(&mut eb).await.data, b"one");
+
+    let b_addr = addr(&b);
+    drop(b);
+    drop(eb);
+    let (b2, mut eb2) = start_on(CLUSTER, B, b_addr, self_signed()).await;
+    b2.set_members(table(&[(A, addr(&a)), (B, b_addr)]));
+
+    deliver_eventually(&a, B, &mut eb2, b"two").await;
+    deliver_eventually(&b2, A, &mut ea, b"three").await;
+}
+
+/// Forwards UDP between one client and `target`, like a network path that can be cut.
+async fn relay(front: UdpSocket, target: SocketAddr) {
+    let Ok(back) = UdpSocket::bind(any_port()).await else {
+        return;
+    };
+    let mut client = None;
+    let mut buf = vec![0u8; 65536];
+    let mut buf2 = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            Ok((n, from)) = front.recv_from(&mut buf) => {
+                client = Some(from);
+                let _ = back.send_to(&buf[..n], target).await;
+            }
+            Ok((n, _)) = back.recv_from(&mut buf2) => {
+                if let Some(c) = client {
+                    let _ = front.send_to(&buf2[..n], c).await;
+                }
+            }
+        }
+    }
+}
+
+/// A peer killed without closing its connections (kill -9) is noticed as soon as it comes back
+/// and greets us, not only after the idle timeout.
+#[tokio::test]
+async fn a_killed_peer_is_redialed_when_it_comes_back() {
+    let (a, _ea) = start(CLUSTER, A, any_port(), self_signed());
+    let (b, mut eb) = start(CLUSTER, B, any_port(), self_signed());
+    // A reaches B through a relay; B reaches A directly.
+    let front = UdpSocket::bind(any_port()).await.unwrap();
+    let relay_addr = front.local_addr().unwrap();
+    let path = tokio::spawn(relay(front, addr(&b)));
+    a.set_members(table(&[(A, addr(&a)), (B, relay_addr)]));
+    b.set_members(table(&[(A, addr(&a)), (B, relay_addr)]));
+    wait_connected(&a, B).await;
+    wait_connected(&b, A).await;
+    a.send(B, b"before".to_vec(), false).unwrap();
+    assert_eq!(recv(&mut eb).await.data, b"before");
+
+    // Cut the path first, so B's goodbye never reaches A: A still thinks its connection is fine.
+    path.abort();
+    let _ = path.await;
+    drop(b);
+    drop(eb);
+    let (b2, mut eb2) = start(CLUSTER, B, any_port(), self_signed());
+    let front = UdpSocket::bind(relay_addr).await.unwrap();
+    let _path = tokio::spawn(relay(front, addr(&b2)));
+    assert!(
+        a.is_connected(B),
+        "A noticed the kill too early for this test"
+    );
+
+    let started = Instant::now();
+    b2.set_members(table(&[(A, addr(&a)), (B, relay_addr)]));
+    deliver_eventually(&a, B, &mut eb2, b"after").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(IDLE_TIMEOUT_MS as u64 - 1000),
+        "A only noticed the restart through the idle timeout ({:?})",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_the_same_ca_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = |name: &str, ca: &TestCa| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        tls::configure(&ca.write_files(&sub, "127.0.0.1", true)).unwrap()
+    };
+    let ca = TestCa::new("cluster CA");
+    let stranger_ca = TestCa::new("another CA");
+
+    let ((a, mut ea), (b, mut eb)) = pair(files("a", &ca), files("b", &ca));
+    wait_connected(&a, B).await;
+    wait_connected(&b, A).await;
+    a.send(B, b"ping".to_vec(), false).unwrap();
+    assert_eq!(recv(&mut eb).await.data, b"ping");
+    b.send(A, b"pong".to_vec(), false).unwrap();
+    assert_eq!(recv(&mut ea).await.data, b"pong");
+
+    let (c, mut ec) = start(CLUSTER, C, any_port(), files("c", &stranger_ca));
+    let members = table(&[(A, addr(&a)), (B, addr(&b)), (C, addr(&c))]);
+    a.set_members(members.clone());
+    c.set_members(members);
+    sleep(Duration::from_millis(1500)).await;
+    assert!(!a.is_connected(C));
+    assert!(!c.is_connected(A));
+    assert!(ec.inbound.try_recv().is_err());
+    assert!(ea.inbound.try_recv().is_err());
+
+    // A peer without any client certificate is refused as well.
+    let (d, _ed) = start(CLUSTER, C, any_port(), self_signed());
+    d.set_members(table(&[(A, addr(&a)), (C, addr(&d))]));
+    sleep(Duration::from_millis(1500)).await;
+    assert!(!d.is_connected(A));
+    assert!(ea.inbound.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn drops_are_reported_at_most_every_100ms() {
+    let (a, mut ea) = start(CLUSTER, A, any_port(), self_signed());
+    // Nobody listens there.
+    let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    a.set_members(table(&[(A, addr(&a)), (B, dead)]));
+
+    assert_eq!(a.send(C, b"x".to_vec(), false), Err(Dropped::UnknownPeer));
+    assert_eq!(a.send(B, b"x".to_vec(), false), Err(Dropped::NotConnected));
+    assert_eq!(a.send(B, b"x".to_vec(), false), Err(Dropped::NotConnected));
+    assert_eq!(ea.reports.try_recv(), Ok(Report::Unreachable(B)));
+    assert!(
+        ea.reports.try_recv().is_err(),
+        "reported twice within 100ms"
+    );
+
+    sleep(UNREACHABLE_EVERY).await;
+    assert_eq!(a.send(B, b"x".to_vec(), true), Err(Dropped::NotConnected));
+    assert_eq!(ea.reports.try_recv(), Ok(Report::Unreachable(B)));
+    assert_eq!(
+        ea.reports.try_recv(),
+        Ok(Report::Snapshot { to: B, ok: false })
+    );
+
+    let too_big = vec![0u8; MAX_MESSAGE_FRAME + 1];
+    assert_eq!(a.send(B, too_big, false), Err(Dropped::TooLarge));
+
+    // A removed member is no longer dialed or routed to.
+    a.set_members(table(&[(A, addr(&a))]));
+    assert_eq!(a.send(B, b"x".to_vec(), false), Err(Dropped::UnknownPeer));
+}

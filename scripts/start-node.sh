@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Runs one member on this host: consensus first, then the peer and client gateways once its
+# sockets exist. Stays in the foreground (for systemd), stops all three on SIGTERM/SIGINT, and
+# restarts a gateway that dies without touching consensus. If consensus dies, the member is down:
+# the gateways are stopped and the script exits with consensus's status.
+#
+#   scripts/start-node.sh                          # one member on 127.0.0.1:2379, data in ./default.etcd
+#   scripts/start-node.sh /opt/etcd/cfg/etcd.conf  # etcd.conf KEY="value" lines (the seed's format)
+#   scripts/start-node.sh [conf] --name n1 ...     # etcd-style flags; ETCD_* variables work too
+#
+# Flags override ETCD_* variables, which override the file. Binaries come from $ETCDRS_BIN_DIR, or
+# the workspace's release build, which is built first when missing. The PIDs of the three processes
+# are kept in <data-dir>/member.pids ("consensus PID" lines), for operators and tests.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log() { printf '%s start-node: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$*" >&2; }
+
+args=()
+if [[ $# -gt 0 && $1 != -* ]]; then
+  if [[ ! -r $1 ]]; then
+    log "cannot read configuration file $1"
+    exit 2
+  fi
+  args+=(--env-file "$1")
+  shift
+fi
+args+=("$@")
+
+bin_dir=${ETCDRS_BIN_DIR:-}
+if [[ -z $bin_dir ]]; then
+  target=${CARGO_TARGET_DIR:-$repo/target}
+  bin_dir=$target/release
+  if [[ ! -x $bin_dir/consensus || ! -x $bin_dir/peer-gateway || ! -x $bin_dir/client-gateway ]]; then
+    log "setting up and building release binaries in $target (first start only)"
+    (cd "$repo" && scripts/setup.sh && cargo build --release --bins) || exit 1
+  fi
+fi
+for b in consensus peer-gateway client-gateway; do
+  [[ -x $bin_dir/$b ]] || { log "missing $bin_dir/$b"; exit 1; }
+done
+
+# consensus parses the configuration; ask it where the data dir is (this also validates it).
+data_dir=$("$bin_dir/consensus" "${args[@]}" --print-data-dir) || exit 1
+mkdir -p "$data_dir" || exit 1
+pid_file=$data_dir/member.pids
+
+consensus_pid='' peer_pid='' client_pid='' stopping=0
+
+write_pids() {
+  printf 'consensus %s\npeer-gateway %s\nclient-gateway %s\nstart-node %s\n' \
+    "$consensus_pid" "$peer_pid" "$client_pid" "$$" >"$pid_file.tmp" && mv "$pid_file.tmp" "$pid_file"
+}
+
+start_peer() { "$bin_dir/peer-gateway" --socket "$data_dir/peer.sock" & peer_pid=$!; write_pids; }
+start_client() { "$bin_dir/client-gateway" --socket "$data_dir/client.sock" & client_pid=$!; write_pids; }
+
+stop_all() {
+  stopping=1
+  log "stopping the member"
+  for p in $client_pid $peer_pid $consensus_pid; do kill -TERM "$p" 2>/dev/null; done
+}
+trap stop_all TERM INT
+
+"$bin_dir/consensus" "${args[@]}" &
+consensus_pid=$!
+write_pids
+
+# Wait for both sockets (consensus removes stale ones before binding, and binds both at once).
+for _ in $(seq 1 600); do
+  if ! kill -0 "$consensus_pid" 2>/dev/null; then
+    wait "$consensus_pid"; status=$?
+    log "consensus exited with status $status while starting"
+    exit "$status"
+  fi
+  [[ -S $data_dir/peer.sock && -S $data_dir/client.sock ]] && break
+  ((stopping)) && break
+  sleep 0.05
+done
+if ((!stopping)); then
+  start_peer
+  start_client
+fi
+
+peer_restarts=0 client_restarts=0
+while ((!stopping)); do
+  wait -n
+  ((stopping)) && break
+  if ! kill -0 "$consensus_pid" 2>/dev/null; then
+    wait "$consensus_pid"; status=$?
+    log "consensus exited with status $status; stopping the gateways"
+    for p in $client_pid $peer_pid; do kill -TERM "$p" 2>/dev/null; done
+    wait
+    exit "$status"
+  fi
+  # A gateway that keeps dying at once (bad certificate, say) is retried at most once a second.
+  if ! kill -0 "$peer_pid" 2>/dev/null; then
+    peer_restarts=$((peer_restarts + 1))
+    log "peer gateway (pid $peer_pid) exited; restarting it (restart $peer_restarts)"
+    ((peer_restarts > 1)) && sleep 1
+    start_peer
+  fi
+  if ! kill -0 "$client_pid" 2>/dev/null; then
+    client_restarts=$((client_restarts + 1))
+    log "client gateway (pid $client_pid) exited; restarting it (restart $client_restarts)"
+    ((client_restarts > 1)) && sleep 1
+    start_client
+  fi
+done
+wait
+log "member stopped"
+exit 0
