@@ -261,14 +261,18 @@ pub fn write_txn_response(
 ) {
     write_header(b.reborrow().init_header(), &with_revision(h, r.revision));
     b.set_succeeded(r.succeeded);
+    // etcd fills only the revision in the headers of a txn's inner responses.
+    let inner = Header::default();
     let mut list = b.init_responses(r.responses.len() as u32);
     for (i, op) in r.responses.iter().enumerate() {
         let slot: response_op::Builder = list.reborrow().get(i as u32);
         match op {
-            ResponseOp::Range(x) => write_range_response(slot.init_range(), h, x),
-            ResponseOp::Put(x) => write_put_response(slot.init_put(), h, x),
-            ResponseOp::DeleteRange(x) => write_delete_response(slot.init_delete_range(), h, x),
-            ResponseOp::Txn(x) => write_txn_response(slot.init_txn(), h, x),
+            ResponseOp::Range(x) => write_range_response(slot.init_range(), &inner, x),
+            ResponseOp::Put(x) => write_put_response(slot.init_put(), &inner, x),
+            ResponseOp::DeleteRange(x) => {
+                write_delete_response(slot.init_delete_range(), &inner, x)
+            }
+            ResponseOp::Txn(x) => write_txn_response(slot.init_txn(), &inner, x),
         }
     }
 }

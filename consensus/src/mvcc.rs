@@ -686,10 +686,11 @@ impl<'a> Applier<'a> {
             self.write(key, tombstone);
         }
         Ok(DeleteRangeResponse {
-            revision: if rows.is_empty() {
-                self.revision
-            } else {
+            // Like etcd: the revision being written once anything in this request changed.
+            revision: if self.sub > 0 {
                 self.main
+            } else {
+                self.revision
             },
             deleted: rows.len() as i64,
             prev_kvs,
@@ -786,9 +787,10 @@ impl<'a> Applier<'a> {
         self.check_ops(branch)?;
         let r = self.do_txn(req);
         self.end();
+        // Inner responses keep the revision each op saw or wrote (a nested txn's stays 0, as in
+        // etcd); the txn's own header has the revision after it.
         let mut resp = r?;
         resp.revision = self.revision;
-        set_txn_revisions(&mut resp, self.revision);
         Ok(resp)
     }
 
@@ -830,20 +832,6 @@ impl<'a> Applier<'a> {
         upper[..8].copy_from_slice(&(req.revision + 1).to_be_bytes());
         self.batch.delete_range_cf(db.cf(CF_REV), [0u8; 16], upper);
         Ok(self.revision)
-    }
-}
-
-fn set_txn_revisions(resp: &mut TxnResponse, revision: i64) {
-    for op in &mut resp.responses {
-        match op {
-            ResponseOp::Range(r) => r.revision = revision,
-            ResponseOp::Put(p) => p.revision = revision,
-            ResponseOp::DeleteRange(d) => d.revision = revision,
-            ResponseOp::Txn(t) => {
-                t.revision = revision;
-                set_txn_revisions(t, revision);
-            }
-        }
     }
 }
 

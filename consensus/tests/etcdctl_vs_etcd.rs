@@ -1,0 +1,250 @@
+//! The same `etcdctl` commands against a real etcd 3.4.23 member and against one of ours: the
+//! outputs (`-w json`, error lines, exit codes) must agree, except for what names the cluster
+//! (cluster and member IDs, raft term) and the database's size.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// Ports of this test only: ours on 127.0.0.4, etcd on 127.0.0.5.
+const OURS: &str = "127.0.0.4";
+const ETCD: &str = "127.0.0.5";
+
+struct Etcd(std::process::Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_etcd(dir: &std::path::Path) -> Etcd {
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let child = Command::new("etcd")
+        .args([
+            "--name=ref",
+            &format!("--data-dir={}", dir.join("etcd-data").display()),
+            &format!("--listen-client-urls=http://{ETCD}:2379"),
+            &format!("--advertise-client-urls=http://{ETCD}:2379"),
+            &format!("--listen-peer-urls=http://{ETCD}:2380"),
+            &format!("--initial-advertise-peer-urls=http://{ETCD}:2380"),
+            &format!("--initial-cluster=ref=http://{ETCD}:2380"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting etcd (apt-get install etcd-server)");
+    Etcd(child)
+}
+
+/// Drops what differs between two clusters by design.
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for k in [
+                "cluster_id",
+                "member_id",
+                "ID",
+                "raft_term",
+                "dbSize",
+                "dbSizeInUse",
+                "leader",
+                "raftIndex",
+                "raftTerm",
+                "raftAppliedIndex",
+                "Endpoint",
+            ] {
+                map.remove(k);
+            }
+            for (_, x) in map.iter_mut() {
+                normalize(x);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// What a command printed, made comparable: JSON normalized, error lines without the log noise.
+fn outcome(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (Option<i32>, String) {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let shown = match serde_json::from_str::<Value>(&stdout) {
+        Ok(mut v) => {
+            normalize(&mut v);
+            v.to_string()
+        }
+        Err(_) => stdout,
+    };
+    let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("Error:"))
+        .map(str::to_string)
+        .collect();
+    (out.status.code(), format!("{shown}{}", errors.join("\n")))
+}
+
+#[test]
+fn etcdctl_outputs_match_real_etcd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _etcd = start_etcd(tmp.path());
+    let conf = tmp.path().join("ours.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "ETCD_NAME=\"ours\"\nETCD_DATA_DIR=\"{data}\"\n\
+             ETCD_LISTEN_CLIENT_URLS=\"http://{OURS}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{OURS}:2379\"\n\
+             ETCD_LISTEN_PEER_URLS=\"http://{OURS}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{OURS}:2380\"\n\
+             ETCD_INITIAL_CLUSTER=\"ours=http://{OURS}:2380\"\n",
+            data = tmp.path().join("ours-data").display()
+        ),
+    )
+    .unwrap();
+    let mut ours = Member::new(
+        "ours",
+        conf,
+        tmp.path().join("ours-data"),
+        format!("http://{OURS}:2379"),
+        vec![],
+    );
+    ours.start();
+    let etcd_endpoint = format!("http://{ETCD}:2379");
+    for endpoint in [ours.endpoint.clone(), etcd_endpoint.clone()] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{endpoint} healthy"),
+            || {
+                etcdctl(&endpoint, &[], &["endpoint", "health"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+
+    let txn_ok = "mod(\"k1\") > \"0\"\n\nput k3 v3\nget k1\n\ndel k1\n\n";
+    let txn_fail = "value(\"k1\") = \"nope\"\nversion(\"missing\") = \"0\"\n\nput k4 v4\n\nget k --prefix\nput k5 v5\n\n";
+    let script: Vec<(Vec<&str>, Option<&str>)> = vec![
+        (vec!["get", "k1", "-w", "json"], None),
+        (vec!["put", "k1", "v1", "-w", "json"], None),
+        (vec!["put", "k2", "v2", "--prev-kv", "-w", "json"], None),
+        (vec!["put", "k1", "v1b", "--prev-kv", "-w", "json"], None),
+        (vec!["put", "k0", "zz", "-w", "json"], None),
+        (vec!["get", "k", "--prefix", "-w", "json"], None),
+        (vec!["get", "k1", "--consistency=s", "-w", "json"], None),
+        (
+            vec!["get", "k", "--prefix", "--limit=1", "-w", "json"],
+            None,
+        ),
+        (
+            vec!["get", "k", "--prefix", "--keys-only", "-w", "json"],
+            None,
+        ),
+        (
+            vec!["get", "k", "--prefix", "--count-only", "-w", "json"],
+            None,
+        ),
+        (
+            vec![
+                "get",
+                "k",
+                "--prefix",
+                "--sort-by=VALUE",
+                "--order=DESCEND",
+                "-w",
+                "json",
+            ],
+            None,
+        ),
+        (
+            vec![
+                "get",
+                "k",
+                "--prefix",
+                "--sort-by=MODIFY",
+                "--order=ASCEND",
+                "-w",
+                "json",
+            ],
+            None,
+        ),
+        (vec!["get", "k0", "k2", "-w", "json"], None),
+        (vec!["get", "k1", "--from-key", "-w", "json"], None),
+        (vec!["get", "k1", "--rev=2", "-w", "json"], None),
+        (vec!["get", "k1", "--rev=1000", "-w", "json"], None),
+        (vec!["get", "", "-w", "json"], None),
+        (vec!["put", "", "v", "-w", "json"], None),
+        (vec!["del", "k2", "--prev-kv", "-w", "json"], None),
+        (vec!["del", "nothing", "-w", "json"], None),
+        (vec!["txn", "-w", "json"], Some(txn_ok)),
+        (vec!["txn", "-w", "json"], Some(txn_fail)),
+        (vec!["put", "k1", "again", "-w", "json"], None),
+        (vec!["compact", "3"], None),
+        (vec!["get", "k1", "--rev=2", "-w", "json"], None),
+        (vec!["get", "k1", "--rev=3", "-w", "json"], None),
+        (vec!["compact", "2"], None),
+        (vec!["del", "k", "--prefix", "-w", "json"], None),
+        (vec!["get", "", "--prefix", "-w", "json"], None),
+        (vec!["member", "list", "-w", "json"], None),
+        (vec!["endpoint", "status", "-w", "json"], None),
+        (vec!["endpoint", "health"], None),
+    ];
+    let mut differences = Vec::new();
+    for (args, stdin) in &script {
+        let theirs = outcome(&etcd_endpoint, args, *stdin);
+        let mine = outcome(&ours.endpoint, args, *stdin);
+        // Member names and URLs differ by design; compare the shape of the member list.
+        let comparable = |o: &(Option<i32>, String)| {
+            if args[0] == "member" {
+                (
+                    o.0,
+                    o.1.replace(OURS, "HOST")
+                        .replace(ETCD, "HOST")
+                        .replace("ours", "NAME")
+                        .replace("ref", "NAME"),
+                )
+            } else if args[0] == "endpoint" && args[1] == "health" {
+                (o.0, String::new())
+            } else {
+                o.clone()
+            }
+        };
+        if comparable(&theirs) != comparable(&mine) {
+            differences.push(format!(
+                "etcdctl {args:?}\n  etcd: {theirs:?}\n  ours: {mine:?}"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} commands differ:\n{}\n--- our log ---\n{}",
+        differences.len(),
+        script.len(),
+        differences.join("\n"),
+        ours.log_tail()
+    );
+}
