@@ -367,7 +367,11 @@ mod tests {
             ("aec3 771a 4b", "private"),
         ];
         for (code, text) in cases {
-            assert_eq!(huffman_decode(&hex(code)).unwrap(), text.as_bytes(), "{text}");
+            assert_eq!(
+                huffman_decode(&hex(code)).unwrap(),
+                text.as_bytes(),
+                "{text}"
+            );
         }
     }
 

@@ -17,6 +17,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, Router};
 use tracing::{debug, warn};
 
+use crate::authority::RepairAuthority;
 use crate::error::Error;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -269,7 +270,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     router: Router,
 ) -> Result<(), Error> {
-    let (conns_tx, mut conns_rx) = mpsc::channel::<Io>(128);
+    let (conns_tx, mut conns_rx) = mpsc::channel::<Conn>(128);
     // Dropped with this future (also when its task is aborted), which closes the listener.
     let _accept = AbortOnDrop(tokio::spawn(accept_loop(
         listener,
@@ -299,11 +300,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the gRPC server reads: the client's bytes with their `:authority` repaired.
+type Conn = RepairAuthority<Io>;
+
 async fn accept_loop(
     listener: Listener,
     url: String,
     tls: Option<TlsAcceptor>,
-    conns: mpsc::Sender<Io>,
+    conns: mpsc::Sender<Conn>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -316,7 +320,11 @@ async fn accept_loop(
         };
         match &tls {
             None => {
-                if conns.send(Io::Plain(stream)).await.is_err() {
+                if conns
+                    .send(RepairAuthority::new(Io::Plain(stream)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -325,7 +333,8 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = conns.send(Io::Tls(Box::new(tls))).await;
+                            let conn = RepairAuthority::new(Io::Tls(Box::new(tls)));
+                            let _ = conns.send(conn).await;
                         }
                         Ok(Err(e)) => debug!(%url, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%url, "TLS handshake timed out"),

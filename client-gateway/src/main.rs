@@ -4,10 +4,12 @@
 //! Its only input is `--socket`: everything else (identity, listeners, TLS, limits) comes from
 //! consensus at registration.
 
+mod authority;
 mod error;
 mod from_capnp;
 mod gateway;
 mod grpc;
+mod hpack;
 mod link;
 mod listen;
 mod plane;
