@@ -236,6 +236,21 @@ interface ClientPlane {
   compact @4 (request :CompactionRequest) -> (error :Status, response :CompactionResponse);
   memberList @5 () -> (error :Status, response :MemberListResponse);
   status @6 () -> (error :Status, response :StatusResponse);
+  metrics @7 () -> (metrics :Metrics);
+}
+
+# Counters consensus keeps since it started, for /metrics and the benchmarks.
+struct Metrics {
+  proposalsCommitted @0 :UInt64;   # entries applied (etcd_server_proposals_committed_total)
+  proposalsFailed @1 :UInt64;      # proposals answered with an error before commit
+  fsyncs @2 :UInt64;               # synced raft log writes (etcd_disk_wal_fsync_duration_seconds_count)
+  fsyncNanos @3 :UInt64;           # time spent in them
+  readIndexes @4 :UInt64;          # read-index requests sent to raft (each serves a batch of reads)
+  linearizableReads @5 :UInt64;
+  appliedIndex @6 :UInt64;
+  isLeader @7 :Bool;
+  leaderChanges @8 :UInt64;        # etcd_server_leader_changes_seen_total
+  revision @9 :Int64;
 }
 
 # ---------------------------------------------------------------- the raft log

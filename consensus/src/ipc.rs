@@ -495,6 +495,27 @@ impl client_plane::Server for ClientPlane {
         r.set_is_learner(false);
         Ok(())
     }
+
+    async fn metrics(
+        self: CapRc<Self>,
+        _: client_plane::MetricsParams,
+        mut results: client_plane::MetricsResults,
+    ) -> capnp::Result<()> {
+        let s = &self.0.ctx.shared;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut m = results.get().init_metrics();
+        m.set_proposals_committed(load(&s.proposals_committed));
+        m.set_proposals_failed(load(&s.proposals_failed));
+        m.set_fsyncs(load(&s.fsyncs));
+        m.set_fsync_nanos(load(&s.fsync_nanos));
+        m.set_read_indexes(load(&s.read_indexes));
+        m.set_linearizable_reads(load(&s.linearizable_reads));
+        m.set_applied_index(load(&s.applied));
+        m.set_is_leader(load(&s.leader) == self.0.ctx.identity.member_id);
+        m.set_leader_changes(load(&s.leader_changes));
+        m.set_revision(s.revision.load(Ordering::Acquire));
+        Ok(())
+    }
 }
 
 fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {

@@ -65,6 +65,13 @@ pub struct Shared {
     pub last_index: AtomicU64,
     pub revision: AtomicI64,
     pub members: Mutex<Vec<MemberInfo>>,
+    pub proposals_committed: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub fsync_nanos: AtomicU64,
+    pub read_indexes: AtomicU64,
+    pub linearizable_reads: AtomicU64,
+    pub leader_changes: AtomicU64,
 }
 
 impl Shared {
@@ -176,6 +183,7 @@ impl RaftLoop {
         match cmd {
             Command::Propose { id, data, reply } => {
                 if self.node.raft.leader_id == raft::INVALID_ID {
+                    self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Err(ee::no_leader()));
                     return;
                 }
@@ -185,6 +193,7 @@ impl RaftLoop {
                     }
                     Err(e) => {
                         debug!("proposal dropped: {e}");
+                        self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
                         let _ = reply.send(Err(ee::no_leader()));
                     }
                 }
@@ -227,6 +236,10 @@ impl RaftLoop {
         }
         self.read_ctx += 1;
         let ctx = self.read_ctx;
+        self.shared.read_indexes.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .linearizable_reads
+            .fetch_add(self.reads_unsent.len() as u64, Ordering::Relaxed);
         self.node.read_index(ctx.to_be_bytes().to_vec());
         self.reads_in_raft
             .insert(ctx, std::mem::take(&mut self.reads_unsent));
@@ -277,6 +290,9 @@ impl RaftLoop {
     fn on_ready(&mut self) -> Result<()> {
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
+            if ss.leader_id != self.shared.leader.load(Ordering::Relaxed) && ss.leader_id != 0 {
+                self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
             let role = ss.raft_state;
             info!(
                 leader = format!("{:x}", ss.leader_id),
@@ -301,7 +317,15 @@ impl RaftLoop {
             log.set_hard_state(hs, &mut batch);
         }
         if !batch.is_empty() {
-            self.db.write(batch, rd.must_sync())?;
+            let sync = rd.must_sync();
+            let started = Instant::now();
+            self.db.write(batch, sync)?;
+            if sync {
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .fsync_nanos
+                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
         }
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
@@ -393,6 +417,9 @@ impl RaftLoop {
         }
         let revision = applier.revision();
         applier.flush()?;
+        self.shared
+            .proposals_committed
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.applied = last;
         self.shared.revision.store(revision, Ordering::Release);
         self.shared.applied.store(last, Ordering::Release);
