@@ -52,6 +52,8 @@ pub struct GatewayConfig {
 
 pub struct Context {
     pub identity: Identity,
+    /// Auto-compaction, when `--auto-compaction-retention` is not zero.
+    pub compactor: Option<crate::compactor::Compactor>,
     pub gateways: GatewayConfig,
     pub db: Arc<Db>,
     pub shared: Arc<Shared>,
@@ -97,7 +99,10 @@ impl State {
     ) -> Result<Applied, EtcdError> {
         let id = self.request_id();
         let data = codec::encode_proposal(id, fill).map_err(ee::internal)?;
-        if data.len() as u64 > self.ctx.gateways.max_request_bytes {
+        // The client gateway applies etcd's exact limit to the protobuf request; this backstop
+        // allows for Cap'n Proto's larger encoding (word padding, pointers) of the same request.
+        const ENCODING_HEADROOM: u64 = 64 * 1024;
+        if data.len() as u64 > self.ctx.gateways.max_request_bytes + ENCODING_HEADROOM {
             return Err(ee::request_too_large());
         }
         let (reply, rx) = oneshot::channel();
@@ -555,6 +560,36 @@ fn read_only_txn_at(
     })
 }
 
+/// Proposes the compactions the compactor asks for, while this member leads.
+async fn auto_compact(state: Rc<State>, mut compactor: crate::compactor::Compactor) {
+    let shared = &state.ctx.shared;
+    loop {
+        tokio::time::sleep(compactor.interval()).await;
+        let is_leader = shared.leader.load(Ordering::Relaxed) == state.ctx.identity.member_id;
+        let revision = shared.revision.load(Ordering::Acquire);
+        let Some(target) = compactor.poll(std::time::Instant::now(), revision, is_leader) else {
+            continue;
+        };
+        info!(revision = target, "starting auto compaction");
+        let result = state
+            .propose(|rr| {
+                rr.init_compaction().set_revision(target);
+                Ok(())
+            })
+            .await;
+        let ok = match &result {
+            Ok(_) => true,
+            Err(e) => *e == ee::compacted(),
+        };
+        if ok {
+            info!(revision = target, "completed auto compaction");
+        } else if let Err(e) = result {
+            warn!(revision = target, "auto compaction failed, will retry: {e}");
+        }
+        compactor.done(target, ok, std::time::Instant::now());
+    }
+}
+
 // --------------------------------------------------------------------------------- sockets
 
 /// Binds a socket only this user can use (0600; SO_PEERCRED is checked on every connection too).
@@ -646,6 +681,8 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let mut ctx = ctx;
+        let compactor = ctx.compactor.take();
         let state = Rc::new(State {
             ctx,
             peer_gateway: RefCell::new(None),
@@ -657,6 +694,9 @@ pub fn run(
         let client_bootstrap: client_registrar::Client =
             capnp_rpc::new_client(ClientRegistrar(state.clone()));
         tokio::task::spawn_local(pump_outbound(state.clone(), outbound));
+        if let Some(compactor) = compactor {
+            tokio::task::spawn_local(auto_compact(state.clone(), compactor));
+        }
         tokio::task::spawn_local(accept_loop(peer, peer_bootstrap.client, "peer"));
         let _ = ready.send(Ok(()));
         accept_loop(client, client_bootstrap.client, "client").await;

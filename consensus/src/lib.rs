@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod etcd_error;

@@ -148,7 +148,16 @@ pub fn run(config: Config) -> Result<()> {
         client: schema::client_socket(dir),
     };
     let socket_paths = [sockets.peer.clone(), sockets.client.clone()];
+    let compactor = config.compaction_retention().map(|retention| {
+        info!(
+            mode = config.auto_compaction_mode.as_str(),
+            retention = config.auto_compaction_retention,
+            "auto compaction is on"
+        );
+        crate::compactor::Compactor::new(retention, std::time::Instant::now(), revision)
+    });
     let ctx = Context {
+        compactor,
         identity: identity.clone(),
         gateways: gateway_config(&config),
         db,
