@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs one member on this host: consensus first, then the peer and client gateways once its
 # sockets exist. Stays in the foreground (for systemd), stops all three on SIGTERM/SIGINT, and
-# restarts a gateway that dies without touching consensus. If consensus dies, the member is down:
-# the gateways are stopped and the script exits with consensus's status.
+# restarts a gateway that dies without touching consensus. A consensus that dies after it started
+# is a member restart: it is started again on its data dir and the gateways (left running)
+# register again. One that fails while starting (bad configuration, say) stops the member.
 #
 #   scripts/start-node.sh                          # one member on 127.0.0.1:2379, data in ./default.etcd
 #   scripts/start-node.sh /opt/etcd/cfg/etcd.conf  # etcd.conf KEY="value" lines (the seed's format)
@@ -62,21 +63,28 @@ stop_all() {
 }
 trap stop_all TERM INT
 
-"$bin_dir/consensus" "${args[@]}" &
-consensus_pid=$!
-write_pids
+# Starts consensus and waits for both of its sockets (it removes stale ones before binding).
+# Returns non-zero when it exits while starting.
+start_consensus() {
+  rm -f "$data_dir/peer.sock" "$data_dir/client.sock"
+  "$bin_dir/consensus" "${args[@]}" &
+  consensus_pid=$!
+  write_pids
+  for _ in $(seq 1 1200); do
+    if ! kill -0 "$consensus_pid" 2>/dev/null; then
+      wait "$consensus_pid"; status=$?
+      log "consensus exited with status $status while starting"
+      return 1
+    fi
+    [[ -S $data_dir/peer.sock && -S $data_dir/client.sock ]] && return 0
+    ((stopping)) && return 0
+    sleep 0.05
+  done
+  log "consensus did not open its sockets within 60 s"
+  return 1
+}
 
-# Wait for both sockets (consensus removes stale ones before binding, and binds both at once).
-for _ in $(seq 1 600); do
-  if ! kill -0 "$consensus_pid" 2>/dev/null; then
-    wait "$consensus_pid"; status=$?
-    log "consensus exited with status $status while starting"
-    exit "$status"
-  fi
-  [[ -S $data_dir/peer.sock && -S $data_dir/client.sock ]] && break
-  ((stopping)) && break
-  sleep 0.05
-done
+start_consensus || { kill -TERM "$consensus_pid" 2>/dev/null; exit 1; }
 if ((!stopping)); then
   start_peer
   start_client
@@ -88,10 +96,13 @@ while ((!stopping)); do
   ((stopping)) && break
   if ! kill -0 "$consensus_pid" 2>/dev/null; then
     wait "$consensus_pid"; status=$?
-    log "consensus exited with status $status; stopping the gateways"
-    for p in $client_pid $peer_pid; do kill -TERM "$p" 2>/dev/null; done
-    wait
-    exit "$status"
+    log "consensus (pid $consensus_pid) exited with status $status; restarting it from its data dir"
+    if ! start_consensus; then
+      log "consensus cannot start again; stopping the gateways"
+      for p in $client_pid $peer_pid; do kill -TERM "$p" 2>/dev/null; done
+      wait
+      exit 1
+    fi
   fi
   # A gateway that keeps dying at once (bad certificate, say) is retried at most once a second.
   if ! kill -0 "$peer_pid" 2>/dev/null; then

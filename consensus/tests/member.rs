@@ -246,6 +246,31 @@ fn three_member_cluster_from_seed_configs() {
     assert_ne!(members[follower].pid("peer-gateway"), killed);
     assert_eq!(members[leader].leader_and_term().unwrap().0, before.0);
 
+    // kill -9 a follower's consensus alone: it restarts from its data dir, the gateways it left
+    // running register again, and it catches up with what was written meanwhile.
+    let gateways = (
+        members[follower].pid("peer-gateway"),
+        members[follower].pid("client-gateway"),
+    );
+    let killed = members[follower].kill9("consensus");
+    members[leader].ctl_ok(&["put", "during/restart", "still-written"]);
+    eventually(Duration::from_secs(15), "the restarted consensus to catch up", || {
+        (value_of(&members[follower], "during/restart", &[]).as_deref() == Some("still-written"))
+            .then_some(())
+    });
+    assert_ne!(members[follower].pid("consensus"), killed);
+    assert_eq!(
+        (
+            members[follower].pid("peer-gateway"),
+            members[follower].pid("client-gateway")
+        ),
+        gateways,
+        "the gateways should have stayed up and registered again"
+    );
+    for (k, v) in &acknowledged {
+        assert_eq!(value_of(&members[follower], k, &[]).as_deref(), Some(v.as_str()));
+    }
+
     for m in &mut members {
         m.stop();
     }
