@@ -252,7 +252,7 @@ async fn pump_outbound(
     mut outbound: tokio::sync::mpsc::UnboundedReceiver<Vec<Message>>,
 ) {
     const MAX_IN_FLIGHT: usize = 8;
-    let in_flight = Rc::new(Cell::new(0usize));
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut batch: Vec<Message> = Vec::new();
     while let Some(first) = outbound.recv().await {
         batch.extend(first);
@@ -263,9 +263,9 @@ async fn pump_outbound(
             batch.clear();
             continue;
         };
-        while in_flight.get() >= MAX_IN_FLIGHT {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut req = gateway.send_request();
         {
             let mut list = req.get().init_messages(batch.len() as u32);
@@ -277,8 +277,7 @@ async fn pump_outbound(
                 b.set_data(&m.write_to_bytes().unwrap_or_default());
             }
         }
-        in_flight.set(in_flight.get() + 1);
-        let (state, in_flight) = (state.clone(), in_flight.clone());
+        let state = state.clone();
         tokio::task::spawn_local(async move {
             if let Err(e) = req.send().promise.await {
                 let mut gw = state.peer_gateway.borrow_mut();
@@ -289,7 +288,7 @@ async fn pump_outbound(
                     *gw = None;
                 }
             }
-            in_flight.set(in_flight.get() - 1);
+            drop(permit);
         });
     }
 }

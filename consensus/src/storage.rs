@@ -2,6 +2,7 @@
 //! the member's meta keys (identity, members, applied index). The MVCC key space (`mvcc`) lives in
 //! the same database so that an entry's effects and the applied index go in one write batch.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -129,7 +130,14 @@ pub struct RaftLog {
     snapshot_term: u64,
     last_index: u64,
     last_term: u64,
+    /// The newest entries, contiguous and ending at `last_index`: applying and replicating them
+    /// needs no read back from RocksDB. Bounded by `CACHE_MAX_ENTRIES` and `CACHE_MAX_BYTES`.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
 }
+
+const CACHE_MAX_ENTRIES: usize = 8192;
+const CACHE_MAX_BYTES: usize = 32 << 20;
 
 impl RaftLog {
     /// Loads the raft state from `db`.
@@ -154,6 +162,8 @@ impl RaftLog {
             snapshot_term,
             last_index: snapshot_index,
             last_term: snapshot_term,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
         };
         let db = log.db.clone();
         let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
@@ -203,6 +213,42 @@ impl RaftLog {
         }
         self.last_index = last.index;
         self.last_term = last.term;
+        self.cache_append(entries);
+    }
+
+    fn cache_append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        while self.cache.back().is_some_and(|e| e.index >= first.index) {
+            if let Some(e) = self.cache.pop_back() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
+            // Not contiguous with what is cached (cannot happen after the truncation above, but
+            // the cache must never lie): start over from these entries.
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+        for e in entries {
+            self.cache_bytes += e.data.len();
+            self.cache.push_back(e.clone());
+        }
+        while self.cache.len() > CACHE_MAX_ENTRIES
+            || (self.cache_bytes > CACHE_MAX_BYTES && self.cache.len() > 1)
+        {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+    }
+
+    fn cached(&self, index: u64) -> Option<&Entry> {
+        let first = self.cache.front()?.index;
+        self.cache.get(index.checked_sub(first)? as usize)
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState, batch: &mut WriteBatch) {
@@ -258,6 +304,20 @@ impl raft::Storage for RaftLog {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into().unwrap_or(u64::MAX);
+        if self.cached(low).is_some() {
+            let mut out = Vec::with_capacity((high - low) as usize);
+            let mut size = 0u64;
+            for index in low..high {
+                let Some(e) = self.cached(index) else { break };
+                size += e.compute_size() as u64;
+                // Always return at least one entry, as raft-rs requires.
+                if !out.is_empty() && size > max_size {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         let mut it = self.db.raw().raw_iterator_cf(self.db.cf(CF_LOG));
@@ -296,6 +356,9 @@ impl raft::Storage for RaftLog {
         }
         if idx == self.last_index {
             return Ok(self.last_term);
+        }
+        if let Some(e) = self.cached(idx) {
+            return Ok(e.term);
         }
         Ok(self.read_entry(idx)?.term)
     }
@@ -383,6 +446,8 @@ mod tests {
             got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
             vec![(2, 1), (3, 1), (4, 2)]
         );
+        // A fresh load has an empty cache, so this read comes from RocksDB; the same range
+        // through the cache of the writer gave the same entries above.
         // max_size still yields at least one entry.
         let one = log
             .entries(2, 5, 1, GetEntriesContext::empty(false))
@@ -390,6 +455,38 @@ mod tests {
         assert_eq!(one.len(), 1);
         assert!(
             log.entries(2, 6, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn cached_tail_agrees_with_rocksdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = RaftLog::load(db.clone()).unwrap();
+        // More than the cache holds, then a conflicting tail from a new term.
+        let n = CACHE_MAX_ENTRIES as u64 + 100;
+        let mut b = WriteBatch::default();
+        log.append(&(1..=n).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
+        db.write(b, false).unwrap();
+        let mut b = WriteBatch::default();
+        log.append(&[entry(n - 5, 2), entry(n - 4, 2)], &mut b);
+        db.write(b, false).unwrap();
+        assert!(log.cached(1).is_none(), "the oldest entries left the cache");
+        assert!(log.cached(n - 4).is_some());
+        let fresh = RaftLog::load(db).unwrap();
+        assert!(fresh.cache.is_empty());
+        for (low, high) in [(1, 10), (n - 20, n - 3), (n - 6, n - 3)] {
+            let ctx = || GetEntriesContext::empty(false);
+            let cached = log.entries(low, high, None, ctx()).unwrap();
+            let stored = fresh.entries(low, high, None, ctx()).unwrap();
+            assert_eq!(cached, stored, "entries {low}..{high}");
+        }
+        assert_eq!(log.last_index().unwrap(), n - 4);
+        assert_eq!(log.term(n - 5).unwrap(), 2);
+        assert_eq!(log.term(n - 6).unwrap(), 1);
+        assert!(
+            log.entries(n - 4, n - 2, None, GetEntriesContext::empty(false))
                 .is_err()
         );
     }

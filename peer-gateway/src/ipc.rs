@@ -185,7 +185,13 @@ impl State {
 
 /// Hands inbound messages to consensus: whatever piled up while the previous call was in flight
 /// goes in the next one. Without consensus they are dropped; raft resends.
+/// Calls on one capability arrive in the order they were sent, so several `deliver` calls can be
+/// in flight at once without reordering raft messages; waiting for each reply would add a round
+/// trip to consensus to every batch.
+const MAX_DELIVERIES_IN_FLIGHT: usize = 8;
+
 async fn deliver_inbound(state: Rc<State>, mut inbound: mpsc::Receiver<Inbound>, own_id: u64) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERIES_IN_FLIGHT));
     while let Some(first) = inbound.recv().await {
         let mut bytes = first.data.len();
         let mut batch = vec![first];
@@ -215,12 +221,17 @@ async fn deliver_inbound(state: Rc<State>, mut inbound: mpsc::Receiver<Inbound>,
             entry.set_is_snapshot(m.is_snapshot);
             entry.set_data(&m.data);
         }
-        if let Err(e) = request.send().promise.await {
-            debug!(
-                "delivering {} messages to consensus failed: {e}",
-                batch.len()
-            );
-        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let count = batch.len();
+        let reply = request.send().promise;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = reply.await {
+                debug!("delivering {count} messages to consensus failed: {e}");
+            }
+            drop(permit);
+        });
     }
 }
 
