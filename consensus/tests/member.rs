@@ -254,10 +254,15 @@ fn three_member_cluster_from_seed_configs() {
     );
     let killed = members[follower].kill9("consensus");
     members[leader].ctl_ok(&["put", "during/restart", "still-written"]);
-    eventually(Duration::from_secs(15), "the restarted consensus to catch up", || {
-        (value_of(&members[follower], "during/restart", &[]).as_deref() == Some("still-written"))
+    eventually(
+        Duration::from_secs(15),
+        "the restarted consensus to catch up",
+        || {
+            (value_of(&members[follower], "during/restart", &[]).as_deref()
+                == Some("still-written"))
             .then_some(())
-    });
+        },
+    );
     assert_ne!(members[follower].pid("consensus"), killed);
     assert_eq!(
         (
@@ -268,7 +273,10 @@ fn three_member_cluster_from_seed_configs() {
         "the gateways should have stayed up and registered again"
     );
     for (k, v) in &acknowledged {
-        assert_eq!(value_of(&members[follower], k, &[]).as_deref(), Some(v.as_str()));
+        assert_eq!(
+            value_of(&members[follower], k, &[]).as_deref(),
+            Some(v.as_str())
+        );
     }
 
     for m in &mut members {
