@@ -80,8 +80,14 @@ pub fn run(config: Config) -> Result<()> {
     let _lock = lock_data_dir(dir)?;
 
     let db = Db::open(&dir.join("db"))?;
-    let (identity, members, log) = cluster::load_or_bootstrap(&db, &config)?;
+    let (identity, members, mut log) = cluster::load_or_bootstrap(&db, &config)?;
     let applied = db.applied_index()?;
+    if applied > log.hard_state().commit {
+        // Applied entries were committed; raft-rs refuses an applied index above the commit.
+        let mut batch = rocksdb::WriteBatch::default();
+        log.set_commit(applied, &mut batch);
+        db.write(batch, true)?;
+    }
     let revision = mvcc::View::snapshot(&db).current_revision()?;
     let own_peer_urls = members
         .iter()

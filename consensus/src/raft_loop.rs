@@ -308,7 +308,8 @@ impl RaftLoop {
         if !rd.snapshot().is_empty() {
             warn!("received a raft snapshot, which this version does not install yet");
         }
-        self.apply(rd.take_committed_entries())?;
+        let commit = rd.hs().map(|hs| hs.commit);
+        self.apply(rd.take_committed_entries(), commit)?;
 
         let mut batch = WriteBatch::default();
         let log = self.node.mut_store();
@@ -337,15 +338,9 @@ impl RaftLoop {
         }
 
         let mut light = self.node.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            let mut batch = WriteBatch::default();
-            self.node.mut_store().set_commit(commit, &mut batch);
-            if !batch.is_empty() {
-                self.db.write(batch, false)?;
-            }
-        }
         self.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
+        let commit = light.commit_index();
+        self.apply(light.take_committed_entries(), commit)?;
         self.node.advance_apply();
         self.answer_reads();
         Ok(())
@@ -362,12 +357,24 @@ impl RaftLoop {
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+    /// Applies committed entries; `commit`, the new commit index, goes in the same batch (the
+    /// stored commit index must never be below the applied index, which raft-rs checks at start).
+    fn apply(&mut self, entries: Vec<Entry>, commit: Option<u64>) -> Result<()> {
         let Some(last) = entries.last().map(|e| e.index) else {
+            if let Some(commit) = commit {
+                let mut batch = WriteBatch::default();
+                self.node.mut_store().set_commit(commit, &mut batch);
+                if !batch.is_empty() {
+                    self.db.write(batch, false)?;
+                }
+            }
             return Ok(());
         };
         let db = self.db.clone();
         let mut applier = Applier::new(&db)?;
+        if let Some(commit) = commit {
+            self.node.mut_store().set_commit(commit, applier.batch());
+        }
         let mut replies = Vec::new();
         let mut members_changed = false;
         for entry in &entries {
