@@ -13,7 +13,6 @@ mod hpack;
 mod link;
 mod listen;
 mod plane;
-mod proto;
 mod registration;
 mod tls;
 mod to_capnp;
@@ -23,6 +22,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+// The generated protos live in the lib target, shared with etcd-bench and the benchmark.
+use client_gateway::proto;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 

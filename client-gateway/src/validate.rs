@@ -34,8 +34,10 @@ pub fn range(r: &RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(empty_key());
     }
-    // NONE/ASCEND/DESCEND and KEY/VERSION/CREATE/MOD/VALUE.
-    if !(0..=2).contains(&r.sort_order) || !(0..=4).contains(&r.sort_target) {
+    // etcd 3.4 sorts nothing for an unknown order (NONE=0, ASCEND=1, DESCEND=2), whatever the
+    // target; with a known order it sorts by the target (KEY..VALUE = 0..4) and crashes on an
+    // unknown one, which we refuse as etcd 3.5 does.
+    if (0..=2).contains(&r.sort_order) && !(0..=4).contains(&r.sort_target) {
         return Err(invalid_sort());
     }
     Ok(())
@@ -59,6 +61,51 @@ pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), Status> {
         return Err(empty_key());
     }
     Ok(())
+}
+
+pub fn request_too_large() -> Status {
+    Status::invalid_argument("etcdserver: request is too large")
+}
+
+/// The length of `v` as a protobuf varint.
+fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros()).max(1).div_ceil(7) as usize
+}
+
+/// The size etcd checks against `--max-request-bytes`: not the gRPC message but the raft entry
+/// it proposes, an `InternalRaftRequest` with a `RequestHeader` (field 100: a two-byte tag, and
+/// the request ID) and the request itself (fields 4-7: a one-byte tag and its length). The
+/// request ID carries the member ID's low 16 bits in its top bits, so its varint takes 8 to 10
+/// bytes depending on the member (measured on etcd 3.4.23: a Put of key "k" from a member whose
+/// low bits are 0x729a passes the 1.5 MiB default up to a value of 1572840 bytes).
+pub fn raft_request_size(request_len: usize, member_id: u64) -> usize {
+    let id = ((member_id & 0xffff) << 48) | (1 << 47);
+    let header = 1 + varint_len(id);
+    let header_field = 2 + varint_len(header as u64) + header;
+    header_field + 1 + varint_len(request_len as u64) + request_len
+}
+
+/// etcd's check of a write (Put, DeleteRange, a Txn that is not read-only, Compact) before it is
+/// proposed: refused when its raft entry would exceed `max_request_bytes`.
+pub fn request_size(
+    request_len: usize,
+    member_id: u64,
+    max_request_bytes: u64,
+) -> Result<(), Status> {
+    let size = u64::try_from(raft_request_size(request_len, member_id)).unwrap_or(u64::MAX);
+    if size > max_request_bytes {
+        return Err(request_too_large());
+    }
+    Ok(())
+}
+
+/// etcd 3.4 serves a Txn without raft (and so without the size check) when every operation of
+/// both branches is a Range; a nested Txn makes it a write, whatever it holds.
+pub fn txn_is_read_only(r: &TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
 
 /// All checks etcd runs on a Txn: shape and op counts, then no key both written twice or written
@@ -248,13 +295,56 @@ mod tests {
         assert_eq!(message(range(&r)), "etcdserver: key is not provided");
         r.key = b"a".to_vec();
         assert_eq!(message(range(&r)), "ok");
+        // An unknown order sorts nothing in etcd 3.4, whatever the target.
         r.sort_order = 3;
-        assert_eq!(message(range(&r)), "etcdserver: invalid sort option");
-        r.sort_order = 2;
-        r.sort_target = 5;
-        assert_eq!(message(range(&r)), "etcdserver: invalid sort option");
-        r.sort_target = -1;
-        assert_eq!(message(range(&r)), "etcdserver: invalid sort option");
+        assert_eq!(message(range(&r)), "ok");
+        r.sort_target = 9;
+        assert_eq!(message(range(&r)), "ok");
+        // A known order (NONE included: a non-key target sorts ascending) needs a known target.
+        for order in 0..=2 {
+            r.sort_order = order;
+            r.sort_target = 5;
+            assert_eq!(message(range(&r)), "etcdserver: invalid sort option");
+            r.sort_target = -1;
+            assert_eq!(message(range(&r)), "etcdserver: invalid sort option");
+        }
+    }
+
+    #[test]
+    fn request_size_is_etcds_raft_entry_size() {
+        use prost::Message;
+        // Measured on etcd 3.4.23 with the default 1.5 MiB limit, member ID low bits 0x729a.
+        let member = 3843598605772092058;
+        let put = |len: usize| PutRequest {
+            key: b"k".to_vec(),
+            value: vec![b'x'; len],
+            ..Default::default()
+        };
+        let max = 1536 * 1024;
+        assert_eq!(
+            message(request_size(put(1572840).encoded_len(), member, max)),
+            "ok"
+        );
+        assert_eq!(
+            message(request_size(put(1572841).encoded_len(), member, max)),
+            "etcdserver: request is too large"
+        );
+        // Low bits of 0x8000 and up make a ten-byte request ID: one byte less for the value.
+        assert_eq!(
+            message(request_size(put(1572840).encoded_len(), 0x8000, max)),
+            "etcdserver: request is too large"
+        );
+        assert_eq!(raft_request_size(0, member), 15);
+    }
+
+    #[test]
+    fn read_only_txns_are_those_of_ranges_only() {
+        assert!(txn_is_read_only(&txn_req(vec![get_op("a")])));
+        assert!(!txn_is_read_only(&txn_req(vec![get_op("a"), put_op("b")])));
+        assert!(!txn_is_read_only(&txn_req(vec![txn_op(
+            vec![get_op("a")],
+            vec![]
+        )])));
     }
 
     #[test]

@@ -32,6 +32,8 @@ macro_rules! etcd_errors {
 etcd_errors! {
     empty_key => INVALID_ARGUMENT, "etcdserver: key is not provided";
     key_not_found => INVALID_ARGUMENT, "etcdserver: key not found";
+    value_provided => INVALID_ARGUMENT, "etcdserver: value is provided";
+    lease_provided => INVALID_ARGUMENT, "etcdserver: lease is provided";
     too_many_ops => INVALID_ARGUMENT, "etcdserver: too many operations in txn request";
     duplicate_key => INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request";
     request_too_large => INVALID_ARGUMENT, "etcdserver: request is too large";

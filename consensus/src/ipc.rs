@@ -426,7 +426,7 @@ impl client_plane::Server for ClientPlane {
         let resp = if read_only {
             // etcd serves a read-only txn like a linearizable range, without the raft log.
             or_refuse!(results, self.0.read_index().await);
-            or_refuse!(results, read_only_txn(&self.0.ctx.db, &txn))
+            or_refuse!(results, View::snapshot(&self.0.ctx.db).txn(&txn))
         } else {
             let applied = or_refuse!(results, self.0.propose(|mut rr| rr.set_txn(request)).await);
             let Applied::Txn(resp) = applied else {
@@ -527,35 +527,6 @@ fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {
         mvcc::RequestOp::Range(_) => true,
         mvcc::RequestOp::Txn(t) => txn_is_read_only(t),
         _ => false,
-    })
-}
-
-/// A txn without writes, answered from one snapshot.
-fn read_only_txn(db: &Db, t: &mvcc::TxnRequest) -> Result<mvcc::TxnResponse, EtcdError> {
-    let view = View::snapshot(db);
-    let revision = view.current_revision().map_err(ee::internal)?;
-    read_only_txn_at(&view, t, revision)
-}
-
-fn read_only_txn_at(
-    view: &View,
-    t: &mvcc::TxnRequest,
-    revision: i64,
-) -> Result<mvcc::TxnResponse, EtcdError> {
-    let succeeded = view.evaluate(&t.compare)?;
-    let branch = if succeeded { &t.success } else { &t.failure };
-    let mut responses = Vec::with_capacity(branch.len());
-    for op in branch {
-        responses.push(match op {
-            mvcc::RequestOp::Range(r) => mvcc::ResponseOp::Range(view.range(r)?),
-            mvcc::RequestOp::Txn(t) => mvcc::ResponseOp::Txn(read_only_txn_at(view, t, revision)?),
-            _ => return Err(ee::internal("write in a read-only txn")),
-        });
-    }
-    Ok(mvcc::TxnResponse {
-        revision,
-        succeeded,
-        responses,
     })
 }
 

@@ -33,6 +33,11 @@ pub enum Applied {
 }
 
 pub type Reply = oneshot::Sender<Result<Applied, EtcdError>>;
+/// Answers a linearizable read once this member has applied up to the read index.
+pub type ReadReply = oneshot::Sender<Result<(), EtcdError>>;
+
+/// How long a read index may go unanswered before it is asked again (etcd: 500 ms).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 pub enum Command {
     /// `data` is an encoded `RaftRequest` whose id is `id`.
@@ -91,9 +96,9 @@ pub struct RaftLoop {
     waiters: HashMap<u64, Reply>,
     /// Read-index requests not yet sent to raft, then those waiting for raft's answer (by context),
     /// then those waiting for the apply to reach their index.
-    reads_unsent: Vec<oneshot::Sender<Result<(), EtcdError>>>,
-    reads_in_raft: HashMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
-    reads_applying: Vec<(u64, oneshot::Sender<Result<(), EtcdError>>)>,
+    reads_unsent: Vec<ReadReply>,
+    reads_in_raft: HashMap<u64, (Instant, Vec<ReadReply>)>,
+    reads_applying: Vec<(u64, ReadReply)>,
     read_ctx: u64,
     applied: u64,
     /// This member's name and client URLs, published through raft once a leader exists.
@@ -171,6 +176,7 @@ impl RaftLoop {
                 self.node.tick();
                 self.maybe_publish();
                 self.forget_abandoned();
+                self.retry_lost_reads();
             }
             if self.node.has_ready() {
                 self.on_ready()?;
@@ -241,14 +247,37 @@ impl RaftLoop {
             .linearizable_reads
             .fetch_add(self.reads_unsent.len() as u64, Ordering::Relaxed);
         self.node.read_index(ctx.to_be_bytes().to_vec());
-        self.reads_in_raft
-            .insert(ctx, std::mem::take(&mut self.reads_unsent));
+        self.reads_in_raft.insert(
+            ctx,
+            (Instant::now(), std::mem::take(&mut self.reads_unsent)),
+        );
+    }
+
+    /// A read index can be lost with a message or a leader change; like etcd, ask again for reads
+    /// that got no answer within `READ_INDEX_RETRY`, under a new context.
+    fn retry_lost_reads(&mut self) {
+        let lost: Vec<u64> = self
+            .reads_in_raft
+            .iter()
+            .filter(|(_, (sent, _))| sent.elapsed() >= READ_INDEX_RETRY)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in lost {
+            if let Some((_, replies)) = self.reads_in_raft.remove(&ctx) {
+                debug!(
+                    ctx,
+                    reads = replies.len(),
+                    "read index unanswered; asking again"
+                );
+                self.reads_unsent.extend(replies);
+            }
+        }
     }
 
     /// Drops waiters whose client gave up (the IPC side timed out), so lost proposals don't pile up.
     fn forget_abandoned(&mut self) {
         self.waiters.retain(|_, r| !r.is_closed());
-        self.reads_in_raft.retain(|_, v| {
+        self.reads_in_raft.retain(|_, (_, v)| {
             v.retain(|r| !r.is_closed());
             !v.is_empty()
         });
@@ -331,7 +360,7 @@ impl RaftLoop {
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
             let ctx = crate::storage::be_u64(&rs.request_ctx);
-            if let Some(replies) = self.reads_in_raft.remove(&ctx) {
+            if let Some((_, replies)) = self.reads_in_raft.remove(&ctx) {
                 self.reads_applying
                     .extend(replies.into_iter().map(|r| (rs.index, r)));
             }

@@ -1,0 +1,655 @@
+//! The client gateway alone: the real `client-gateway` binary in front of a stand-in consensus
+//! (this benchmark serves `client.sock` on its own thread and answers put, range and txn at once
+//! with canned responses), loaded over gRPC by etcd-bench's load generator. To see what the
+//! gateway itself adds per request, the same requests also go
+//!   - straight to the stand-in over Cap'n Proto (what the gateway's own hop costs at least), and
+//!   - over gRPC to a stub KV server in this process (what gRPC and the load generator cost
+//!     without the gateway).
+//!
+//!   cargo build --release --bins && cargo bench -p client-gateway --bench client_gateway
+//!   cargo bench -p client-gateway --bench client_gateway -- --quick     # a few requests per row
+
+use std::cell::Cell;
+use std::future::{Future, ready};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use client_gateway::loadgen::{self, Op, Spec};
+use client_gateway::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    kv_server::{Kv, KvServer},
+    response_op,
+};
+use client_gateway::proto::mvccpb::KeyValue;
+use futures::AsyncReadExt;
+use schema::member_capnp::{client_plane, client_registrar};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+const CLUSTER: u64 = 0xc100_0000_0000_0001;
+const MEMBER: u64 = 0x3e3b_e700_0000_0001;
+const KEY_SIZE: usize = 8;
+const VAL_SIZE: usize = 256;
+const KEY_SPACE: u64 = 10_000;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (total_1, total_100) = if quick { (200, 400) } else { (10_000, 60_000) };
+    let bin = locate(
+        "client-gateway",
+        option_env!("CARGO_BIN_EXE_client-gateway"),
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("client-gateway-bench.")
+        .tempdir()
+        .expect("a temp dir");
+    let socket = dir.path().join("client.sock");
+    let gateway_addr = free_tcp_addr();
+    let stub_addr = free_tcp_addr();
+    let log = dir.path().join("client-gateway.log");
+
+    // The stand-in consensus, on its own thread (capnp-rpc is !Send).
+    {
+        let socket = socket.clone();
+        let listener =
+            std::os::unix::net::UnixListener::bind(&socket).expect("binding the stand-in socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{gateway_addr}");
+        std::thread::Builder::new()
+            .name("stand-in".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, serve_stand_in(listener, url));
+            })
+            .expect("stand-in thread");
+    }
+    let gateway = Gateway::start(&bin, &socket, &log);
+    let gateway_pid = gateway.child.id();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        wait_for_tcp(gateway_addr).await?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(KvServer::new(Stub))
+                .serve(stub_addr),
+        );
+        wait_for_tcp(stub_addr).await?;
+
+        let mut grpc = Vec::new();
+        for (target, addr) in [("gateway", gateway_addr), ("stub", stub_addr)] {
+            for (op, conns, clients, total) in [
+                (Op::Put, 1, 1, total_1),
+                (Op::Put, 10, 100, total_100),
+                (
+                    Op::Range {
+                        serializable: false,
+                        key: None,
+                    },
+                    1,
+                    1,
+                    total_1,
+                ),
+                (
+                    Op::Range {
+                        serializable: false,
+                        key: None,
+                    },
+                    10,
+                    100,
+                    total_100,
+                ),
+                (Op::TxnPut, 10, 100, total_100),
+            ] {
+                let spec = Spec {
+                    op,
+                    endpoints: vec![addr.to_string()],
+                    conns,
+                    clients,
+                    total,
+                    key_size: KEY_SIZE,
+                    val_size: VAL_SIZE,
+                    key_space: KEY_SPACE,
+                };
+                let cpu_before = cpu_time(gateway_pid);
+                let report = loadgen::run(&spec).await?;
+                if report.errors > 0 {
+                    return Err(format!("{target}: {}", report.summary()));
+                }
+                let cpu = if target == "gateway" {
+                    Some(cpu_us_per(cpu_before, cpu_time(gateway_pid), report.ok))
+                } else {
+                    None
+                };
+                grpc.push((target, report, cpu));
+            }
+        }
+        Ok::<_, String>(grpc)
+    });
+    drop(runtime);
+    let grpc = match result {
+        Ok(g) => g,
+        Err(e) => fail(&e, &log),
+    };
+
+    // Straight to the stand-in over Cap'n Proto, as the gateway's link does.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    let direct = local.block_on(&rt, async {
+        let plane = register(&socket).await?;
+        let mut rows = Vec::new();
+        for (name, inflight, total) in [
+            ("put", 1, total_1),
+            ("put", 100, total_100),
+            ("range", 1, total_1),
+            ("range", 100, total_100),
+        ] {
+            rows.push((
+                name,
+                inflight,
+                direct(&plane, name == "put", inflight, total).await?,
+            ));
+        }
+        Ok::<_, String>(rows)
+    });
+    drop(gateway);
+    let direct = match direct {
+        Ok(d) => d,
+        Err(e) => fail(&e, &log),
+    };
+
+    println!(
+        "client gateway alone: gRPC -> client-gateway -> client.sock -> stand-in consensus answering at once"
+    );
+    println!(
+        "(8-byte keys, 256-byte values; the load generator, the gateway and the stand-in share the machine;"
+    );
+    println!(
+        " CPU µs/req: CPU time of the client-gateway process per request, from /proc at 10 ms resolution, so only full runs give a figure)"
+    );
+    println!(
+        "{:<42} {:>6} {:>8} {:>10} {:>8} {:>8} {:>8} {:>11}",
+        "", "conns", "clients", "req/s", "p50 ms", "p99 ms", "max ms", "CPU µs/req"
+    );
+    let mut json = Vec::new();
+    for (target, r, cpu) in &grpc {
+        let what = match *target {
+            "gateway" => format!("gRPC via gateway: {}", r.op),
+            _ => format!("gRPC to in-process stub: {}", r.op),
+        };
+        println!(
+            "{:<42} {:>6} {:>8} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>11}",
+            what,
+            r.conns,
+            r.clients,
+            r.requests_per_second(),
+            loadgen::ms(r.quantile(0.5)),
+            loadgen::ms(r.quantile(0.99)),
+            loadgen::ms(r.max()),
+            cpu.map(|c| format!("{c:.1}")).unwrap_or_default()
+        );
+        json.push(format!(
+            "{{\"bench\":\"client_gateway\",\"target\":\"{target}\",\"cpu_us_per_request\":{:.1},\"report\":{}}}",
+            cpu.unwrap_or(0.0),
+            r.json()
+        ));
+    }
+    for (name, inflight, r) in &direct {
+        println!(
+            "{:<42} {:>6} {:>8} {:>10.0} {:>8.3} {:>8.3} {:>8.3}",
+            format!("capnp straight to stand-in: {name}"),
+            1,
+            inflight,
+            r.rate(),
+            r.ms(0.5),
+            r.ms(0.99),
+            r.ms(1.0)
+        );
+        json.push(format!(
+            "{{\"bench\":\"client_gateway\",\"target\":\"capnp\",\"op\":\"{name}\",\"in_flight\":{inflight},\"rps\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}",
+            r.rate(),
+            r.ms(0.5),
+            r.ms(0.99)
+        ));
+    }
+
+    // What the gateway adds: one request at a time, its p50 minus a bare gRPC round trip (the
+    // stub); the capnp hop it makes itself is part of that.
+    println!();
+    for (name, op) in [("put", "put"), ("range", "range-linearizable")] {
+        let find = |target: &str, clients: usize| {
+            grpc.iter()
+                .find(|(t, r, _)| *t == target && r.op == op && r.clients == clients)
+                .map(|(_, r, cpu)| (r, cpu.unwrap_or(0.0)))
+        };
+        let (Some((gw, _)), Some((stub, _))) = (find("gateway", 1), find("stub", 1)) else {
+            continue;
+        };
+        let Some((_, _, capnp)) = direct.iter().find(|(n, i, _)| *n == name && *i == 1) else {
+            continue;
+        };
+        let gw50 = loadgen::ms(gw.quantile(0.5));
+        let stub50 = loadgen::ms(stub.quantile(0.5));
+        println!(
+            "{name}, 1 in flight: the gateway adds {:.3} ms at p50 to a bare gRPC round trip ({gw50:.3} vs {stub50:.3} ms); a capnp call alone takes {:.3} ms",
+            gw50 - stub50,
+            capnp.ms(0.5),
+        );
+        if let (Some((gw, cpu)), Some((stub, _))) = (find("gateway", 100), find("stub", 100)) {
+            println!(
+                "{name}, 100 clients: {:.0} req/s via the gateway vs {:.0} to the stub, {cpu:.1} µs of gateway CPU per request",
+                gw.requests_per_second(),
+                stub.requests_per_second(),
+            );
+        }
+    }
+    println!();
+    for j in json {
+        println!("{j}");
+    }
+}
+
+fn fail(e: &str, log: &Path) -> ! {
+    eprintln!("client_gateway: {e}");
+    eprintln!("--- client-gateway log tail ---\n{}", tail(log, 30));
+    std::process::exit(1);
+}
+
+// ------------------------------------------------------------------ the stand-in consensus
+
+async fn serve_stand_in(listener: std::os::unix::net::UnixListener, url: String) {
+    let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
+    let registrar: client_registrar::Client = capnp_rpc::new_client(Registrar {
+        url,
+        plane: capnp_rpc::new_client(Plane {
+            revision: Cell::new(1),
+        }),
+    });
+    while let Ok((stream, _)) = listener.accept().await {
+        let (reader, writer) = stream.compat().split();
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(reader),
+            futures::io::BufWriter::new(writer),
+            Side::Server,
+            Default::default(),
+        );
+        let rpc = RpcSystem::new(Box::new(network), Some(registrar.clone().client));
+        tokio::task::spawn_local(async move {
+            let _ = rpc.await;
+        });
+    }
+}
+
+struct Registrar {
+    url: String,
+    plane: client_plane::Client,
+}
+
+impl client_registrar::Server for Registrar {
+    fn register(
+        self: Rc<Self>,
+        _params: client_registrar::RegisterParams,
+        mut results: client_registrar::RegisterResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        let mut r = results.get();
+        let mut identity = r.reborrow().init_identity();
+        identity.set_member_id(MEMBER);
+        identity.set_cluster_id(CLUSTER);
+        identity.set_name("stand-in");
+        let mut m = identity.init_members(1).get(0);
+        m.set_id(MEMBER);
+        m.set_name("stand-in");
+        m.reborrow()
+            .init_peer_urls(1)
+            .set(0, "http://127.0.0.1:2380");
+        m.init_client_urls(1).set(0, self.url.as_str());
+        r.reborrow()
+            .init_config()
+            .init_listen_client_urls(1)
+            .set(0, self.url.as_str());
+        r.set_plane(self.plane.clone());
+        ready(Ok(()))
+    }
+}
+
+struct Plane {
+    revision: Cell<i64>,
+}
+
+impl Plane {
+    fn header(&self, mut h: schema::member_capnp::response_header::Builder<'_>, bump: bool) {
+        if bump {
+            self.revision.set(self.revision.get() + 1);
+        }
+        h.set_cluster_id(CLUSTER);
+        h.set_member_id(MEMBER);
+        h.set_revision(self.revision.get());
+        h.set_raft_term(2);
+    }
+}
+
+impl client_plane::Server for Plane {
+    fn put(
+        self: Rc<Self>,
+        _params: client_plane::PutParams,
+        mut results: client_plane::PutResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        self.header(results.get().init_response().init_header(), true);
+        ready(Ok(()))
+    }
+
+    fn range(
+        self: Rc<Self>,
+        params: client_plane::RangeParams,
+        mut results: client_plane::RangeResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        ready((|| {
+            let key = params.get()?.get_request()?.get_key()?;
+            let mut r = results.get().init_response();
+            self.header(r.reborrow().init_header(), false);
+            let mut kv = r.reborrow().init_kvs(1).get(0);
+            kv.set_key(key);
+            kv.set_create_revision(1);
+            kv.set_mod_revision(1);
+            kv.set_version(1);
+            kv.set_value(&[b'v'; VAL_SIZE]);
+            r.set_count(1);
+            Ok(())
+        })())
+    }
+
+    fn txn(
+        self: Rc<Self>,
+        _params: client_plane::TxnParams,
+        mut results: client_plane::TxnResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        let mut r = results.get().init_response();
+        self.header(r.reborrow().init_header(), true);
+        r.set_succeeded(true);
+        let put = r.init_responses(1).get(0).init_put();
+        self.header(put.init_header(), false);
+        ready(Ok(()))
+    }
+}
+
+// ------------------------------------------------------------------ straight over capnp
+
+async fn register(socket: &Path) -> Result<client_plane::Client, String> {
+    let (registrar, _closed) = schema::dial::<client_registrar::Client>(socket)
+        .await
+        .map_err(|e| format!("dialing the stand-in: {e}"))?;
+    let mut request = registrar.register_request();
+    request.get().set_version(schema::PROTOCOL_VERSION);
+    let reply = request
+        .send()
+        .promise
+        .await
+        .map_err(|e| format!("register: {e}"))?;
+    reply
+        .get()
+        .and_then(|r| r.get_plane())
+        .map_err(|e| format!("register: {e}"))
+}
+
+struct Direct {
+    latencies: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Direct {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        loadgen::ms(loadgen::quantile(&self.latencies, q))
+    }
+}
+
+async fn direct(
+    plane: &client_plane::Client,
+    put: bool,
+    inflight: usize,
+    total: u64,
+) -> Result<Direct, String> {
+    let issued = Rc::new(Cell::new(0u64));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..inflight {
+        let plane = plane.clone();
+        let issued = issued.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut rng = loadgen::Rng::new(c as u64 + 1);
+            let value = vec![b'v'; VAL_SIZE];
+            let mut latencies = Vec::new();
+            while issued.get() < total {
+                issued.set(issued.get() + 1);
+                let key = loadgen::key(rng.below(KEY_SPACE), KEY_SIZE);
+                let t = Instant::now();
+                let result = if put {
+                    let mut request = plane.put_request();
+                    let mut r = request.get().init_request();
+                    r.set_key(&key);
+                    r.set_value(&value);
+                    request.send().promise.await.map(drop)
+                } else {
+                    let mut request = plane.range_request();
+                    request.get().init_request().set_key(&key);
+                    request.send().promise.await.map(drop)
+                };
+                result.map_err(|e| format!("capnp call: {e}"))?;
+                latencies.push(t.elapsed().as_nanos() as u64);
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(Direct { latencies, elapsed })
+}
+
+// ------------------------------------------------------------------ a stub gRPC server
+
+/// Answers KV requests at once, in this process: the cost of gRPC itself.
+struct Stub;
+
+fn stub_header() -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        cluster_id: CLUSTER,
+        member_id: MEMBER,
+        revision: 2,
+        raft_term: 2,
+    })
+}
+
+#[tonic::async_trait]
+impl Kv for Stub {
+    async fn range(
+        &self,
+        r: tonic::Request<RangeRequest>,
+    ) -> Result<tonic::Response<RangeResponse>, tonic::Status> {
+        let key = r.into_inner().key;
+        Ok(tonic::Response::new(RangeResponse {
+            header: stub_header(),
+            kvs: vec![KeyValue {
+                key,
+                create_revision: 1,
+                mod_revision: 1,
+                version: 1,
+                value: vec![b'v'; VAL_SIZE],
+                lease: 0,
+            }],
+            more: false,
+            count: 1,
+        }))
+    }
+
+    async fn put(
+        &self,
+        _r: tonic::Request<PutRequest>,
+    ) -> Result<tonic::Response<PutResponse>, tonic::Status> {
+        Ok(tonic::Response::new(PutResponse {
+            header: stub_header(),
+            prev_kv: None,
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        _r: tonic::Request<DeleteRangeRequest>,
+    ) -> Result<tonic::Response<DeleteRangeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
+
+    async fn txn(
+        &self,
+        _r: tonic::Request<TxnRequest>,
+    ) -> Result<tonic::Response<TxnResponse>, tonic::Status> {
+        Ok(tonic::Response::new(TxnResponse {
+            header: stub_header(),
+            succeeded: true,
+            responses: vec![ResponseOp {
+                response: Some(response_op::Response::ResponsePut(PutResponse {
+                    header: stub_header(),
+                    prev_kv: None,
+                })),
+            }],
+        }))
+    }
+
+    async fn compact(
+        &self,
+        _r: tonic::Request<CompactionRequest>,
+    ) -> Result<tonic::Response<CompactionResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
+}
+
+// ------------------------------------------------------------------ processes and ports
+
+fn free_tcp_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("its address")
+}
+
+async fn wait_for_tcp(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on {addr} after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real client-gateway process; stopped by PID when dropped (SIGTERM, then SIGKILL after 5 s).
+struct Gateway {
+    child: Child,
+}
+
+impl Gateway {
+    fn start(bin: &Path, socket: &Path, log: &Path) -> Gateway {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Gateway { child }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of the workspace, next to this benchmark's own executable (`target/release/deps/..`
+/// when run by `cargo bench`), else where cargo built it for this benchmark.
+fn locate(name: &str, built_by_cargo: Option<&str>) -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf));
+    if let Some(path) = dir.as_ref().map(|d| d.join(name))
+        && path.is_file()
+    {
+        return path;
+    }
+    if let Some(path) = built_by_cargo.map(PathBuf::from)
+        && path.is_file()
+    {
+        return path;
+    }
+    eprintln!(
+        "{name} is not built in {}: run `cargo build --release --bins` first",
+        dir.map(|d| d.display().to_string())
+            .unwrap_or_else(|| "the target dir".into())
+    );
+    std::process::exit(1);
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Microseconds of CPU per request between two readings (0 when unknown).
+fn cpu_us_per(before: Option<Duration>, after: Option<Duration>, requests: u64) -> f64 {
+    match (before, after) {
+        (Some(b), Some(a)) if requests > 0 => {
+            a.saturating_sub(b).as_secs_f64() * 1e6 / requests as f64
+        }
+        _ => 0.0,
+    }
+}

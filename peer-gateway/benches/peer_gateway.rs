@@ -1,0 +1,580 @@
+//! The peer gateway alone: two real `peer-gateway` processes (A and B) on 127.0.0.1 with distinct
+//! UDP ports, each registered with a stand-in consensus that this benchmark serves on a temp
+//! `peer.sock`. Raft messages go in through A's `send`, cross QUIC, and come out of B's
+//! `deliver`; each carries its send time, so B's side measures the latency. Small appends
+//! (~200 B) and 1 MiB snapshot chunks (`isSnapshot`), one at a time (latency) and with many in
+//! flight (throughput): messages/s, MB/s, p50/p99.
+//!
+//!   cargo build --release --bins && cargo bench -p peer-gateway --bench peer_gateway
+//!   cargo bench -p peer-gateway --bench peer_gateway -- --quick     # a few messages per row
+
+use std::cell::RefCell;
+use std::future::{Future, ready};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use futures::AsyncReadExt;
+use schema::member_capnp::{peer_gateway, peer_plane, peer_registrar};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+const CLUSTER: u64 = 0xbe7c_0000_0000_0001;
+const A: u64 = 0xa;
+const B: u64 = 0xb;
+/// Sequence number and send time (ns since the benchmark's epoch), at the start of every message.
+const HEADER: usize = 16;
+
+#[derive(Clone, Copy)]
+struct Row {
+    name: &'static str,
+    size: usize,
+    is_snapshot: bool,
+    /// Messages sent but not yet delivered, at most.
+    window: u64,
+    /// Messages per `send` call, at most.
+    batch: u64,
+    total: u64,
+    time: Duration,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let time = Duration::from_secs(if quick { 10 } else { 4 });
+    let (small, snapshots) = if quick { (50, 3) } else { (10_000_000, 10_000) };
+    let rows = [
+        Row {
+            name: "append 200 B, 1 at a time",
+            size: 200,
+            is_snapshot: false,
+            window: 1,
+            batch: 1,
+            total: small,
+            time,
+        },
+        Row {
+            name: "append 200 B, 1024 in flight",
+            size: 200,
+            is_snapshot: false,
+            window: 1024,
+            batch: 64,
+            total: small,
+            time,
+        },
+        Row {
+            name: "snapshot 1 MiB, 1 at a time",
+            size: 1 << 20,
+            is_snapshot: true,
+            window: 1,
+            batch: 1,
+            total: snapshots,
+            time,
+        },
+        Row {
+            name: "snapshot 1 MiB, 8 in flight",
+            size: 1 << 20,
+            is_snapshot: true,
+            window: 8,
+            batch: 1,
+            total: snapshots,
+            time,
+        },
+    ];
+
+    let bin = locate("peer-gateway", option_env!("CARGO_BIN_EXE_peer-gateway"));
+    let dir = tempfile::Builder::new()
+        .prefix("peer-gateway-bench.")
+        .tempdir()
+        .expect("a temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, bench(&bin, dir.path(), &rows));
+    if let Err(e) = result {
+        eprintln!("peer_gateway: {e}");
+        for side in ["a", "b"] {
+            eprintln!(
+                "--- peer gateway {side} log tail ---\n{}",
+                tail(&dir.path().join(format!("{side}.log")), 20)
+            );
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn bench(bin: &Path, dir: &Path, rows: &[Row]) -> Result<(), String> {
+    // Two free UDP ports, held together so they differ.
+    let (port_a, port_b) = {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        (
+            a.local_addr().map_err(|e| e.to_string())?.port(),
+            b.local_addr().map_err(|e| e.to_string())?.port(),
+        )
+    };
+    let url_a = format!("http://127.0.0.1:{port_a}");
+    let url_b = format!("http://127.0.0.1:{port_b}");
+    let table = vec![(A, url_a.clone()), (B, url_b.clone())];
+    let epoch = Instant::now();
+    let sink = Rc::new(Sink::new(epoch));
+
+    let (gateways_tx, mut gateways) = mpsc::unbounded_channel();
+    let socket_a = dir.join("a.sock");
+    let socket_b = dir.join("b.sock");
+    serve(
+        &socket_a,
+        capnp_rpc::new_client(Registrar {
+            me: A,
+            members: table.clone(),
+            listen: url_a,
+            gateways: gateways_tx.clone(),
+            sink: None,
+        }),
+    )?;
+    serve(
+        &socket_b,
+        capnp_rpc::new_client(Registrar {
+            me: B,
+            members: table,
+            listen: url_b,
+            gateways: gateways_tx,
+            sink: Some(sink.clone()),
+        }),
+    )?;
+    let proc_a = Gateway::start(bin, &socket_a, &dir.join("a.log"));
+    let proc_b = Gateway::start(bin, &socket_b, &dir.join("b.log"));
+    let (pid_a, pid_b) = (proc_a.child.id(), proc_b.child.id());
+
+    let mut gateway_a = None;
+    for _ in 0..2 {
+        let (who, gw) = tokio::time::timeout(Duration::from_secs(30), gateways.recv())
+            .await
+            .map_err(|_| "the peer gateways did not register within 30 s".to_string())?
+            .ok_or("registrar channel closed")?;
+        if who == A {
+            gateway_a = Some(gw);
+        }
+    }
+    let a = gateway_a.ok_or("peer gateway A did not register")?;
+
+    // A drops what it cannot send until its connection to B is up: probe until B hears.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.state.borrow().delivered == 0 {
+        if Instant::now() > deadline {
+            return Err("no message reached B within 30 s".into());
+        }
+        send(&a, &sink, 0, 64, false, 1).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    println!(
+        "peer gateway alone: A -> QUIC -> B between two real peer-gateway processes, stand-in consensus on each side"
+    );
+    println!(
+        "{:<30} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "",
+        "messages",
+        "lost",
+        "messages/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "A µs/msg",
+        "B µs/msg"
+    );
+    println!(
+        "(A µs/msg, B µs/msg: CPU time of each gateway process per message delivered, from /proc at 10 ms resolution, so only full runs give a figure)"
+    );
+    let mut json = Vec::new();
+    for row in rows {
+        let (cpu_a, cpu_b) = (cpu_time(pid_a), cpu_time(pid_b));
+        let r = run(&a, &sink, row).await?;
+        let cpu_a = cpu_us_per(cpu_a, cpu_time(pid_a), r.delivered);
+        let cpu_b = cpu_us_per(cpu_b, cpu_time(pid_b), r.delivered);
+        println!(
+            "{:<30} {:>9} {:>6} {:>11.0} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>9.1} {:>9.1}",
+            row.name,
+            r.delivered,
+            r.lost,
+            r.rate(),
+            r.mb_per_s(),
+            r.ms(0.50),
+            r.ms(0.99),
+            r.ms(1.0),
+            cpu_a,
+            cpu_b
+        );
+        json.push(format!(
+            "{{\"bench\":\"peer_gateway\",\"row\":\"{}\",\"size\":{},\"snapshot\":{},\"window\":{},\"messages\":{},\"lost\":{},\"messages_per_s\":{:.1},\"mb_per_s\":{:.2},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"max_ms\":{:.4},\"cpu_us_per_msg_a\":{cpu_a:.1},\"cpu_us_per_msg_b\":{cpu_b:.1}}}",
+            row.name,
+            row.size,
+            row.is_snapshot,
+            row.window,
+            r.delivered,
+            r.lost,
+            r.rate(),
+            r.mb_per_s(),
+            r.ms(0.50),
+            r.ms(0.99),
+            r.ms(1.0)
+        ));
+        if r.delivered == 0 {
+            return Err(format!("{}: nothing was delivered", row.name));
+        }
+    }
+    println!();
+    for j in json {
+        println!("{j}");
+    }
+    Ok(())
+}
+
+struct RowResult {
+    delivered: u64,
+    lost: u64,
+    bytes: u64,
+    elapsed: Duration,
+    /// Sorted nanoseconds.
+    latencies: Vec<u64>,
+}
+
+impl RowResult {
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = (q * self.latencies.len() as f64).ceil() as usize;
+        self.latencies[rank.clamp(1, self.latencies.len()) - 1] as f64 / 1e6
+    }
+}
+
+async fn run(a: &peer_gateway::Client, sink: &Rc<Sink>, row: &Row) -> Result<RowResult, String> {
+    sink.reset();
+    let start = Instant::now();
+    let deadline = start + row.time;
+    let mut sent = 0u64;
+    while sent < row.total && Instant::now() < deadline {
+        let in_flight = sent.saturating_sub(sink.state.borrow().delivered);
+        if in_flight >= row.window {
+            // Woken by every delivery; the timeout only guards against lost messages.
+            let _ = tokio::time::timeout(Duration::from_millis(200), sink.notify.notified()).await;
+            if sent.saturating_sub(sink.state.borrow().delivered) >= row.window
+                && sink.state.borrow().last.elapsed() > Duration::from_secs(2)
+            {
+                break;
+            }
+            continue;
+        }
+        let n = (row.window - in_flight)
+            .min(row.batch)
+            .min(row.total - sent);
+        send(a, sink, sent, row.size, row.is_snapshot, n).await?;
+        sent += n;
+    }
+    // Wait for the stragglers: until everything arrived or nothing arrived for 2 s.
+    loop {
+        let (delivered, idle) = {
+            let s = sink.state.borrow();
+            (s.delivered, s.last.elapsed())
+        };
+        if delivered >= sent || idle > Duration::from_secs(2) {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), sink.notify.notified()).await;
+    }
+    let mut s = sink.state.borrow_mut();
+    let elapsed = s.last.saturating_duration_since(start);
+    let mut latencies = std::mem::take(&mut s.latencies);
+    latencies.sort_unstable();
+    Ok(RowResult {
+        delivered: s.delivered,
+        lost: sent.saturating_sub(s.delivered),
+        bytes: s.bytes,
+        elapsed,
+        latencies,
+    })
+}
+
+/// One `send` call on A with `n` messages to B of `size` bytes, stamped with their send time.
+async fn send(
+    a: &peer_gateway::Client,
+    sink: &Sink,
+    first_seq: u64,
+    size: usize,
+    is_snapshot: bool,
+    n: u64,
+) -> Result<(), String> {
+    let mut request = a.send_request();
+    let mut list = request.get().init_messages(n as u32);
+    let mut data = vec![0u8; size.max(HEADER)];
+    for i in 0..n {
+        data[..8].copy_from_slice(&(first_seq + i).to_be_bytes());
+        let now = sink.epoch.elapsed().as_nanos() as u64;
+        data[8..16].copy_from_slice(&now.to_be_bytes());
+        let mut m = list.reborrow().get(i as u32);
+        m.set_to(B);
+        m.set_from(A);
+        m.set_is_snapshot(is_snapshot);
+        m.set_data(&data);
+    }
+    request
+        .send()
+        .promise
+        .await
+        .map(drop)
+        .map_err(|e| format!("send on peer gateway A: {e}"))
+}
+
+/// What B's stand-in consensus heard.
+struct Sink {
+    epoch: Instant,
+    notify: Notify,
+    state: RefCell<SinkState>,
+}
+
+struct SinkState {
+    delivered: u64,
+    bytes: u64,
+    latencies: Vec<u64>,
+    last: Instant,
+}
+
+impl Sink {
+    fn new(epoch: Instant) -> Sink {
+        Sink {
+            epoch,
+            notify: Notify::new(),
+            state: RefCell::new(SinkState {
+                delivered: 0,
+                bytes: 0,
+                latencies: Vec::new(),
+                last: Instant::now(),
+            }),
+        }
+    }
+
+    fn reset(&self) {
+        let mut s = self.state.borrow_mut();
+        s.delivered = 0;
+        s.bytes = 0;
+        s.latencies.clear();
+        s.last = Instant::now();
+    }
+}
+
+struct Registrar {
+    me: u64,
+    members: Vec<(u64, String)>,
+    listen: String,
+    gateways: mpsc::UnboundedSender<(u64, peer_gateway::Client)>,
+    /// B's plane records deliveries; A's ignores them.
+    sink: Option<Rc<Sink>>,
+}
+
+impl peer_registrar::Server for Registrar {
+    fn register(
+        self: Rc<Self>,
+        params: peer_registrar::RegisterParams,
+        mut results: peer_registrar::RegisterResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        ready((|| {
+            let gateway = params.get()?.get_gateway()?;
+            let _ = self.gateways.send((self.me, gateway));
+            let mut reply = results.get();
+            let mut identity = reply.reborrow().init_identity();
+            identity.set_member_id(self.me);
+            identity.set_cluster_id(CLUSTER);
+            let mut members = identity.init_members(self.members.len() as u32);
+            for (i, (id, url)) in self.members.iter().enumerate() {
+                let mut m = members.reborrow().get(i as u32);
+                m.set_id(*id);
+                m.init_peer_urls(1).set(0, url.as_str());
+            }
+            reply
+                .reborrow()
+                .init_config()
+                .init_listen_peer_urls(1)
+                .set(0, self.listen.as_str());
+            reply.set_plane(capnp_rpc::new_client(Plane {
+                sink: self.sink.clone(),
+            }));
+            Ok(())
+        })())
+    }
+}
+
+struct Plane {
+    sink: Option<Rc<Sink>>,
+}
+
+impl peer_plane::Server for Plane {
+    fn deliver(
+        self: Rc<Self>,
+        params: peer_plane::DeliverParams,
+        _results: peer_plane::DeliverResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        ready((|| {
+            let Some(sink) = &self.sink else {
+                return Ok(());
+            };
+            let now = sink.epoch.elapsed().as_nanos() as u64;
+            let mut s = sink.state.borrow_mut();
+            for m in params.get()?.get_messages()?.iter() {
+                let data = m.get_data()?;
+                if data.len() < HEADER {
+                    continue;
+                }
+                let mut sent = [0u8; 8];
+                sent.copy_from_slice(&data[8..16]);
+                s.latencies
+                    .push(now.saturating_sub(u64::from_be_bytes(sent)));
+                s.delivered += 1;
+                s.bytes += data.len() as u64;
+            }
+            s.last = Instant::now();
+            sink.notify.notify_one();
+            Ok(())
+        })())
+    }
+
+    fn report_unreachable(
+        self: Rc<Self>,
+        _params: peer_plane::ReportUnreachableParams,
+        _results: peer_plane::ReportUnreachableResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        ready(Ok(()))
+    }
+
+    fn report_snapshot(
+        self: Rc<Self>,
+        _params: peer_plane::ReportSnapshotParams,
+        _results: peer_plane::ReportSnapshotResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        ready(Ok(()))
+    }
+}
+
+/// Serves `registrar` on a Unix socket at `path`, one RPC system per connection.
+fn serve(path: &Path, registrar: peer_registrar::Client) -> Result<(), String> {
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("binding {}: {e}", path.display()))?;
+    tokio::task::spawn_local(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (reader, writer) = stream.compat().split();
+            let network = twoparty::VatNetwork::new(
+                futures::io::BufReader::new(reader),
+                futures::io::BufWriter::new(writer),
+                Side::Server,
+                Default::default(),
+            );
+            let rpc = RpcSystem::new(Box::new(network), Some(registrar.clone().client));
+            tokio::task::spawn_local(async move {
+                let _ = rpc.await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A real peer-gateway process; stopped by PID when dropped (SIGTERM, then SIGKILL after 5 s).
+struct Gateway {
+    child: Child,
+}
+
+impl Gateway {
+    fn start(bin: &Path, socket: &Path, log: &Path) -> Gateway {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Gateway { child }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of the workspace, next to this benchmark's own executable (`target/release/deps/..`
+/// when run by `cargo bench`), else where cargo built it for this benchmark.
+fn locate(name: &str, built_by_cargo: Option<&str>) -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf));
+    if let Some(path) = dir.as_ref().map(|d| d.join(name))
+        && path.is_file()
+    {
+        return path;
+    }
+    if let Some(path) = built_by_cargo.map(PathBuf::from)
+        && path.is_file()
+    {
+        return path;
+    }
+    eprintln!(
+        "{name} is not built in {}: run `cargo build --release --bins` first",
+        dir.map(|d| d.display().to_string())
+            .unwrap_or_else(|| "the target dir".into())
+    );
+    std::process::exit(1);
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Microseconds of CPU per request between two readings (0 when unknown).
+fn cpu_us_per(before: Option<Duration>, after: Option<Duration>, requests: u64) -> f64 {
+    match (before, after) {
+        (Some(b), Some(a)) if requests > 0 => {
+            a.saturating_sub(b).as_secs_f64() * 1e6 / requests as f64
+        }
+        _ => 0.0,
+    }
+}

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: a 3-member etcd 3.4 cluster and a 3-member cluster of ours on this
+# machine, one after the other with the same topology (127.0.0.31/.32/.33, client port 2379, peer
+# port 2380), the same workloads driven by the same load generator (etcd-bench, which speaks etcd's
+# v3 gRPC API), several rounds with the order of the two systems alternating, and the median of
+# each figure. Prints a side-by-side table with the ratio ours/etcd per row.
+#
+#   scripts/bench-vs-etcd.sh [--out table.md] [--rounds 3] [--scale 1.0] [--no-build] [--keep]
+#
+#   --out FILE   also write the table as markdown to FILE
+#   --rounds N   rounds (each starts both clusters afresh and runs every workload on each)
+#   --scale F    multiply every --total by F (the defaults aim at 5-10 s per run on 2 cores)
+#   --no-build   use the release binaries as they are
+#   --keep       keep the work dir (data dirs, logs, raw results) instead of deleting it
+#
+# Everything it starts is stopped by PID (also on Ctrl-C or failure). Binaries come from
+# $CARGO_TARGET_DIR/release (or target/release); etcd and etcdctl from PATH.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log() { printf '%s bench-vs-etcd: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+out='' rounds=3 scale=1 build=1 keep=0
+while (($#)); do
+  case $1 in
+    --out) out=${2:?--out needs a file}; shift 2 ;;
+    --out=*) out=${1#--out=}; shift ;;
+    --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
+    --rounds=*) rounds=${1#--rounds=}; shift ;;
+    --scale) scale=${2:?--scale needs a number}; shift 2 ;;
+    --scale=*) scale=${1#--scale=}; shift ;;
+    --no-build) build=0; shift ;;
+    --keep) keep=1; shift ;;
+    -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, not $rounds"
+[[ $scale =~ ^[0-9]*\.?[0-9]+$ ]] || die "--scale must be a positive number, not $scale"
+if [[ -n $out ]]; then
+  : >"$out" 2>/dev/null || die "cannot write $out"
+fi
+
+command -v etcd >/dev/null || die "etcd is not installed (apt-get install etcd-server)"
+command -v etcdctl >/dev/null || die "etcdctl is not installed (apt-get install etcd-client)"
+target=${CARGO_TARGET_DIR:-$repo/target}
+bin=$target/release
+if ((build)); then
+  log "building release binaries in $target"
+  (cd "$repo" && cargo build --release --bins) || die "the release build failed"
+fi
+for b in consensus peer-gateway client-gateway etcd-bench; do
+  [[ -x $bin/$b ]] || die "missing $bin/$b: run cargo build --release --bins"
+done
+
+hosts=(127.0.0.31 127.0.0.32 127.0.0.33)
+names=(b1 b2 b3)
+initial_cluster=''
+endpoints=''
+for i in 0 1 2; do
+  initial_cluster+="${initial_cluster:+,}${names[i]}=http://${hosts[i]}:2380"
+  endpoints+="${endpoints:+,}${hosts[i]}:2379"
+done
+
+# Nothing may hold our addresses already (a leftover cluster would be measured instead).
+for h in "${hosts[@]}"; do
+  for p in 2379 2380; do
+    if command -v ss >/dev/null; then
+      # TCP (etcd, client gateways) and UDP (our peer gateways' QUIC).
+      ss -Hlntu 2>/dev/null | awk '{print $5}' | grep -qx "$h:$p" &&
+        die "something already listens on $h:$p (see ss -lntup); stop it first"
+    elif (exec 3<>"/dev/tcp/$h/$p") 2>/dev/null; then
+      die "something already listens on $h:$p; stop it first"
+    fi
+  done
+done
+
+work=$(mktemp -d -t bench-vs-etcd.XXXXXX) || die "mktemp failed"
+results=$work/results.tsv
+: >"$results"
+
+# PIDs of what runs now: etcd processes, or start-node.sh scripts (each stops its three processes
+# on SIGTERM; their PIDs are also in <data-dir>/member.pids, for the SIGKILL fallback).
+cluster_pids=()
+member_dirs=()
+
+stop_cluster() {
+  local pids=("${cluster_pids[@]}") p extra=()
+  for d in "${member_dirs[@]}"; do
+    [[ -r $d/member.pids ]] || continue
+    while read -r _ p; do [[ $p =~ ^[0-9]+$ ]] && extra+=("$p"); done <"$d/member.pids"
+  done
+  ((${#pids[@]})) || return 0
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for _ in $(seq 1 150); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for p in "${pids[@]}" "${extra[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  cluster_pids=()
+  member_dirs=()
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_cluster
+  if ((keep)); then
+    log "kept $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+start_etcd() {
+  local dir=$1 i
+  for i in 0 1 2; do
+    local h=${hosts[i]}
+    mkdir -p "$dir"
+    etcd --name "${names[i]}" --data-dir "$dir/${names[i]}" \
+      --listen-client-urls "http://$h:2379" --advertise-client-urls "http://$h:2379" \
+      --listen-peer-urls "http://$h:2380" --initial-advertise-peer-urls "http://$h:2380" \
+      --initial-cluster "$initial_cluster" --initial-cluster-token bench-vs-etcd \
+      --initial-cluster-state new >"$dir/${names[i]}.log" 2>&1 &
+    cluster_pids+=($!)
+  done
+}
+
+start_ours() {
+  local dir=$1 i
+  for i in 0 1 2; do
+    local h=${hosts[i]}
+    mkdir -p "$dir"
+    ETCDRS_BIN_DIR=$bin "$repo/scripts/start-node.sh" --name "${names[i]}" --data-dir "$dir/${names[i]}" \
+      --listen-client-urls "http://$h:2379" --advertise-client-urls "http://$h:2379" \
+      --listen-peer-urls "http://$h:2380" --initial-advertise-peer-urls "http://$h:2380" \
+      --initial-cluster "$initial_cluster" --initial-cluster-token bench-vs-etcd \
+      --initial-cluster-state new >"$dir/${names[i]}.log" 2>&1 &
+    cluster_pids+=($!)
+    member_dirs+=("$dir/${names[i]}")
+  done
+}
+
+# Every member answers, and a write goes through (so there is a leader).
+wait_ready() {
+  local system=$1 dir=$2
+  for _ in $(seq 1 300); do
+    for p in "${cluster_pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || { tail -n 20 "$dir"/*.log >&2; die "$system: a member exited while starting"; }
+    done
+    if ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
+      endpoint health >/dev/null 2>&1 &&
+      ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
+        put bench-vs-etcd-probe ready >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  tail -n 20 "$dir"/*.log >&2
+  die "$system: the cluster did not become ready within 60 s"
+}
+
+total() { awk -v n="$1" -v s="$scale" 'BEGIN { t = int(n * s); print (t < 1 ? 1 : t) }'; }
+
+# row name | flags. 8-byte keys, 256-byte values, random keys of 10000 (the puts fill the key
+# space before the ranges read it).
+rows=(
+  "put 1 conn / 1 client|--conns 1 --clients 1 --total $(total 5000) put"
+  "put 10 conns / 100 clients|--conns 10 --clients 100 --total $(total 80000) put"
+  "range linearizable 10 / 100|--conns 10 --clients 100 --total $(total 100000) range --consistency l"
+  "range serializable 10 / 100|--conns 10 --clients 100 --total $(total 150000) range --consistency s"
+  "txn-put 10 / 100|--conns 10 --clients 100 --total $(total 50000) txn-put"
+)
+
+json_field() { sed -n "s/.*\"$2\":\([-0-9.]*\).*/\1/p" <<<"$1"; }
+
+run_system() {
+  local system=$1 round=$2 dir=$work/$1-round$2 row
+  log "round $round: starting $system"
+  if [[ $system == etcd ]]; then start_etcd "$dir"; else start_ours "$dir"; fi
+  wait_ready "$system" "$dir"
+  for row in "${rows[@]}"; do
+    local name=${row%%|*} flags=${row#*|} json
+    # shellcheck disable=SC2086 # flags are words on purpose
+    "$bin/etcd-bench" --endpoints "$endpoints" --key-size 8 --val-size 256 --key-space 10000 \
+      $flags >"$dir/bench.out" 2>&1
+    json=$(grep '^{' "$dir/bench.out" | tail -n 1)
+    grep -h '  error' "$dir/bench.out" >&2
+    if [[ $json != '{'* ]]; then
+      log "round $round $system '$name': etcd-bench failed: $(tail -n 3 "$dir/bench.out")"
+      continue
+    fi
+    local rps p99 errors
+    rps=$(json_field "$json" rps) p99=$(json_field "$json" p99_ms) errors=$(json_field "$json" errors)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$system" "$name" "$rps" "$p99" "$errors" >>"$results"
+    log "round $round $system '$name': $rps req/s, p99 $p99 ms${errors:+, $errors errors}"
+    echo "$json" >>"$work/raw.jsonl"
+  done
+  if [[ $system == ours ]] && grep -q "restarting it" "$dir"/*.log 2>/dev/null; then
+    log "round $round: warning: a gateway of ours was restarted during the run (see $dir)"
+  fi
+  stop_cluster
+  ((keep)) || rm -rf "$dir"
+}
+
+log "work dir $work; $rounds rounds; endpoints $endpoints"
+for round in $(seq 1 "$rounds"); do
+  log "round $round: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  if ((round % 2)); then order=(etcd ours); else order=(ours etcd); fi
+  for system in "${order[@]}"; do run_system "$system" "$round"; done
+done
+
+# Medians per system and row, the spread (max-min over the median, for req/s), and the table.
+table=$(awk -F'\t' -v rounds="$rounds" '
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    if (n == 0) return ""
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  function spread(list,   a, n, i, lo, hi, m) {
+    n = split(list, a, " "); if (n < 2) return ""
+    lo = hi = a[1]; for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+    m = median(list); return (m > 0) ? sprintf("%.0f%%", 100 * (hi - lo) / m) : ""
+  }
+  function ratio(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.2fx", a / b) : "n/a" }
+  function num(x, f) { return (x == "") ? "n/a" : sprintf(f, x) }
+  {
+    if (!($3 in seen)) { seen[$3] = 1; order[++nrows] = $3 }
+    rps[$2, $3] = rps[$2, $3] " " $4; p99[$2, $3] = p99[$2, $3] " " $5; errs[$2, $3] += $6
+  }
+  END {
+    print "| workload | etcd req/s | ours req/s | ours/etcd | etcd p99 ms | ours p99 ms | ours/etcd p99 | spread etcd / ours |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for (r = 1; r <= nrows; r++) {
+      n = order[r]
+      er = median(rps["etcd", n]); orr = median(rps["ours", n])
+      ep = median(p99["etcd", n]); op = median(p99["ours", n])
+      note = ""
+      if (errs["etcd", n] > 0) note = note sprintf(" (etcd: %d errors)", errs["etcd", n])
+      if (errs["ours", n] > 0) note = note sprintf(" (ours: %d errors)", errs["ours", n])
+      printf "| %s%s | %s | %s | %s | %s | %s | %s | %s / %s |\n", n, note, num(er, "%.0f"), num(orr, "%.0f"), ratio(orr, er), num(ep, "%.2f"), num(op, "%.2f"), ratio(op, ep), spread(rps["etcd", n]), spread(rps["ours", n])
+    }
+  }' "$results")
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
+header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes'). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints, 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Spread: (max-min)/median of req/s over the rounds."
+echo
+echo "$header"
+echo
+echo "$table"
+if [[ -n $out ]]; then
+  printf '%s\n\n%s\n' "$header" "$table" >"$out"
+  log "table written to $out"
+fi
