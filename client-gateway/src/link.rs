@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+#[cfg(test)]
 use crate::error::Error;
 use crate::plane::Session;
 use crate::registration::{self, Registered, Registration};
@@ -84,8 +85,20 @@ async fn run_job<T, F, Fut>(
     }
 }
 
-/// Starts the link thread. Every successful registration (the first and each re-registration)
-/// is reported on the returned receiver, which closes if the thread ever stops.
+/// Starts the link as a task of the current `LocalSet`, on the same thread as the gRPC server:
+/// a request then reaches consensus without waking another thread. Every successful registration
+/// (the first and each re-registration) is reported on the returned receiver.
+pub fn start_local(socket: PathBuf) -> (Link, mpsc::UnboundedReceiver<Registration>) {
+    let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
+    let (registered_tx, registered_rx) = mpsc::unbounded_channel();
+    tokio::task::spawn_local(run(socket, jobs_rx, registered_tx));
+    (Link { jobs: jobs_tx }, registered_rx)
+}
+
+/// Starts the link on a thread of its own, for tests that run the gRPC server on a multi-thread
+/// runtime. Every successful registration is reported on the returned receiver, which closes if
+/// the thread ever stops.
+#[cfg(test)]
 pub fn spawn(socket: PathBuf) -> Result<(Link, mpsc::UnboundedReceiver<Registration>), Error> {
     let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
     let (registered_tx, registered_rx) = mpsc::unbounded_channel();

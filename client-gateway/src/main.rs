@@ -76,17 +76,21 @@ fn init_tracing(level: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
+/// One thread for everything: tonic's connections and the capnp link to consensus share a
+/// current-thread runtime, so a request costs no thread wake-ups inside the gateway (a member's
+/// three processes share the host's cores; each cross-thread hop is a context switch).
 fn run(socket: PathBuf) -> Result<(), Error> {
-    let (link, registrations) = link::spawn(socket)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("grpc")
         .build()
         .map_err(|source| Error::Runtime {
             what: "gRPC",
             source,
         })?;
-    runtime.block_on(gateway::run(link, registrations, shutdown_signal()))
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        let (link, registrations) = link::start_local(socket);
+        gateway::run(link, registrations, shutdown_signal()).await
+    })
 }
 
 /// SIGINT or SIGTERM. If a handler cannot be installed, that signal keeps its default action.
