@@ -962,6 +962,78 @@ fn check_txn_ranges(
 }
 // --------------------------------------------------------------------------------- applying
 
+/// What a put needs of a key's newest version when it asks for neither the previous value nor
+/// `ignore_value`: everything but the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta {
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+impl Meta {
+    fn of(r: &Record) -> Option<Meta> {
+        (!r.tombstone).then_some(Meta {
+            create_revision: r.create_revision,
+            version: r.version,
+            lease: r.lease,
+        })
+    }
+}
+
+/// The newest version's metadata of recently written or read keys (`None`: no live version),
+/// so a put of a hot key needs no seek. Bounded: it is emptied when its keys pass
+/// `LATEST_CACHE_BYTES`; it is never the whole key index.
+#[derive(Default)]
+pub struct LatestCache {
+    map: std::collections::HashMap<Vec<u8>, Option<Meta>>,
+    key_bytes: usize,
+}
+
+const LATEST_CACHE_BYTES: usize = 16 << 20;
+
+impl LatestCache {
+    fn get(&self, key: &[u8]) -> Option<Option<Meta>> {
+        self.map.get(key).copied()
+    }
+
+    fn insert(&mut self, key: &[u8], meta: Option<Meta>) {
+        if let Some(slot) = self.map.get_mut(key) {
+            *slot = meta;
+            return;
+        }
+        if self.key_bytes + key.len() > LATEST_CACHE_BYTES {
+            self.clear();
+        }
+        self.key_bytes += key.len() + 32;
+        self.map.insert(key.to_vec(), meta);
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.key_bytes = 0;
+    }
+}
+
+/// What the state machine carries from one batch of entries to the next, so a batch starts
+/// without reading it back: the revisions and the latest-version cache.
+pub struct MvccState {
+    revision: i64,
+    compact_revision: i64,
+    latest: LatestCache,
+}
+
+impl MvccState {
+    pub fn load(db: &Db) -> Result<MvccState> {
+        let view = View::live(db);
+        Ok(MvccState {
+            revision: view.current_revision()?,
+            compact_revision: view.compact_revision()?,
+            latest: LatestCache::default(),
+        })
+    }
+}
+
 /// The write side of the state machine for one batch of committed entries: their changes, the
 /// new revisions and the applied index go into one RocksDB write batch.
 pub struct Applier<'a> {
@@ -973,6 +1045,7 @@ pub struct Applier<'a> {
     staged: Vec<(Vec<u8>, Record)>,
     revision: i64,
     compact_revision: i64,
+    latest: LatestCache,
     /// The revision the entry being applied writes at, and the next sub revision.
     main: i64,
     sub: i64,
@@ -980,17 +1053,31 @@ pub struct Applier<'a> {
 
 impl<'a> Applier<'a> {
     pub fn new(db: &'a Db) -> Result<Applier<'a>> {
-        let view = View::live(db);
-        Ok(Applier {
+        Ok(Applier::resume(db, MvccState::load(db)?))
+    }
+
+    /// Continues from the state the previous batch ended with (`into_state`).
+    pub fn resume(db: &'a Db, state: MvccState) -> Applier<'a> {
+        Applier {
             db,
             batch: WriteBatch::default(),
             overlay: Overlay::new(),
             staged: Vec::new(),
-            revision: view.current_revision()?,
-            compact_revision: view.compact_revision()?,
+            revision: state.revision,
+            compact_revision: state.compact_revision,
+            latest: state.latest,
             main: 0,
             sub: 0,
-        })
+        }
+    }
+
+    /// What the next batch starts from; call after `flush`.
+    pub fn into_state(self) -> MvccState {
+        MvccState {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            latest: self.latest,
+        }
     }
 
     pub fn batch(&mut self) -> &mut WriteBatch {
@@ -1047,6 +1134,7 @@ impl<'a> Applier<'a> {
             return result;
         }
         for (sub, (key, record)) in staged.iter().enumerate() {
+            self.latest.insert(key, Meta::of(record));
             let mut rev_key = [0u8; 16];
             rev_key[..8].copy_from_slice(&self.main.to_be_bytes());
             rev_key[8..].copy_from_slice(&(sub as i64).to_be_bytes());
@@ -1070,12 +1158,29 @@ impl<'a> Applier<'a> {
         if let Some(r) = self.overlay.get(key).and_then(|v| v.last()) {
             return Ok(Some(r.clone()).filter(|r| !r.tombstone));
         }
+        if self.latest.get(key) == Some(None) {
+            return Ok(None);
+        }
         let mut found = None;
         View::live(self.db).scan(key, &End::Single, i64::MAX, &mut |_, raw| {
             found = Some(Record::decode(raw)?);
             Ok(false)
         })?;
         Ok(found.filter(|r| !r.tombstone))
+    }
+
+    /// The newest version's metadata, from the overlay, the cache, or RocksDB (then cached).
+    fn latest_meta(&mut self, key: &[u8]) -> Result<Option<Meta>> {
+        if let Some(r) = self.overlay.get(key).and_then(|v| v.last()) {
+            return Ok(Meta::of(r));
+        }
+        if let Some(meta) = self.latest.get(key) {
+            return Ok(meta);
+        }
+        let meta = self.latest(key)?.as_ref().and_then(Meta::of);
+        // Only what RocksDB holds goes in the cache: the overlay is empty for this key here.
+        self.latest.insert(key, meta);
+        Ok(meta)
     }
 
     fn write(&mut self, key: &[u8], record: Record) {
@@ -1109,6 +1214,9 @@ impl<'a> Applier<'a> {
     }
 
     fn do_put(&mut self, req: &PutRequest) -> Result<PutResponse, EtcdError> {
+        if !(req.prev_kv || req.ignore_value || req.ignore_lease) {
+            return self.put_without_prev_value(req);
+        }
         let prev = self.latest(&req.key).map_err(ee::internal)?;
         let (value, lease) = match (&prev, req.ignore_value, req.ignore_lease) {
             (None, true, _) | (None, _, true) => return Err(ee::key_not_found()),
@@ -1145,6 +1253,28 @@ impl<'a> Applier<'a> {
             } else {
                 None
             },
+        })
+    }
+
+    /// The common put: the previous version's metadata is enough, and usually cached.
+    fn put_without_prev_value(&mut self, req: &PutRequest) -> Result<PutResponse, EtcdError> {
+        if req.lease != 0 {
+            // No lease can be granted yet, so every lease ID is unknown.
+            return Err(ee::lease_not_found());
+        }
+        let prev = self.latest_meta(&req.key).map_err(ee::internal)?;
+        let record = Record {
+            tombstone: false,
+            create_revision: prev.map_or(self.main, |p| p.create_revision),
+            mod_revision: self.main,
+            version: prev.map_or(1, |p| p.version + 1),
+            lease: req.lease,
+            value: req.value.clone(),
+        };
+        self.write(&req.key, record);
+        Ok(PutResponse {
+            revision: self.main,
+            prev_kv: None,
         })
     }
 
@@ -1277,6 +1407,8 @@ impl<'a> Applier<'a> {
         if req.revision > self.revision {
             return Err(ee::future_rev());
         }
+        // The latest-version cache stays valid: compaction keeps every key's newest version,
+        // and drops a tombstone only where the key already has no live version.
         self.flush().map_err(ee::internal)?;
         self.compact_revision = req.revision;
         let db = self.db;
@@ -2331,5 +2463,68 @@ mod tests {
                 "target {target} order {order} {prefix}"
             );
         }
+    }
+
+    #[test]
+    fn latest_cache_across_batches_keeps_create_and_version_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let step = |state: MvccState, f: &dyn Fn(&mut Applier)| {
+            let mut a = Applier::resume(&db, state);
+            f(&mut a);
+            a.flush().unwrap();
+            a.into_state()
+        };
+        let mut state = MvccState::load(&db).unwrap();
+        state = step(state, &|a| {
+            a.put(&put("k", "1")).unwrap();
+        });
+        state = step(state, &|a| {
+            a.put(&put("k", "2")).unwrap();
+        });
+        state = step(state, &|a| {
+            a.delete_range(&DeleteRangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+        });
+        state = step(state, &|a| {
+            a.put(&put("k", "3")).unwrap(); // revision 5: created again
+        });
+        // A txn that writes k and then fails must leave neither k nor the cache changed.
+        state = step(state, &|a| {
+            let failing = TxnRequest {
+                success: vec![
+                    RequestOp::Put(put("k", "lost")),
+                    RequestOp::Put(PutRequest {
+                        ignore_value: true,
+                        ..put("missing", "")
+                    }),
+                ],
+                ..Default::default()
+            };
+            assert!(a.txn(&failing).is_err());
+            a.put(&put("k", "4")).unwrap(); // revision 6
+        });
+        state = step(state, &|a| {
+            a.compact(&CompactionRequest {
+                revision: 6,
+                physical: true,
+            })
+            .unwrap();
+            a.put(&put("k", "5")).unwrap(); // revision 7
+        });
+        drop(state);
+        let kv = &View::snapshot(&db).range(&get("k", "", 0)).unwrap().kvs[0];
+        assert_eq!(
+            (
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.value.as_slice()
+            ),
+            (5, 7, 3, b"5".as_slice())
+        );
     }
 }

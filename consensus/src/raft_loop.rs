@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::{self, MemberInfo, Proposal};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
-use crate::mvcc::{Applier, DeleteRangeResponse, PutResponse, TxnResponse};
+use crate::mvcc::{Applier, DeleteRangeResponse, MvccState, PutResponse, TxnResponse};
 use crate::storage::{Db, META_MEMBER_PREFIX, RaftLog};
 
 /// What applying a proposal gave, sent back to whoever proposed it.
@@ -101,6 +101,8 @@ pub struct RaftLoop {
     reads_applying: Vec<(u64, ReadReply)>,
     read_ctx: u64,
     applied: u64,
+    /// The state machine's revisions and latest-version cache between batches; loaded lazily.
+    mvcc: Option<MvccState>,
     /// This member's name and client URLs, published through raft once a leader exists.
     me: MemberInfo,
     published: bool,
@@ -136,6 +138,7 @@ impl RaftLoop {
             reads_applying: Vec::new(),
             read_ctx: 0,
             applied,
+            mvcc: None,
             me,
             published,
             last_publish: None,
@@ -400,7 +403,11 @@ impl RaftLoop {
             return Ok(());
         };
         let db = self.db.clone();
-        let mut applier = Applier::new(&db)?;
+        let state = match self.mvcc.take() {
+            Some(state) => state,
+            None => MvccState::load(&db)?,
+        };
+        let mut applier = Applier::resume(&db, state);
         if let Some(commit) = commit {
             self.node.mut_store().set_commit(commit, applier.batch());
         }
@@ -453,6 +460,7 @@ impl RaftLoop {
         }
         let revision = applier.revision();
         applier.flush()?;
+        self.mvcc = Some(applier.into_state());
         self.shared
             .proposals_committed
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
