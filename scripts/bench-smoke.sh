@@ -33,15 +33,16 @@ member=''
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  set +e
   if [[ -n $member ]]; then
-    kill -TERM "$member" 2>/dev/null || true
+    kill -TERM "$member" 2>/dev/null
     for _ in $(seq 1 100); do kill -0 "$member" 2>/dev/null || break; sleep 0.1; done
     # What is still running after 10 s: the script and the three processes it recorded.
     if [[ -r $work/m/member.pids ]]; then
       while read -r _ p; do [[ $p =~ ^[0-9]+$ ]] && kill -KILL "$p" 2>/dev/null; done <"$work/m/member.pids"
     fi
-    kill -KILL "$member" 2>/dev/null || true
-    wait "$member" 2>/dev/null || true
+    kill -KILL "$member" 2>/dev/null
+    wait "$member" 2>/dev/null
   fi
   if ((status)) && [[ -r $work/member.log ]]; then
     log "member log tail:"; tail -n 20 "$work/member.log" >&2
@@ -53,6 +54,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 host=127.0.0.35
+# A leftover member on our address would be measured instead of ours.
+if command -v ss >/dev/null && ss -Hlntu 2>/dev/null | awk '{print $5}' | grep -qE "^$host:(2379|2380)$"; then
+  log "something already listens on $host:2379 or :2380 (see ss -lntup); stop it first"
+  exit 1
+fi
 ETCDRS_BIN_DIR=$bin scripts/start-node.sh --name smoke --data-dir "$work/m" \
   --listen-client-urls "http://$host:2379" --advertise-client-urls "http://$host:2379" \
   --listen-peer-urls "http://$host:2380" --initial-advertise-peer-urls "http://$host:2380" \

@@ -84,6 +84,7 @@ results=$work/results.tsv
 # on SIGTERM; their PIDs are also in <data-dir>/member.pids, for the SIGKILL fallback).
 cluster_pids=()
 member_dirs=()
+bench_pid=''
 
 stop_cluster() {
   local pids=("${cluster_pids[@]}") p extra=()
@@ -108,6 +109,10 @@ stop_cluster() {
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  if [[ -n $bench_pid ]]; then
+    kill -TERM "$bench_pid" 2>/dev/null
+    wait "$bench_pid" 2>/dev/null
+  fi
   stop_cluster
   if ((keep)); then
     log "kept $work"
@@ -189,8 +194,12 @@ run_system() {
   for row in "${rows[@]}"; do
     local name=${row%%|*} flags=${row#*|} json
     # shellcheck disable=SC2086 # flags are words on purpose
+    # In the background, so that a signal to this script is handled at once (wait returns).
     "$bin/etcd-bench" --endpoints "$endpoints" --key-size 8 --val-size 256 --key-space 10000 \
-      $flags >"$dir/bench.out" 2>&1
+      $flags >"$dir/bench.out" 2>&1 &
+    bench_pid=$!
+    wait "$bench_pid"
+    bench_pid=''
     json=$(grep '^{' "$dir/bench.out" | tail -n 1)
     grep -h '  error' "$dir/bench.out" >&2
     if [[ $json != '{'* ]]; then

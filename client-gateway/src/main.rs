@@ -44,6 +44,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Stop with the supervisor (start-node.sh): if it is killed, even with SIGKILL, the kernel
+    // sends SIGTERM here instead of leaving an orphan that holds the member's ports and data dir.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     let args = Args::parse();
     if let Err(e) = init_tracing(args.log_level.as_deref()) {
         eprintln!("client-gateway: {e}");

@@ -8,6 +8,9 @@ use consensus::config::Config;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Stop with the supervisor (start-node.sh): if it is killed, even with SIGKILL, the kernel
+    // sends SIGTERM here instead of leaving an orphan that holds the member's ports and data dir.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     let config = match Config::from_process() {
         Ok(c) => c,
         Err(e) => {

@@ -245,11 +245,17 @@ impl RaftLoop {
         }
         self.read_ctx += 1;
         let ctx = self.read_ctx;
+        // A follower's read index travels to the leader with its context, and raft-rs keys the
+        // leader's pending reads by context: a context must be unique across members, not only
+        // here (a bare counter collided with the leader's own and the read was dropped).
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.me.id.to_be_bytes());
+        context.extend_from_slice(&ctx.to_be_bytes());
         self.shared.read_indexes.fetch_add(1, Ordering::Relaxed);
         self.shared
             .linearizable_reads
             .fetch_add(self.reads_unsent.len() as u64, Ordering::Relaxed);
-        self.node.read_index(ctx.to_be_bytes().to_vec());
+        self.node.read_index(context);
         self.reads_in_raft.insert(
             ctx,
             (Instant::now(), std::mem::take(&mut self.reads_unsent)),
@@ -362,7 +368,9 @@ impl RaftLoop {
         }
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            let ctx = crate::storage::be_u64(&rs.request_ctx);
+            let Some(ctx) = read_context(&rs.request_ctx, self.me.id) else {
+                continue;
+            };
             if let Some((_, replies)) = self.reads_in_raft.remove(&ctx) {
                 self.reads_applying
                     .extend(replies.into_iter().map(|r| (rs.index, r)));
@@ -537,7 +545,27 @@ fn apply_proposal(applier: &mut Applier, p: Proposal) -> Result<Applied, EtcdErr
     })
 }
 
+/// The counter of a read-index context this member made (member ID ++ counter), if it made it.
+fn read_context(ctx: &[u8], me: u64) -> Option<u64> {
+    let (member, counter) = ctx.split_at_checked(8)?;
+    (member == me.to_be_bytes() && counter.len() == 8).then(|| crate::storage::be_u64(counter))
+}
+
 /// Whether a raft message carries a snapshot (the peer gateway puts those on their own stream).
 pub fn is_snapshot(m: &Message) -> bool {
     m.get_msg_type() == MessageType::MsgSnapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_context;
+
+    #[test]
+    fn read_contexts_are_told_apart_by_member() {
+        let ctx = [7u64.to_be_bytes(), 42u64.to_be_bytes()].concat();
+        assert_eq!(read_context(&ctx, 7), Some(42));
+        assert_eq!(read_context(&ctx, 8), None);
+        assert_eq!(read_context(&ctx[..12], 7), None);
+        assert_eq!(read_context(&[], 7), None);
+    }
 }

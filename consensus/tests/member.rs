@@ -320,7 +320,31 @@ fn no_configuration_starts_one_member_on_2379() {
     assert!(list.contains("default"), "{list}");
     assert!(tmp.path().join("default.etcd").is_dir());
     assert_eq!(member.pids().get("start-node"), Some(&script_pid));
+
+    // kill -9 of the supervisor alone takes the member down with it: no orphan keeps the port
+    // or the data dir.
+    let pids = member.pids();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(script_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    for process in ["consensus", "peer-gateway", "client-gateway"] {
+        let pid = pids[process];
+        eventually(
+            Duration::from_secs(10),
+            &format!("{process} to stop with start-node.sh"),
+            || (!alive(pid)).then_some(()),
+        );
+    }
     drop(stop);
+}
+
+/// Whether a process runs (a zombie waiting for its parent to reap it does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Stops the script (SIGTERM; it stops its three processes) when the test ends, even on panic.

@@ -29,6 +29,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Stop with the supervisor (start-node.sh): if it is killed, even with SIGKILL, the kernel
+    // sends SIGTERM here instead of leaving an orphan that holds the member's ports and data dir.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     let args = Args::parse();
     init_logging(args.log_level.as_deref());
 
