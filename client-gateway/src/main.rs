@@ -29,6 +29,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::error::Error;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     version,

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use consensus::config::Config;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Stop with the supervisor (start-node.sh): if it is killed, even with SIGKILL, the kernel
     // sends SIGTERM here instead of leaving an orphan that holds the member's ports and data dir.
