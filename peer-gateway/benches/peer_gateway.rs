@@ -10,8 +10,7 @@
 
 use std::cell::RefCell;
 use std::future::{Future, ready};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,10 @@ use futures::AsyncReadExt;
 use schema::member_capnp::{peer_gateway, peer_plane, peer_registrar};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::compat::TokioAsyncReadCompatExt;
+
+#[path = "../../consensus/benches/support/process.rs"]
+mod process;
+use process::{Running, cpu_time, cpu_us_per, locate, tail};
 
 const CLUSTER: u64 = 0xbe7c_0000_0000_0001;
 const A: u64 = 0xa;
@@ -145,9 +148,9 @@ async fn bench(bin: &Path, dir: &Path, rows: &[Row]) -> Result<(), String> {
             sink: Some(sink.clone()),
         }),
     )?;
-    let proc_a = Gateway::start(bin, &socket_a, &dir.join("a.log"));
-    let proc_b = Gateway::start(bin, &socket_b, &dir.join("b.log"));
-    let (pid_a, pid_b) = (proc_a.child.id(), proc_b.child.id());
+    let proc_a = Running::gateway(bin, &socket_a, &dir.join("a.log"));
+    let proc_b = Running::gateway(bin, &socket_b, &dir.join("b.log"));
+    let (pid_a, pid_b) = (proc_a.pid(), proc_b.pid());
 
     let mut gateway_a = None;
     for _ in 0..2 {
@@ -487,94 +490,4 @@ fn serve(path: &Path, registrar: peer_registrar::Client) -> Result<(), String> {
         }
     });
     Ok(())
-}
-
-/// A real peer-gateway process; stopped by PID when dropped (SIGTERM, then SIGKILL after 5 s).
-struct Gateway {
-    child: Child,
-}
-
-impl Gateway {
-    fn start(bin: &Path, socket: &Path, log: &Path) -> Gateway {
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Gateway { child }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A binary of the workspace, next to this benchmark's own executable (`target/release/deps/..`
-/// when run by `cargo bench`), else where cargo built it for this benchmark.
-fn locate(name: &str, built_by_cargo: Option<&str>) -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf));
-    if let Some(path) = dir.as_ref().map(|d| d.join(name))
-        && path.is_file()
-    {
-        return path;
-    }
-    if let Some(path) = built_by_cargo.map(PathBuf::from)
-        && path.is_file()
-    {
-        return path;
-    }
-    eprintln!(
-        "{name} is not built in {}: run `cargo build --release --bins` first",
-        dir.map(|d| d.display().to_string())
-            .unwrap_or_else(|| "the target dir".into())
-    );
-    std::process::exit(1);
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// CPU time (user + system, all threads) a process has used so far, from /proc/<pid>/stat.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
-    // are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// Microseconds of CPU per request between two readings (0 when unknown).
-fn cpu_us_per(before: Option<Duration>, after: Option<Duration>, requests: u64) -> f64 {
-    match (before, after) {
-        (Some(b), Some(a)) if requests > 0 => {
-            a.saturating_sub(b).as_secs_f64() * 1e6 / requests as f64
-        }
-        _ => 0.0,
-    }
 }
