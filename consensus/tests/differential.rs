@@ -15,7 +15,6 @@
 mod support;
 
 use std::fmt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -40,35 +39,6 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const READ_ONLY_TXNS_CHECKED_LIKE_ETCD: bool = true;
 
 // --------------------------------------------------------------------------------- processes
-
-struct Etcd(std::process::Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_etcd(dir: &std::path::Path) -> Etcd {
-    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    let child = Command::new("etcd")
-        .args([
-            "--name=reference",
-            &format!("--data-dir={}", dir.join("etcd-data").display()),
-            &format!("--listen-client-urls=http://{ETCD}:2379"),
-            &format!("--advertise-client-urls=http://{ETCD}:2379"),
-            &format!("--listen-peer-urls=http://{ETCD}:2380"),
-            &format!("--initial-advertise-peer-urls=http://{ETCD}:2380"),
-            &format!("--initial-cluster=reference=http://{ETCD}:2380"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting etcd (apt-get install etcd-server)");
-    Etcd(child)
-}
 
 fn our_member(dir: &std::path::Path, name: &str, host: &str, cluster: &str, token: &str) -> Member {
     let data = dir.join(format!("{name}-data"));
@@ -1505,7 +1475,7 @@ async fn same_answers_as_etcd() {
         .unwrap_or(DEFAULT_OPS);
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let _etcd = start_etcd(tmp.path());
+    let _etcd = start_etcd(tmp.path(), ETCD);
     let etcd_url = format!("http://{ETCD}:2379");
     wait_healthy(&etcd_url);
     let mut etcd = Endpoint::connect("etcd", &etcd_url).await;

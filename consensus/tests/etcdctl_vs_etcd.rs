@@ -14,35 +14,6 @@ use support::*;
 const OURS: &str = "127.0.0.4";
 const ETCD: &str = "127.0.0.5";
 
-struct Etcd(std::process::Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_etcd(dir: &std::path::Path) -> Etcd {
-    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    let child = Command::new("etcd")
-        .args([
-            "--name=ref",
-            &format!("--data-dir={}", dir.join("etcd-data").display()),
-            &format!("--listen-client-urls=http://{ETCD}:2379"),
-            &format!("--advertise-client-urls=http://{ETCD}:2379"),
-            &format!("--listen-peer-urls=http://{ETCD}:2380"),
-            &format!("--initial-advertise-peer-urls=http://{ETCD}:2380"),
-            &format!("--initial-cluster=ref=http://{ETCD}:2380"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting etcd (apt-get install etcd-server)");
-    Etcd(child)
-}
-
 /// Drops what differs between two clusters by design.
 fn normalize(v: &mut Value) {
     match v {
@@ -111,7 +82,7 @@ fn outcome(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (Option<i32>, 
 #[test]
 fn etcdctl_outputs_match_real_etcd() {
     let tmp = tempfile::tempdir().unwrap();
-    let _etcd = start_etcd(tmp.path());
+    let _etcd = start_etcd(tmp.path(), ETCD);
     let conf = tmp.path().join("ours.conf");
     std::fs::write(
         &conf,
@@ -225,7 +196,7 @@ fn etcdctl_outputs_match_real_etcd() {
                     o.1.replace(OURS, "HOST")
                         .replace(ETCD, "HOST")
                         .replace("ours", "NAME")
-                        .replace("ref", "NAME"),
+                        .replace("reference", "NAME"),
                 )
             } else if args[0] == "endpoint" && args[1] == "health" {
                 (o.0, String::new())

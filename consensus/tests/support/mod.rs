@@ -259,3 +259,42 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A real etcd 3.4 member (Debian's etcd-server), the reference the comparisons run against;
+/// stopped by PID when dropped.
+pub struct Etcd(std::process::Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a single-member etcd on `host` (ports 2379 and 2380), data and log in `dir`.
+pub fn start_etcd(dir: &Path, host: &str) -> Etcd {
+    // Talking to somebody else's process would compare against the wrong state.
+    for port in [2379, 2380] {
+        assert!(
+            std::net::TcpListener::bind((host, port)).is_ok(),
+            "{host}:{port} is already in use: another test run or etcd is there"
+        );
+    }
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let child = Command::new("etcd")
+        .args([
+            "--name=reference",
+            &format!("--data-dir={}", dir.join("etcd-data").display()),
+            &format!("--listen-client-urls=http://{host}:2379"),
+            &format!("--advertise-client-urls=http://{host}:2379"),
+            &format!("--listen-peer-urls=http://{host}:2380"),
+            &format!("--initial-advertise-peer-urls=http://{host}:2380"),
+            &format!("--initial-cluster=reference=http://{host}:2380"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting etcd (apt-get install etcd-server)");
+    Etcd(child)
+}
