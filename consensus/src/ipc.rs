@@ -616,7 +616,7 @@ async fn accept_loop(
             futures::io::BufReader::new(reader),
             futures::io::BufWriter::new(writer),
             Side::Server,
-            Default::default(),
+            schema::reader_options(),
         );
         let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.clone()));
         tokio::task::spawn_local(async move {

@@ -40,6 +40,15 @@ pub mod code {
     pub const UNAUTHENTICATED: u32 = 16;
 }
 
+/// How much one message on a plane may hold. capnp's default (64 MiB) is below what etcd serves:
+/// a large range answer or a snapshot chunk must fit, so both ends of a socket use this.
+pub fn reader_options() -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    // In 8-byte words: 2 GiB, the most a gRPC message can carry anyway.
+    options.traversal_limit_in_words(Some(1 << 28));
+    options
+}
+
 /// Dials a consensus socket and returns its bootstrap capability (`PeerRegistrar` or
 /// `ClientRegistrar`), with the RPC system spawned on the current `LocalSet`. capnp-rpc is `!Send`,
 /// so this must run inside a `tokio::task::LocalSet`. The returned receiver fires when the
@@ -57,7 +66,7 @@ pub async fn dial<C: capnp::capability::FromClientHook>(
         futures::io::BufReader::new(reader),
         futures::io::BufWriter::new(writer),
         Side::Client,
-        Default::default(),
+        reader_options(),
     );
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let bootstrap: C = rpc.bootstrap(Side::Server);
