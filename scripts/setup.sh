@@ -19,5 +19,8 @@ fi
 if systemctl is-active --quiet etcd 2>/dev/null; then
   echo "setup: stopping the etcd service that etcd-server started (it holds 127.0.0.1:2379)" >&2
   ${sudo:-} systemctl stop etcd || true
+elif command -v service >/dev/null && service etcd status >/dev/null 2>&1; then
+  echo "setup: stopping the etcd service that etcd-server started (it holds 127.0.0.1:2379)" >&2
+  ${sudo:-} service etcd stop || true
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust with rustup" >&2; exit 1; }
