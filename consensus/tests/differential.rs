@@ -41,23 +41,13 @@ const READ_ONLY_TXNS_CHECKED_LIKE_ETCD: bool = true;
 // --------------------------------------------------------------------------------- processes
 
 fn our_member(dir: &std::path::Path, name: &str, host: &str, cluster: &str, token: &str) -> Member {
-    let data = dir.join(format!("{name}-data"));
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "ETCD_NAME=\"{name}\"\nETCD_DATA_DIR=\"{data}\"\n\
-             ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
-             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{host}:2380\"\n\
-             ETCD_INITIAL_CLUSTER=\"{cluster}\"\nETCD_INITIAL_CLUSTER_TOKEN=\"{token}\"\n\
-             ETCD_INITIAL_CLUSTER_STATE=\"new\"\n",
-            data = data.display()
-        ),
+    http_member(
+        dir,
+        name,
+        host,
+        cluster,
+        &format!("ETCD_INITIAL_CLUSTER_TOKEN=\"{token}\"\nETCD_INITIAL_CLUSTER_STATE=\"new\"\n"),
     )
-    .unwrap();
-    let mut m = Member::new(name, conf, data, format!("http://{host}:2379"), vec![]);
-    m.start();
-    m
 }
 
 fn wait_healthy(endpoint: &str) {

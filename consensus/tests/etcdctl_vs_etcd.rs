@@ -83,26 +83,7 @@ fn outcome(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (Option<i32>, 
 fn etcdctl_outputs_match_real_etcd() {
     let tmp = tempfile::tempdir().unwrap();
     let _etcd = start_etcd(tmp.path(), ETCD);
-    let conf = tmp.path().join("ours.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "ETCD_NAME=\"ours\"\nETCD_DATA_DIR=\"{data}\"\n\
-             ETCD_LISTEN_CLIENT_URLS=\"http://{OURS}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{OURS}:2379\"\n\
-             ETCD_LISTEN_PEER_URLS=\"http://{OURS}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{OURS}:2380\"\n\
-             ETCD_INITIAL_CLUSTER=\"ours=http://{OURS}:2380\"\n",
-            data = tmp.path().join("ours-data").display()
-        ),
-    )
-    .unwrap();
-    let mut ours = Member::new(
-        "ours",
-        conf,
-        tmp.path().join("ours-data"),
-        format!("http://{OURS}:2379"),
-        vec![],
-    );
-    ours.start();
+    let ours = single_http_member(tmp.path(), "ours", OURS, "");
     let etcd_endpoint = format!("http://{ETCD}:2379");
     for endpoint in [ours.endpoint.clone(), etcd_endpoint.clone()] {
         eventually(

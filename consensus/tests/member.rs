@@ -372,27 +372,12 @@ fn scopeguard(child: std::process::Child) -> impl Drop {
 fn auto_compaction_forgets_old_revisions() {
     let tmp = tempfile::tempdir().unwrap();
     let host = "127.0.0.14";
-    let conf = tmp.path().join("compact.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "ETCD_NAME=\"c\"\nETCD_DATA_DIR=\"{data}\"\n\
-             ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
-             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{host}:2380\"\n\
-             ETCD_INITIAL_CLUSTER=\"c=http://{host}:2380\"\n\
-             ETCD_AUTO_COMPACTION_MODE=\"periodic\"\nETCD_AUTO_COMPACTION_RETENTION=\"2s\"\n",
-            data = tmp.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut m = Member::new(
+    let m = single_http_member(
+        tmp.path(),
         "c",
-        conf,
-        tmp.path().join("data"),
-        format!("http://{host}:2379"),
-        vec![],
+        host,
+        "ETCD_AUTO_COMPACTION_MODE=\"periodic\"\nETCD_AUTO_COMPACTION_RETENTION=\"2s\"\n",
     );
-    m.start();
     wait_healthy(&m, Duration::from_secs(30));
     m.ctl_ok(&["put", "k", "first"]); // revision 2
     let first = value_of(&m, "k", &["--rev=2"]);
@@ -416,26 +401,7 @@ fn auto_compaction_forgets_old_revisions() {
 fn a_range_answer_larger_than_64_mib_comes_through() {
     let tmp = tempfile::tempdir().unwrap();
     let host = "127.0.0.15";
-    let conf = tmp.path().join("big.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "ETCD_NAME=\"big\"\nETCD_DATA_DIR=\"{data}\"\n\
-             ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
-             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{host}:2380\"\n\
-             ETCD_INITIAL_CLUSTER=\"big=http://{host}:2380\"\n",
-            data = tmp.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut m = Member::new(
-        "big",
-        conf,
-        tmp.path().join("data"),
-        format!("http://{host}:2379"),
-        vec![],
-    );
-    m.start();
+    let m = single_http_member(tmp.path(), "big", host, "");
     wait_healthy(&m, Duration::from_secs(30));
     // 48 values of 1.5 MB (under --max-request-bytes), 72 MB in all: more than capnp's default
     // 64 MiB message limit between the client gateway and consensus.

@@ -298,3 +298,35 @@ pub fn start_etcd(dir: &Path, host: &str) -> Etcd {
         .expect("starting etcd (apt-get install etcd-server)");
     Etcd(child)
 }
+
+/// A started member with plain-http URLs on `host` (ports 2379 and 2380), its etcd.conf and data
+/// dir in `dir`. `cluster` is its `ETCD_INITIAL_CLUSTER`; `extra` holds more `KEY="value"` lines.
+pub fn http_member(dir: &Path, name: &str, host: &str, cluster: &str, extra: &str) -> Member {
+    let data = dir.join(format!("{name}-data"));
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "ETCD_NAME=\"{name}\"\nETCD_DATA_DIR=\"{data}\"\n\
+             ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
+             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{host}:2380\"\n\
+             ETCD_INITIAL_CLUSTER=\"{cluster}\"\n{extra}",
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    let mut m = Member::new(name, conf, data, format!("http://{host}:2379"), vec![]);
+    m.start();
+    m
+}
+
+/// `http_member` alone in its cluster.
+pub fn single_http_member(dir: &Path, name: &str, host: &str, extra: &str) -> Member {
+    http_member(
+        dir,
+        name,
+        host,
+        &format!("{name}=http://{host}:2380"),
+        extra,
+    )
+}
