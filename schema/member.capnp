@@ -6,7 +6,9 @@
 # ever grows: add fields and methods at the end, never renumber or retype one, never reuse an ordinal.
 @0xcb9f39efa5dd9560;
 
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2;
+# 1: first release. 2: raft messages travel as one-way PeerFrames on `raft.sock` instead of
+#    PeerGateway.send / PeerPlane.deliver calls (those stay in this file for their ordinals only).
 
 # ---------------------------------------------------------------- identity, handed out at registration
 
@@ -62,15 +64,35 @@ interface PeerRegistrar {
 
 # Served by the peer gateway, called by consensus.
 interface PeerGateway {
-  send @0 (messages :List(RaftMessage)) -> ();
+  send @0 (messages :List(RaftMessage)) -> ();     # protocol 1 only; now PeerFrame.messages
   membersChanged @1 (members :List(Member)) -> ();
 }
 
-# Served by consensus, called by the peer gateway.
+# Served by consensus, called by the peer gateway (protocol 1 only; since 2 these travel as
+# PeerFrames, see below, and `register` leaves `plane` null).
 interface PeerPlane {
   deliver @0 (messages :List(RaftMessage)) -> ();
   reportUnreachable @1 (memberId :UInt64) -> ();
   reportSnapshot @2 (memberId :UInt64, ok :Bool) -> ();
+}
+
+# The raft stream (protocol 2). Once registered on `peer.sock`, the peer gateway connects to
+# `raft.sock` beside it, where consensus's raft thread itself reads and writes. Each direction is a
+# sequence of PeerFrames in Cap'n Proto's standard stream framing, and nothing is answered: raft
+# resends what is lost, and a reply per batch cost a process wake-up on every hop of a write. The
+# gateway's first frame is `hello`; a newer stream replaces an older one.
+struct PeerFrame {
+  union {
+    hello @0 :UInt32;                   # gateway -> consensus, first frame: its protocolVersion
+    messages @1 :List(RaftMessage);     # both directions
+    unreachable @2 :UInt64;             # gateway -> consensus: this member could not be reached
+    snapshotStatus @3 :SnapshotStatus;  # gateway -> consensus: how sending a snapshot ended
+  }
+}
+
+struct SnapshotStatus {
+  memberId @0 :UInt64;
+  ok @1 :Bool;
 }
 
 # ---------------------------------------------------------------- client plane

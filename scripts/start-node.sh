@@ -63,10 +63,11 @@ stop_all() {
 }
 trap stop_all TERM INT
 
-# Starts consensus and waits for both of its sockets (it removes stale ones before binding).
+# Starts consensus and waits for its sockets (it removes stale ones before binding; client.sock is
+# bound last).
 # Returns non-zero when it exits while starting.
 start_consensus() {
-  rm -f "$data_dir/peer.sock" "$data_dir/client.sock"
+  rm -f "$data_dir/peer.sock" "$data_dir/raft.sock" "$data_dir/client.sock"
   "$bin_dir/consensus" "${args[@]}" &
   consensus_pid=$!
   write_pids

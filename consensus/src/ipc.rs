@@ -1,23 +1,23 @@
-//! The IPC thread: serves the peer plane (`peer.sock`) and the client plane (`client.sock`) over
-//! Cap'n Proto, on a tokio-uring runtime (capnp-rpc is `!Send`). It never blocks on an fsync: writes
-//! go to the raft thread as proposals, reads run on a RocksDB snapshot once the read index allows.
+//! The IPC thread: serves the peer gateway's registration (`peer.sock`) and the client plane
+//! (`client.sock`) over Cap'n Proto, on a tokio-uring runtime (capnp-rpc is `!Send`). It never
+//! blocks on an fsync: writes go to the raft thread as proposals, reads run on a RocksDB snapshot
+//! once the read index allows. It also accepts the raft stream (`raft.sock`) and hands the
+//! connection to the raft thread, which carries raft messages on it itself.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
 use futures::AsyncReadExt;
-use protobuf::Message as _;
-use raft::eraftpb::Message;
 use schema::member_capnp::{
-    client_gateway_config, client_plane, client_registrar, identity, peer_gateway,
-    peer_gateway_config, peer_plane, peer_registrar, tls_config,
+    client_gateway_config, client_plane, client_registrar, identity, peer_gateway_config,
+    peer_registrar, tls_config,
 };
 use tokio::sync::oneshot;
 use tokio_util::compat::TokioAsyncReadCompatExt;
@@ -27,8 +27,9 @@ use crate::cluster::Identity;
 use crate::codec::{self, Header};
 use crate::error::{Error, Result};
 use crate::etcd_error::{self as ee, EtcdError};
+use crate::inbox;
 use crate::mvcc::{self, View};
-use crate::raft_loop::{Applied, Command, Shared, is_snapshot};
+use crate::raft_loop::{Applied, Command, Shared};
 
 /// TLS files as the gateways receive them.
 #[derive(Clone, Debug, Default)]
@@ -57,7 +58,7 @@ pub struct Context {
     pub gateways: GatewayConfig,
     pub db: Arc<Db>,
     pub shared: Arc<Shared>,
-    pub commands: mpsc::Sender<Command>,
+    pub commands: inbox::Sender,
     pub request_timeout: Duration,
 }
 
@@ -65,9 +66,6 @@ use crate::storage::Db;
 
 struct State {
     ctx: Context,
-    /// The registered peer gateway, with a generation so a failed call only forgets its own.
-    peer_gateway: RefCell<Option<(u64, peer_gateway::Client)>>,
-    generation: Cell<u64>,
     next_request: Cell<u64>,
 }
 
@@ -165,6 +163,9 @@ fn check_version(version: u32) -> capnp::Result<()> {
 struct PeerRegistrar(Rc<State>);
 
 impl peer_registrar::Server for PeerRegistrar {
+    /// Hands out the identity and the listen config. Raft messages then travel on `raft.sock`;
+    /// `plane` stays null (protocol 1's calls are gone) and the gateway's capability is not kept,
+    /// as the member table does not change yet.
     async fn register(
         self: CapRc<Self>,
         params: peer_registrar::RegisterParams,
@@ -172,11 +173,7 @@ impl peer_registrar::Server for PeerRegistrar {
     ) -> capnp::Result<()> {
         let p = params.get()?;
         check_version(p.get_version())?;
-        let gateway = p.get_gateway()?;
         let state = &self.0;
-        let generation = state.generation.get() + 1;
-        state.generation.set(generation);
-        *state.peer_gateway.borrow_mut() = Some((generation, gateway));
         info!("peer gateway registered");
         let mut r = results.get();
         state.fill_identity(r.reborrow().init_identity());
@@ -188,108 +185,33 @@ impl peer_registrar::Server for PeerRegistrar {
             &g.listen_peer_urls,
         );
         fill_tls(c.init_tls(), &g.peer_tls);
-        r.set_plane(capnp_rpc::new_client(PeerPlane(state.clone())));
         Ok(())
     }
 }
 
-struct PeerPlane(Rc<State>);
-
-impl peer_plane::Server for PeerPlane {
-    async fn deliver(
-        self: CapRc<Self>,
-        params: peer_plane::DeliverParams,
-        _: peer_plane::DeliverResults,
-    ) -> capnp::Result<()> {
-        let me = self.0.ctx.identity.member_id;
-        for m in params.get()?.get_messages()? {
-            let data = m.get_data()?;
-            match Message::parse_from_bytes(data) {
-                Ok(msg) if msg.to == me => {
-                    if self.0.send(Command::Step(msg)).is_err() {
-                        return Err(capnp::Error::failed("consensus is stopping".into()));
-                    }
-                }
-                Ok(msg) => debug!(to = msg.to, "dropping a raft message for another member"),
-                Err(e) => warn!(
-                    from = m.get_from(),
-                    "dropping an undecodable raft message: {e}"
-                ),
+/// Hands each raft-stream connection to the raft thread, which checks its hello.
+async fn accept_raft_streams(listener: tokio::net::UnixListener, state: Rc<State>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("raft socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
-        Ok(())
-    }
-
-    async fn report_unreachable(
-        self: CapRc<Self>,
-        params: peer_plane::ReportUnreachableParams,
-        _: peer_plane::ReportUnreachableResults,
-    ) -> capnp::Result<()> {
-        let id = params.get()?.get_member_id();
-        let _ = self.0.send(Command::Unreachable(id));
-        Ok(())
-    }
-
-    async fn report_snapshot(
-        self: CapRc<Self>,
-        params: peer_plane::ReportSnapshotParams,
-        _: peer_plane::ReportSnapshotResults,
-    ) -> capnp::Result<()> {
-        let p = params.get()?;
-        let _ = self.0.send(Command::SnapshotStatus {
-            to: p.get_member_id(),
-            ok: p.get_ok(),
-        });
-        Ok(())
-    }
-}
-
-/// Ships the raft thread's outbound messages to the registered peer gateway, batching whatever
-/// queued up while the previous call was in flight. With no gateway, messages are dropped: raft
-/// retransmits, and the gateway's restart is exactly the case this covers.
-async fn pump_outbound(
-    state: Rc<State>,
-    mut outbound: tokio::sync::mpsc::UnboundedReceiver<Vec<Message>>,
-) {
-    const MAX_IN_FLIGHT: usize = 8;
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut batch: Vec<Message> = Vec::new();
-    while let Some(first) = outbound.recv().await {
-        batch.extend(first);
-        while let Ok(more) = outbound.try_recv() {
-            batch.extend(more);
-        }
-        let Some((generation, gateway)) = state.peer_gateway.borrow().clone() else {
-            batch.clear();
+        };
+        if let Err(why) = peer_uid_allowed(&stream) {
+            warn!("raft socket: refusing a connection: {why}");
             continue;
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut req = gateway.send_request();
-        {
-            let mut list = req.get().init_messages(batch.len() as u32);
-            for (i, m) in batch.drain(..).enumerate() {
-                let mut b = list.reborrow().get(i as u32);
-                b.set_to(m.to);
-                b.set_from(m.from);
-                b.set_is_snapshot(is_snapshot(&m));
-                b.set_data(&m.write_to_bytes().unwrap_or_default());
-            }
         }
-        let state = state.clone();
-        tokio::task::spawn_local(async move {
-            if let Err(e) = req.send().promise.await {
-                let mut gw = state.peer_gateway.borrow_mut();
-                if gw.as_ref().is_some_and(|(g, _)| *g == generation) {
-                    warn!(
-                        "peer gateway is gone ({e}); raft messages are dropped until it registers again"
-                    );
-                    *gw = None;
+        match stream.into_std() {
+            Ok(stream) => {
+                if state.send(Command::PeerStream(stream)).is_err() {
+                    return;
                 }
             }
-            drop(permit);
-        });
+            Err(e) => warn!("raft socket: cannot take over a connection: {e}"),
+        }
     }
 }
 
@@ -629,20 +551,20 @@ async fn accept_loop(
 
 pub struct Sockets {
     pub peer: PathBuf,
+    pub raft: PathBuf,
     pub client: PathBuf,
 }
 
 /// Runs the IPC thread until the process stops. `ready` fires once both sockets accept.
-pub fn run(
-    ctx: Context,
-    sockets: Sockets,
-    outbound: tokio::sync::mpsc::UnboundedReceiver<Vec<Message>>,
-    ready: std::sync::mpsc::Sender<Result<()>>,
-) {
+pub fn run(ctx: Context, sockets: Sockets, ready: std::sync::mpsc::Sender<Result<()>>) {
     tokio_uring::start(async move {
-        let (peer, client) = match (bind(&sockets.peer), bind(&sockets.client)) {
-            (Ok(p), Ok(c)) => (p, c),
-            (Err(e), _) | (_, Err(e)) => {
+        let (peer, raft, client) = match (
+            bind(&sockets.peer),
+            bind(&sockets.raft),
+            bind(&sockets.client),
+        ) {
+            (Ok(p), Ok(r), Ok(c)) => (p, r, c),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let _ = ready.send(Err(e));
                 return;
             }
@@ -655,15 +577,13 @@ pub fn run(
         let compactor = ctx.compactor.take();
         let state = Rc::new(State {
             ctx,
-            peer_gateway: RefCell::new(None),
-            generation: Cell::new(0),
             next_request: Cell::new(seed << 8),
         });
         let peer_bootstrap: peer_registrar::Client =
             capnp_rpc::new_client(PeerRegistrar(state.clone()));
         let client_bootstrap: client_registrar::Client =
             capnp_rpc::new_client(ClientRegistrar(state.clone()));
-        tokio::task::spawn_local(pump_outbound(state.clone(), outbound));
+        tokio::task::spawn_local(accept_raft_streams(raft, state.clone()));
         if let Some(compactor) = compactor {
             tokio::task::spawn_local(auto_compact(state.clone(), compactor));
         }

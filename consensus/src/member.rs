@@ -115,8 +115,7 @@ pub fn run(config: Config) -> Result<()> {
     raft_config.validate()?;
     let node = RawNode::new(&raft_config, log, &crate::raft_log_bridge::logger())?;
 
-    let (commands_tx, commands_rx) = mpsc::channel();
-    let (outbound_tx, outbound_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (commands_tx, inbox) = crate::inbox::channel()?;
     let me = MemberInfo {
         id: identity.member_id,
         name: identity.name.clone(),
@@ -129,16 +128,7 @@ pub fn run(config: Config) -> Result<()> {
         is_learner: false,
     };
     let tick = Duration::from_millis(config.heartbeat_interval);
-    let raft_loop = RaftLoop::new(
-        node,
-        db.clone(),
-        commands_rx,
-        outbound_tx,
-        shared.clone(),
-        tick,
-        me,
-        applied,
-    );
+    let raft_loop = RaftLoop::new(node, db.clone(), inbox, shared.clone(), tick, me, applied);
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -151,9 +141,14 @@ pub fn run(config: Config) -> Result<()> {
 
     let sockets = Sockets {
         peer: schema::peer_socket(dir),
+        raft: schema::raft_socket(dir),
         client: schema::client_socket(dir),
     };
-    let socket_paths = [sockets.peer.clone(), sockets.client.clone()];
+    let socket_paths = [
+        sockets.peer.clone(),
+        sockets.client.clone(),
+        sockets.raft.clone(),
+    ];
     let compactor = config.compaction_retention().map(|retention| {
         info!(
             mode = config.auto_compaction_mode.as_str(),
@@ -175,7 +170,7 @@ pub fn run(config: Config) -> Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("ipc".into())
-        .spawn(move || ipc::run(ctx, sockets, outbound_rx, ready_tx))
+        .spawn(move || ipc::run(ctx, sockets, ready_tx))
         .map_err(|e| Error::io("starting the IPC thread", e))?;
     match ready_rx.recv() {
         Ok(Ok(())) => {}

@@ -2,11 +2,13 @@
 //! and answers proposals and read-index requests. It is the only writer of the database.
 //!
 //! Everything that arrives while the previous Ready is being persisted is taken in one go, so many
-//! proposals share one fsync.
+//! proposals share one fsync. Raft messages to and from other members go through the raft stream
+//! (`peer_stream`), which this thread reads and writes itself; commands from the IPC thread come
+//! through the inbox, and one `poll` waits for both.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
@@ -19,7 +21,9 @@ use tracing::{debug, error, info, warn};
 use crate::codec::{self, MemberInfo, Proposal};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
+use crate::inbox::Inbox;
 use crate::mvcc::{Applier, DeleteRangeResponse, MvccState, PutResponse, TxnResponse};
+use crate::peer_stream::{Event, PeerStream};
 use crate::storage::{Db, META_MEMBER_PREFIX, RaftLog};
 
 /// What applying a proposal gave, sent back to whoever proposed it.
@@ -51,13 +55,8 @@ pub enum Command {
     ReadIndex {
         reply: oneshot::Sender<Result<(), EtcdError>>,
     },
-    /// A raft message from another member.
-    Step(Message),
-    Unreachable(u64),
-    SnapshotStatus {
-        to: u64,
-        ok: bool,
-    },
+    /// The peer gateway connected the raft stream (a newer one replaces the older).
+    PeerStream(std::os::unix::net::UnixStream),
 }
 
 /// State the IPC thread reads without asking the raft thread.
@@ -88,8 +87,13 @@ impl Shared {
 pub struct RaftLoop {
     node: RawNode<RaftLog>,
     db: Arc<Db>,
-    commands: mpsc::Receiver<Command>,
-    outbound: tokio::sync::mpsc::UnboundedSender<Vec<Message>>,
+    inbox: Inbox,
+    /// Commands taken from the inbox, handled before the next Ready.
+    pending: VecDeque<Command>,
+    /// The raft stream to the peer gateway; without it outbound messages are dropped (raft
+    /// resends), which is what happens while the gateway restarts.
+    peer: Option<PeerStream>,
+    events: Vec<Event>,
     shared: Arc<Shared>,
     tick: Duration,
     /// Proposals waiting to be applied, by `RaftRequest.id`.
@@ -114,8 +118,7 @@ impl RaftLoop {
     pub fn new(
         node: RawNode<RaftLog>,
         db: Arc<Db>,
-        commands: mpsc::Receiver<Command>,
-        outbound: tokio::sync::mpsc::UnboundedSender<Vec<Message>>,
+        inbox: Inbox,
         shared: Arc<Shared>,
         tick: Duration,
         me: MemberInfo,
@@ -128,8 +131,10 @@ impl RaftLoop {
         RaftLoop {
             node,
             db,
-            commands,
-            outbound,
+            inbox,
+            pending: VecDeque::new(),
+            peer: None,
+            events: Vec::new(),
             shared,
             tick,
             waiters: HashMap::new(),
@@ -156,20 +161,17 @@ impl RaftLoop {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.commands.recv_timeout(wait) {
-                Ok(cmd) => {
-                    self.handle(cmd);
-                    // Take whatever else is queued, so it shares this Ready's fsync.
-                    for _ in 0..4096 {
-                        match self.commands.try_recv() {
-                            Ok(cmd) => self.handle(cmd),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            let stream = self.peer.as_ref().map(|p| (p.fd(), p.wants_write()));
+            self.inbox.wait(wait, stream);
+            // Everything queued shares this Ready's fsync.
+            if !self.inbox.drain(&mut self.pending) {
+                return Ok(());
             }
+            while let Some(cmd) = self.pending.pop_front() {
+                self.handle(cmd);
+            }
+            // Tried on every round, not only when poll says so: a busy inbox skips the poll.
+            self.pump_peer_stream();
             self.send_read_index();
             if Instant::now() >= next_tick {
                 next_tick += self.tick;
@@ -214,28 +216,55 @@ impl RaftLoop {
                     self.reads_unsent.push(reply);
                 }
             }
-            Command::Step(m) => {
-                if m.to != self.me.id {
-                    debug!(
-                        to = m.to,
-                        "dropping a raft message meant for another member"
-                    );
-                    return;
+            Command::PeerStream(sock) => match PeerStream::new(sock, self.me.id) {
+                Ok(stream) => {
+                    if self.peer.replace(stream).is_some() {
+                        info!("the peer gateway's new raft stream replaces the old one");
+                    } else {
+                        info!("the peer gateway connected the raft stream");
+                    }
                 }
-                if let Err(e) = self.node.step(m) {
-                    debug!("raft refused a message: {e}");
-                }
-            }
-            Command::Unreachable(id) => self.node.report_unreachable(id),
-            Command::SnapshotStatus { to, ok } => self.node.report_snapshot(
-                to,
-                if ok {
-                    raft::SnapshotStatus::Finish
-                } else {
-                    raft::SnapshotStatus::Failure
-                },
-            ),
+                Err(e) => warn!("cannot use the peer gateway's raft stream: {e}"),
+            },
         }
+    }
+
+    /// Reads the raft stream and steps what arrived; writes output the socket can take now.
+    fn pump_peer_stream(&mut self) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.events);
+        let result = peer.read(&mut events).and_then(|()| peer.flush());
+        for event in events.drain(..) {
+            match event {
+                Event::Step(m) => {
+                    if let Err(e) = self.node.step(m) {
+                        debug!("raft refused a message: {e}");
+                    }
+                }
+                Event::Unreachable(id) => self.node.report_unreachable(id),
+                Event::SnapshotStatus { to, ok } => self.node.report_snapshot(
+                    to,
+                    if ok {
+                        raft::SnapshotStatus::Finish
+                    } else {
+                        raft::SnapshotStatus::Failure
+                    },
+                ),
+            }
+        }
+        self.events = events;
+        if let Err(why) = result {
+            self.lose_peer_stream(&why);
+        }
+    }
+
+    fn lose_peer_stream(&mut self, why: &str) {
+        warn!(
+            "raft stream ended ({why}); raft messages are dropped until the peer gateway connects again"
+        );
+        self.peer = None;
     }
 
     /// One read index for every read that arrived since the last one (etcd batches them too).
@@ -318,10 +347,15 @@ impl RaftLoop {
         }
     }
 
-    fn send(&self, msgs: Vec<Message>) {
-        if !msgs.is_empty() {
-            // The IPC side is gone only while the process stops.
-            let _ = self.outbound.send(msgs);
+    /// Hands messages to the peer gateway; without it they are dropped and raft resends.
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        if let Some(peer) = self.peer.as_mut()
+            && let Err(why) = peer.send(&msgs)
+        {
+            self.lose_peer_stream(&why);
         }
     }
 

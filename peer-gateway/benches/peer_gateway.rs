@@ -1,9 +1,10 @@
 //! The peer gateway alone: two real `peer-gateway` processes (A and B) on 127.0.0.1 with distinct
 //! UDP ports, each registered with a stand-in consensus that this benchmark serves on a temp
-//! `peer.sock`. Raft messages go in through A's `send`, cross QUIC, and come out of B's
-//! `deliver`; each carries its send time, so B's side measures the latency. Small appends
-//! (~200 B) and 1 MiB snapshot chunks (`isSnapshot`), one at a time (latency) and with many in
-//! flight (throughput): messages/s, MB/s, p50/p99.
+//! `peer.sock` and `raft.sock`. Raft messages go in as `messages` frames written on A's raft
+//! stream, cross QUIC, and come out as `messages` frames on B's; each carries its send time, so
+//! B's side measures the latency. Small appends (~200 B) and 1 MiB snapshot chunks
+//! (`isSnapshot`), one at a time (latency) and with many in flight (throughput): messages/s,
+//! MB/s, p50/p99.
 //!
 //!   cargo build --release --bins && cargo bench -p peer-gateway --bench peer_gateway
 //!   cargo bench -p peer-gateway --bench peer_gateway -- --quick     # a few messages per row
@@ -15,8 +16,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::AsyncReadExt;
-use schema::member_capnp::{peer_gateway, peer_plane, peer_registrar};
+use futures::AsyncReadExt as _;
+use schema::member_capnp::{peer_frame, peer_registrar};
+use schema::stream::{FrameBuffer, write_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -37,7 +41,7 @@ struct Row {
     is_snapshot: bool,
     /// Messages sent but not yet delivered, at most.
     window: u64,
-    /// Messages per `send` call, at most.
+    /// Messages per `messages` frame, at most.
     batch: u64,
     total: u64,
     time: Duration,
@@ -125,44 +129,40 @@ async fn bench(bin: &Path, dir: &Path, rows: &[Row]) -> Result<(), String> {
     let epoch = Instant::now();
     let sink = Rc::new(Sink::new(epoch));
 
-    let (gateways_tx, mut gateways) = mpsc::unbounded_channel();
-    let socket_a = dir.join("a.sock");
-    let socket_b = dir.join("b.sock");
-    serve(
-        &socket_a,
-        capnp_rpc::new_client(Registrar {
-            me: A,
-            members: table.clone(),
-            listen: url_a,
-            gateways: gateways_tx.clone(),
-            sink: None,
-        }),
-    )?;
-    serve(
-        &socket_b,
-        capnp_rpc::new_client(Registrar {
-            me: B,
-            members: table,
-            listen: url_b,
-            gateways: gateways_tx,
-            sink: Some(sink.clone()),
-        }),
-    )?;
-    let proc_a = Running::gateway(bin, &socket_a, &dir.join("a.log"));
-    let proc_b = Running::gateway(bin, &socket_b, &dir.join("b.log"));
+    // Each member's sockets in a directory of their own: `raft.sock` sits beside `peer.sock`.
+    let (streams_tx, mut streams) = mpsc::unbounded_channel();
+    let mut sockets = Vec::new();
+    for (me, listen, sink) in [(A, url_a, None), (B, url_b, Some(sink.clone()))] {
+        let member_dir = dir.join(format!("{me:x}"));
+        std::fs::create_dir(&member_dir).map_err(|e| e.to_string())?;
+        let socket = schema::peer_socket(&member_dir);
+        serve(
+            &socket,
+            capnp_rpc::new_client(Registrar {
+                me,
+                members: table.clone(),
+                listen,
+            }),
+        )?;
+        serve_raft(&socket, me, streams_tx.clone(), sink)?;
+        sockets.push(socket);
+    }
+    let proc_a = Running::gateway(bin, &sockets[0], &dir.join("a.log"));
+    let proc_b = Running::gateway(bin, &sockets[1], &dir.join("b.log"));
     let (pid_a, pid_b) = (proc_a.pid(), proc_b.pid());
 
-    let mut gateway_a = None;
+    // Both gateways registered and connected their raft streams; we write on A's.
+    let mut stream_a = None;
     for _ in 0..2 {
-        let (who, gw) = tokio::time::timeout(Duration::from_secs(30), gateways.recv())
+        let (who, writer) = tokio::time::timeout(Duration::from_secs(30), streams.recv())
             .await
-            .map_err(|_| "the peer gateways did not register within 30 s".to_string())?
-            .ok_or("registrar channel closed")?;
+            .map_err(|_| "the peer gateways did not connect within 30 s".to_string())?
+            .ok_or("raft stream channel closed")?;
         if who == A {
-            gateway_a = Some(gw);
+            stream_a = Some(writer);
         }
     }
-    let a = gateway_a.ok_or("peer gateway A did not register")?;
+    let mut a = Sender::new(stream_a.ok_or("peer gateway A did not connect its raft stream")?);
 
     // A drops what it cannot send until its connection to B is up: probe until B hears.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -170,7 +170,7 @@ async fn bench(bin: &Path, dir: &Path, rows: &[Row]) -> Result<(), String> {
         if Instant::now() > deadline {
             return Err("no message reached B within 30 s".into());
         }
-        send(&a, &sink, 0, 64, false, 1).await?;
+        a.send(&sink, 0, 64, false, 1).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -196,7 +196,7 @@ async fn bench(bin: &Path, dir: &Path, rows: &[Row]) -> Result<(), String> {
     let mut json = Vec::new();
     for row in rows {
         let (cpu_a, cpu_b) = (cpu_time(pid_a), cpu_time(pid_b));
-        let r = run(&a, &sink, row).await?;
+        let r = run(&mut a, &sink, row).await?;
         let cpu_a = cpu_us_per(cpu_a, cpu_time(pid_a), r.delivered);
         let cpu_b = cpu_us_per(cpu_b, cpu_time(pid_b), r.delivered);
         println!(
@@ -264,7 +264,7 @@ impl RowResult {
     }
 }
 
-async fn run(a: &peer_gateway::Client, sink: &Rc<Sink>, row: &Row) -> Result<RowResult, String> {
+async fn run(a: &mut Sender, sink: &Rc<Sink>, row: &Row) -> Result<RowResult, String> {
     sink.reset();
     let start = Instant::now();
     let deadline = start + row.time;
@@ -284,7 +284,7 @@ async fn run(a: &peer_gateway::Client, sink: &Rc<Sink>, row: &Row) -> Result<Row
         let n = (row.window - in_flight)
             .min(row.batch)
             .min(row.total - sent);
-        send(a, sink, sent, row.size, row.is_snapshot, n).await?;
+        a.send(sink, sent, row.size, row.is_snapshot, n).await?;
         sent += n;
     }
     // Wait for the stragglers: until everything arrived or nothing arrived for 2 s.
@@ -311,34 +311,66 @@ async fn run(a: &peer_gateway::Client, sink: &Rc<Sink>, row: &Row) -> Result<Row
     })
 }
 
-/// One `send` call on A with `n` messages to B of `size` bytes, stamped with their send time.
-async fn send(
-    a: &peer_gateway::Client,
-    sink: &Sink,
-    first_seq: u64,
-    size: usize,
-    is_snapshot: bool,
-    n: u64,
-) -> Result<(), String> {
-    let mut request = a.send_request();
-    let mut list = request.get().init_messages(n as u32);
-    let mut data = vec![0u8; size.max(HEADER)];
-    for i in 0..n {
-        data[..8].copy_from_slice(&(first_seq + i).to_be_bytes());
-        let now = sink.epoch.elapsed().as_nanos() as u64;
-        data[8..16].copy_from_slice(&now.to_be_bytes());
-        let mut m = list.reborrow().get(i as u32);
-        m.set_to(B);
-        m.set_from(A);
-        m.set_is_snapshot(is_snapshot);
-        m.set_data(&data);
+/// A's raft stream, with the buffers its frames are built in kept from one frame to the next:
+/// the stand-in shares the cores with both gateways, so it must not fault in fresh pages for
+/// every 1 MiB message.
+struct Sender {
+    stream: OwnedWriteHalf,
+    data: Vec<u8>,
+    /// The builder's one segment.
+    scratch: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl Sender {
+    fn new(stream: OwnedWriteHalf) -> Sender {
+        Sender {
+            stream,
+            data: Vec::new(),
+            scratch: Vec::new(),
+            frame: Vec::new(),
+        }
     }
-    request
-        .send()
-        .promise
-        .await
-        .map(drop)
-        .map_err(|e| format!("send on peer gateway A: {e}"))
+
+    /// One `messages` frame with `n` messages to B of `size` bytes, stamped with their send
+    /// time.
+    async fn send(
+        &mut self,
+        sink: &Sink,
+        first_seq: u64,
+        size: usize,
+        is_snapshot: bool,
+        n: u64,
+    ) -> Result<(), String> {
+        self.data.resize(size.max(HEADER), 0);
+        let words = 8 + n as usize * (4 + self.data.len().div_ceil(8));
+        if self.scratch.len() < 8 * words {
+            self.scratch.resize(8 * words, 0);
+        }
+        let mut message = capnp::message::Builder::new(
+            capnp::message::ScratchSpaceHeapAllocator::new(&mut self.scratch[..8 * words]),
+        );
+        let mut list = message
+            .init_root::<peer_frame::Builder>()
+            .init_messages(n as u32);
+        for i in 0..n {
+            self.data[..8].copy_from_slice(&(first_seq + i).to_be_bytes());
+            let now = sink.epoch.elapsed().as_nanos() as u64;
+            self.data[8..16].copy_from_slice(&now.to_be_bytes());
+            let mut m = list.reborrow().get(i as u32);
+            m.set_to(B);
+            m.set_from(A);
+            m.set_is_snapshot(is_snapshot);
+            m.set_data(&self.data);
+        }
+        self.frame.clear();
+        write_frame(&mut self.frame, &message);
+        drop(message);
+        self.stream
+            .write_all(&self.frame)
+            .await
+            .map_err(|e| format!("writing to peer gateway A's raft stream: {e}"))
+    }
 }
 
 /// What B's stand-in consensus heard.
@@ -382,91 +414,119 @@ struct Registrar {
     me: u64,
     members: Vec<(u64, String)>,
     listen: String,
-    gateways: mpsc::UnboundedSender<(u64, peer_gateway::Client)>,
-    /// B's plane records deliveries; A's ignores them.
-    sink: Option<Rc<Sink>>,
 }
 
 impl peer_registrar::Server for Registrar {
     fn register(
         self: Rc<Self>,
-        params: peer_registrar::RegisterParams,
+        _params: peer_registrar::RegisterParams,
         mut results: peer_registrar::RegisterResults,
     ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        ready((|| {
-            let gateway = params.get()?.get_gateway()?;
-            let _ = self.gateways.send((self.me, gateway));
-            let mut reply = results.get();
-            let mut identity = reply.reborrow().init_identity();
-            identity.set_member_id(self.me);
-            identity.set_cluster_id(CLUSTER);
-            let mut members = identity.init_members(self.members.len() as u32);
-            for (i, (id, url)) in self.members.iter().enumerate() {
-                let mut m = members.reborrow().get(i as u32);
-                m.set_id(*id);
-                m.init_peer_urls(1).set(0, url.as_str());
-            }
-            reply
-                .reborrow()
-                .init_config()
-                .init_listen_peer_urls(1)
-                .set(0, self.listen.as_str());
-            reply.set_plane(capnp_rpc::new_client(Plane {
-                sink: self.sink.clone(),
-            }));
-            Ok(())
-        })())
+        let mut reply = results.get();
+        let mut identity = reply.reborrow().init_identity();
+        identity.set_member_id(self.me);
+        identity.set_cluster_id(CLUSTER);
+        let mut members = identity.init_members(self.members.len() as u32);
+        for (i, (id, url)) in self.members.iter().enumerate() {
+            let mut m = members.reborrow().get(i as u32);
+            m.set_id(*id);
+            m.init_peer_urls(1).set(0, url.as_str());
+        }
+        // Protocol 2: no plane, raft messages travel on `raft.sock`.
+        reply
+            .init_config()
+            .init_listen_peer_urls(1)
+            .set(0, self.listen.as_str());
+        ready(Ok(()))
     }
 }
 
-struct Plane {
+/// Serves `raft.sock` beside `peer_socket` for member `me`: hands out the write half of each
+/// connection whose hello is right, and reads the rest of what the gateway writes, recording
+/// deliveries in `sink` (B) or dropping them (A).
+fn serve_raft(
+    peer_socket: &Path,
+    me: u64,
+    streams: mpsc::UnboundedSender<(u64, OwnedWriteHalf)>,
     sink: Option<Rc<Sink>>,
+) -> Result<(), String> {
+    let path = schema::raft_socket_beside(peer_socket);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| format!("binding {}: {e}", path.display()))?;
+    tokio::task::spawn_local(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (read, write) = stream.into_split();
+            let streams = streams.clone();
+            let sink = sink.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = read_raft(read, me, write, streams, sink).await {
+                    eprintln!("raft stream of gateway {me:x}: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
 }
 
-impl peer_plane::Server for Plane {
-    fn deliver(
-        self: Rc<Self>,
-        params: peer_plane::DeliverParams,
-        _results: peer_plane::DeliverResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        ready((|| {
-            let Some(sink) = &self.sink else {
-                return Ok(());
-            };
-            let now = sink.epoch.elapsed().as_nanos() as u64;
-            let mut s = sink.state.borrow_mut();
-            for m in params.get()?.get_messages()?.iter() {
-                let data = m.get_data()?;
-                if data.len() < HEADER {
-                    continue;
+async fn read_raft(
+    mut read: OwnedReadHalf,
+    me: u64,
+    write: OwnedWriteHalf,
+    streams: mpsc::UnboundedSender<(u64, OwnedWriteHalf)>,
+    sink: Option<Rc<Sink>>,
+) -> Result<(), String> {
+    let mut buf = FrameBuffer::new();
+    let mut write = Some(write);
+    loop {
+        let n = read
+            .read(buf.spare_mut())
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.filled(n);
+        let now = Instant::now();
+        let mut delivered = false;
+        while let Some(frame) = buf.next_frame()? {
+            let frame = frame
+                .get_root::<peer_frame::Reader>()
+                .map_err(|e| e.to_string())?;
+            match frame.which().map_err(|e| e.to_string())? {
+                peer_frame::Hello(version) => {
+                    if version != schema::PROTOCOL_VERSION {
+                        return Err(format!("hello with protocol version {version}"));
+                    }
+                    if let Some(write) = write.take() {
+                        let _ = streams.send((me, write));
+                    }
                 }
-                let mut sent = [0u8; 8];
-                sent.copy_from_slice(&data[8..16]);
-                s.latencies
-                    .push(now.saturating_sub(u64::from_be_bytes(sent)));
-                s.delivered += 1;
-                s.bytes += data.len() as u64;
+                peer_frame::Messages(list) => {
+                    let Some(sink) = &sink else { continue };
+                    let at = sink.epoch.elapsed().as_nanos() as u64;
+                    let mut s = sink.state.borrow_mut();
+                    for m in list.map_err(|e| e.to_string())?.iter() {
+                        let data = m.get_data().map_err(|e| e.to_string())?;
+                        if data.len() < HEADER {
+                            continue;
+                        }
+                        let mut sent = [0u8; 8];
+                        sent.copy_from_slice(&data[8..16]);
+                        s.latencies
+                            .push(at.saturating_sub(u64::from_be_bytes(sent)));
+                        s.delivered += 1;
+                        s.bytes += data.len() as u64;
+                    }
+                    s.last = now;
+                    delivered = true;
+                }
+                // Reports: A cannot reach B until its QUIC connection is up.
+                peer_frame::Unreachable(_) | peer_frame::SnapshotStatus(_) => {}
             }
-            s.last = Instant::now();
+        }
+        if let Some(sink) = sink.as_ref().filter(|_| delivered) {
             sink.notify.notify_one();
-            Ok(())
-        })())
-    }
-
-    fn report_unreachable(
-        self: Rc<Self>,
-        _params: peer_plane::ReportUnreachableParams,
-        _results: peer_plane::ReportUnreachableResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        ready(Ok(()))
-    }
-
-    fn report_snapshot(
-        self: Rc<Self>,
-        _params: peer_plane::ReportSnapshotParams,
-        _results: peer_plane::ReportSnapshotResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        ready(Ok(()))
+        }
     }
 }
 

@@ -65,6 +65,12 @@ pub enum Error {
     RegistrationRefused(capnp::Error),
     #[error("malformed message from consensus: {0}")]
     Ipc(#[from] capnp::Error),
+    #[error("consensus closed the raft stream")]
+    RaftStreamClosed,
+    #[error("raft stream I/O failed: {0}")]
+    RaftStreamIo(std::io::Error),
+    #[error("corrupt raft stream from consensus: {0}")]
+    RaftStreamCorrupt(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,15 +1,30 @@
-//! The link to consensus over `peer.sock`: register, serve `PeerGateway` (raft messages going
-//! out), and call `PeerPlane` (raft messages coming in, reports). Runs on a `LocalSet`, as
-//! capnp-rpc is `!Send`.
+//! The link to consensus, in two parts (protocol 2):
+//! - capnp-rpc on `peer.sock`: register (identity, listen config) and serve `PeerGateway`, of which
+//!   only `membersChanged` is still called;
+//! - a raw stream on `raft.sock` beside it, where consensus's raft thread itself reads and writes:
+//!   one-way `PeerFrame`s in Cap'n Proto's stream framing. Consensus writes the raft messages to
+//!   send to peers; we write the ones peers sent us and the transport's reports. Nothing is
+//!   answered: a reply per batch cost a process wake-up on every hop of a replicated write.
+//!
+//! Losing either connection means consensus is gone: register again, then connect the stream again.
+//! The transport and the tasks turning its events into frames live as long as the process; they
+//! queue frames to the current stream's writer task, which writes whatever queued up in one
+//! `writev`. Runs on a `LocalSet`, as capnp-rpc is `!Send`.
 
 use std::cell::{OnceCell, RefCell};
 use std::future::{Future, ready};
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use schema::member_capnp::{member, peer_gateway, peer_gateway_config, peer_plane, peer_registrar};
-use tokio::sync::mpsc;
+use schema::member_capnp::{member, peer_frame, peer_gateway, peer_gateway_config, peer_registrar};
+use schema::stream::{FrameBuffer, write_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -19,10 +34,13 @@ use crate::transport::{Events, Inbound, Peer, Report, Transport, TransportConfig
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// One `deliver` call carries at most this many messages ...
+/// One `messages` frame to consensus carries at most this many messages ...
 const MAX_BATCH_LEN: usize = 4096;
 /// ... and about this many bytes (one more message may overshoot it).
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Frames waiting for the stream's writer, at most: when consensus reads slowly, inbound messages
+/// back up into the transport (and QUIC flow control) rather than into memory here.
+const MAX_QUEUED_FRAMES: usize = 8;
 
 /// What one registration hands out, read out of the Cap'n Proto reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +62,15 @@ struct ListenConfig {
 struct State {
     /// Started on the first registration, kept for the life of the process.
     transport: OnceCell<(Transport, Registration)>,
-    /// Set while registered; inbound messages and reports are dropped without it.
-    plane: RefCell<Option<peer_plane::Client>>,
+    /// Frames for consensus, queued to the current raft stream's writer. None while the stream
+    /// is not connected: inbound messages and reports are dropped then.
+    link: RefCell<Option<mpsc::Sender<Vec<u8>>>>,
 }
 
 /// Registers with consensus, again whenever the connection ends. Returns only on a fatal error:
 /// a refused registration or an unusable configuration.
 pub async fn run(socket: PathBuf) -> Result<()> {
+    let raft_socket = schema::raft_socket_beside(&socket);
     let state = Rc::new(State::default());
     let gateway: peer_gateway::Client = capnp_rpc::new_client(Gateway {
         state: state.clone(),
@@ -60,14 +80,10 @@ pub async fn run(socket: PathBuf) -> Result<()> {
     let mut quiet = false;
     loop {
         match register(&socket, &gateway).await {
-            Ok((registration, plane, done)) => {
+            Ok((registration, done)) => {
                 state.apply(registration)?;
-                *state.plane.borrow_mut() = Some(plane);
                 backoff = MIN_BACKOFF;
-                let why = done
-                    .await
-                    .unwrap_or_else(|_| "connection to consensus ended".to_string());
-                state.plane.borrow_mut().take();
+                let why = state.serve_stream(&raft_socket, done).await;
                 warn!("lost consensus ({why}); registering again");
                 quiet = true;
             }
@@ -90,14 +106,11 @@ pub async fn run(socket: PathBuf) -> Result<()> {
 }
 
 /// One dial and `register` call. A lost connection is `ConsensusUnreachable`; a refusal is fatal.
+/// The receiver fires when the RPC connection ends.
 async fn register(
     socket: &Path,
     gateway: &peer_gateway::Client,
-) -> Result<(
-    Registration,
-    peer_plane::Client,
-    tokio::sync::oneshot::Receiver<String>,
-)> {
+) -> Result<(Registration, oneshot::Receiver<String>)> {
     let (registrar, done) = schema::dial::<peer_registrar::Client>(socket)
         .await
         .map_err(Error::ConsensusUnreachable)?;
@@ -115,13 +128,14 @@ async fn register(
     };
     let reply = reply.get()?;
     let identity = reply.get_identity()?;
+    // Since protocol 2 `plane` is null: raft messages and reports travel on `raft.sock`.
     let registration = Registration {
         member_id: identity.get_member_id(),
         cluster_id: identity.get_cluster_id(),
         members: read_members(identity.get_members()?)?,
         listen: read_listen_config(reply.get_config()?)?,
     };
-    Ok((registration, reply.get_plane()?, done))
+    Ok((registration, done))
 }
 
 impl State {
@@ -178,96 +192,59 @@ impl State {
         Ok(())
     }
 
-    fn plane(&self) -> Option<peer_plane::Client> {
-        self.plane.borrow().clone()
+    /// Connects the raft stream and carries frames both ways until it or the RPC connection
+    /// (`done`) ends; returns why.
+    async fn serve_stream(
+        self: &Rc<Self>,
+        raft_socket: &Path,
+        mut done: oneshot::Receiver<String>,
+    ) -> String {
+        let rpc_ended = |why: std::result::Result<String, oneshot::error::RecvError>| {
+            why.unwrap_or_else(|_| "connection to consensus ended".to_string())
+        };
+        let stream = tokio::select! {
+            why = &mut done => return rpc_ended(why),
+            stream = connect_stream(raft_socket) => stream,
+        };
+        debug!("connected the raft stream at {}", raft_socket.display());
+        let (read, write) = stream.into_split();
+        let (frames, queued) = mpsc::channel(MAX_QUEUED_FRAMES);
+        let mut link = Link {
+            reader: tokio::task::spawn_local(read_frames(self.clone(), read)),
+            writer: tokio::task::spawn_local(write_frames(write, queued)),
+        };
+        *self.link.borrow_mut() = Some(frames);
+        let why = tokio::select! {
+            why = &mut done => rpc_ended(why),
+            end = &mut link.reader => stream_ended(end),
+            end = &mut link.writer => stream_ended(end),
+        };
+        self.link.borrow_mut().take();
+        // Dropping `link` stops both tasks, which closes the stream.
+        why
     }
-}
 
-/// Hands inbound messages to consensus: whatever piled up while the previous call was in flight
-/// goes in the next one. Without consensus they are dropped; raft resends.
-/// Calls on one capability arrive in the order they were sent, so several `deliver` calls can be
-/// in flight at once without reordering raft messages; waiting for each reply would add a round
-/// trip to consensus to every batch.
-const MAX_DELIVERIES_IN_FLIGHT: usize = 8;
-
-async fn deliver_inbound(state: Rc<State>, mut inbound: mpsc::Receiver<Inbound>, own_id: u64) {
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERIES_IN_FLIGHT));
-    while let Some(first) = inbound.recv().await {
-        let mut bytes = first.data.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_LEN && bytes < MAX_BATCH_BYTES {
-            match inbound.try_recv() {
-                Ok(m) => {
-                    bytes += m.data.len();
-                    batch.push(m);
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(plane) = state.plane() else {
-            debug!(
-                "dropping {} inbound messages: consensus is not connected",
-                batch.len()
-            );
-            continue;
-        };
-        let mut request = plane.deliver_request();
-        // MAX_BATCH_LEN fits a u32.
-        let mut list = request.get().init_messages(batch.len() as u32);
-        for (i, m) in batch.iter().enumerate() {
-            let mut entry = list.reborrow().get(i as u32);
-            entry.set_to(own_id);
-            entry.set_from(m.from);
-            entry.set_is_snapshot(m.is_snapshot);
-            entry.set_data(&m.data);
-        }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let count = batch.len();
-        let reply = request.send().promise;
-        tokio::task::spawn_local(async move {
-            if let Err(e) = reply.await {
-                debug!("delivering {count} messages to consensus failed: {e}");
-            }
-            drop(permit);
-        });
+    fn link(&self) -> Option<mpsc::Sender<Vec<u8>>> {
+        self.link.borrow().clone()
     }
-}
 
-async fn forward_reports(state: Rc<State>, mut reports: mpsc::UnboundedReceiver<Report>) {
-    while let Some(report) = reports.recv().await {
-        let Some(plane) = state.plane() else {
-            continue;
-        };
-        let result = match report {
-            Report::Unreachable(id) => {
-                let mut request = plane.report_unreachable_request();
-                request.get().set_member_id(id);
-                request.send().promise.await.map(drop)
+    /// Routes one frame consensus wrote to the peers it names.
+    fn route<S: capnp::message::ReaderSegments>(
+        &self,
+        frame: &capnp::message::Reader<S>,
+    ) -> Result<()> {
+        let messages = match frame.get_root::<peer_frame::Reader>()?.which() {
+            Ok(peer_frame::Messages(messages)) => messages?,
+            Ok(_) => {
+                debug!("ignoring a frame from consensus that only gateways send");
+                return Ok(());
             }
-            Report::Snapshot { to, ok } => {
-                let mut request = plane.report_snapshot_request();
-                request.get().set_member_id(to);
-                request.get().set_ok(ok);
-                request.send().promise.await.map(drop)
+            Err(capnp::NotInSchema(kind)) => {
+                debug!("ignoring a frame of unknown kind {kind} from consensus");
+                return Ok(());
             }
         };
-        if let Err(e) = result {
-            debug!("reporting {report:?} to consensus failed: {e}");
-        }
-    }
-}
-
-/// Our `PeerGateway` capability, handed to consensus at registration.
-struct Gateway {
-    state: Rc<State>,
-}
-
-impl Gateway {
-    fn route(&self, params: peer_gateway::SendParams) -> capnp::Result<()> {
-        let messages = params.get()?.get_messages()?;
-        let Some((transport, _)) = self.state.transport.get() else {
+        let Some((transport, _)) = self.transport.get() else {
             debug!(
                 "dropping {} outbound messages: transport not started yet",
                 messages.len()
@@ -280,7 +257,217 @@ impl Gateway {
         }
         Ok(())
     }
+}
 
+/// The tasks serving one raft stream; dropping it stops them.
+struct Link {
+    reader: JoinHandle<Result<()>>,
+    writer: JoinHandle<Result<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+fn stream_ended(end: std::result::Result<Result<()>, JoinError>) -> String {
+    match end {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => "the raft stream's writer stopped".to_string(),
+        Err(e) => format!("the raft stream's task failed: {e}"),
+    }
+}
+
+/// Connects to `raft.sock` and says hello. Retries until that works, while registered: the raft
+/// thread may start serving it a little after `peer.sock`, and a new registration per attempt
+/// would leave the RPC connections of the earlier ones open.
+async fn connect_stream(path: &Path) -> UnixStream {
+    let mut backoff = MIN_BACKOFF;
+    let mut quiet = false;
+    loop {
+        match hello(path).await {
+            Ok(stream) => return stream,
+            Err(e) if quiet => debug!("cannot connect to {}: {e}", path.display()),
+            Err(e) => {
+                info!("waiting for the raft stream at {}: {e}", path.display());
+                quiet = true;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn hello(path: &Path) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(path).await?;
+    let mut message = capnp::message::Builder::new_default();
+    message
+        .init_root::<peer_frame::Builder>()
+        .set_hello(schema::PROTOCOL_VERSION);
+    let mut out = Vec::new();
+    write_frame(&mut out, &message);
+    stream.write_all(&out).await?;
+    Ok(stream)
+}
+
+/// Reads what consensus writes on the stream and routes it; returns only with why it ended.
+async fn read_frames(state: Rc<State>, mut stream: OwnedReadHalf) -> Result<()> {
+    let mut buf = FrameBuffer::new();
+    loop {
+        match stream.read(buf.spare_mut()).await {
+            Ok(0) => return Err(Error::RaftStreamClosed),
+            Ok(n) => buf.filled(n),
+            Err(e) => return Err(Error::RaftStreamIo(e)),
+        }
+        while let Some(frame) = buf.next_frame().map_err(Error::RaftStreamCorrupt)? {
+            // The framing is intact, so the stream can go on past a frame we cannot read.
+            if let Err(e) = state.route(&frame) {
+                warn!("dropping a frame from consensus: {e}");
+            }
+        }
+    }
+}
+
+/// Writes the queued frames to the stream: whatever queued up meanwhile goes in the same
+/// `writev`, so several frames cost one syscall and no copying into one buffer.
+async fn write_frames(
+    mut stream: OwnedWriteHalf,
+    mut queued: mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
+    let mut frames = Vec::with_capacity(MAX_QUEUED_FRAMES);
+    while queued.recv_many(&mut frames, MAX_QUEUED_FRAMES).await > 0 {
+        write_all_vectored(&mut stream, &frames)
+            .await
+            .map_err(Error::RaftStreamIo)?;
+        frames.clear();
+    }
+    Ok(())
+}
+
+async fn write_all_vectored(
+    stream: &mut OwnedWriteHalf,
+    frames: &[Vec<u8>],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = stream.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+/// Hands inbound messages to consensus: whatever piled up since the last frame goes in the next.
+/// Without a stream they are dropped; raft resends.
+async fn deliver_inbound(state: Rc<State>, mut inbound: mpsc::Receiver<Inbound>, own_id: u64) {
+    while let Some(first) = inbound.recv().await {
+        let mut bytes = first.data.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_LEN && bytes < MAX_BATCH_BYTES {
+            match inbound.try_recv() {
+                Ok(m) => {
+                    bytes += m.data.len();
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(link) = state.link() else {
+            debug!(
+                "dropping {} inbound messages: the raft stream is not connected",
+                batch.len()
+            );
+            continue;
+        };
+        // Waits only while the writer is MAX_QUEUED_FRAMES behind, never for consensus to answer.
+        if link.send(messages_frame(&batch, own_id)).await.is_err() {
+            debug!(
+                "dropping {} inbound messages: the raft stream closed",
+                batch.len()
+            );
+        }
+    }
+}
+
+/// One `messages` frame, addressed to us.
+fn messages_frame(batch: &[Inbound], own_id: u64) -> Vec<u8> {
+    // All in one segment: root pointer, frame and list tag, then per message its struct
+    // (3 data words, 1 pointer) and its data.
+    let words = 8 + batch
+        .iter()
+        .map(|m| 4 + m.data.len().div_ceil(8))
+        .sum::<usize>();
+    let first_segment = u32::try_from(words).unwrap_or(u32::MAX).min(1 << 29);
+    let mut message = capnp::message::Builder::new(
+        capnp::message::HeapAllocator::new().first_segment_words(first_segment),
+    );
+    // MAX_BATCH_LEN fits a u32.
+    let mut list = message
+        .init_root::<peer_frame::Builder>()
+        .init_messages(batch.len() as u32);
+    for (i, m) in batch.iter().enumerate() {
+        let mut entry = list.reborrow().get(i as u32);
+        entry.set_to(own_id);
+        entry.set_from(m.from);
+        entry.set_is_snapshot(m.is_snapshot);
+        entry.set_data(&m.data);
+    }
+    let mut out = Vec::with_capacity(8 * words + 16);
+    write_frame(&mut out, &message);
+    out
+}
+
+/// Tells consensus what became of its messages, on the same stream.
+async fn forward_reports(state: Rc<State>, mut reports: mpsc::UnboundedReceiver<Report>) {
+    while let Some(first) = reports.recv().await {
+        let mut frames = Vec::new();
+        let mut count = 0;
+        let mut next = Some(first);
+        while let Some(report) = next {
+            report_frame(&mut frames, report);
+            count += 1;
+            next = if count < MAX_BATCH_LEN {
+                reports.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let Some(link) = state.link() else {
+            debug!("dropping {count} reports: the raft stream is not connected");
+            continue;
+        };
+        if link.send(frames).await.is_err() {
+            debug!("dropping {count} reports: the raft stream closed");
+        }
+    }
+}
+
+fn report_frame(out: &mut Vec<u8>, report: Report) {
+    let mut message = capnp::message::Builder::new_default();
+    let mut frame = message.init_root::<peer_frame::Builder>();
+    match report {
+        Report::Unreachable(id) => frame.set_unreachable(id),
+        Report::Snapshot { to, ok } => {
+            let mut status = frame.init_snapshot_status();
+            status.set_member_id(to);
+            status.set_ok(ok);
+        }
+    }
+    write_frame(out, &message);
+}
+
+/// Our `PeerGateway` capability, handed to consensus at registration. Since protocol 2 consensus
+/// calls only `membersChanged`; `send` is left to the default, which answers "unimplemented".
+struct Gateway {
+    state: Rc<State>,
+}
+
+impl Gateway {
     fn members_changed(&self, params: peer_gateway::MembersChangedParams) -> Result<()> {
         let members = read_members(params.get()?.get_members()?)?;
         if let Some((transport, _)) = self.state.transport.get() {
@@ -292,15 +479,7 @@ impl Gateway {
 }
 
 impl peer_gateway::Server for Gateway {
-    // Neither method awaits anything: raft must never wait on the network.
-    fn send(
-        self: Rc<Self>,
-        params: peer_gateway::SendParams,
-        _results: peer_gateway::SendResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        ready(self.route(params))
-    }
-
+    // Awaits nothing: consensus must never wait on the network.
     fn members_changed(
         self: Rc<Self>,
         params: peer_gateway::MembersChangedParams,
@@ -426,26 +605,89 @@ mod tests {
         assert!(err.contains("not UTF-8"), "{err}");
     }
 
+    #[test]
+    fn a_messages_frame_is_one_segment_and_reads_back() {
+        let batch = [
+            Inbound {
+                from: 2,
+                is_snapshot: false,
+                data: b"append".to_vec(),
+            },
+            Inbound {
+                from: 3,
+                is_snapshot: true,
+                data: vec![7; 100_001],
+            },
+        ];
+        let bytes = messages_frame(&batch, 1);
+        // The segment table says one segment, and the frame is all there is.
+        assert_eq!(&bytes[..4], &[0, 0, 0, 0]);
+        assert_eq!(schema::stream::frame_len(&bytes), Ok(Some(bytes.len())));
+        let mut buf = FrameBuffer::new();
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let spare = buf.spare_mut();
+            let n = spare.len().min(rest.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            buf.filled(n);
+            rest = &rest[n..];
+        }
+        let frame = buf.next_frame().unwrap().unwrap();
+        let peer_frame::Messages(list) = frame
+            .get_root::<peer_frame::Reader>()
+            .unwrap()
+            .which()
+            .unwrap()
+        else {
+            panic!("not a messages frame");
+        };
+        let got: Vec<_> = list
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m.get_to(),
+                    m.get_from(),
+                    m.get_is_snapshot(),
+                    m.get_data().unwrap().to_vec(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 2, false, b"append".to_vec()),
+                (1, 3, true, vec![7; 100_001])
+            ]
+        );
+    }
+
     // ------------------------------------------------------------ a stand-in consensus
+    //
+    // It serves `peer.sock` over capnp-rpc (registration, calls on our `PeerGateway`) and
+    // `raft.sock` as a plain stream of PeerFrames, like consensus's raft thread.
 
     use std::time::Duration;
 
     use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-    use futures::AsyncReadExt;
+    use futures::AsyncReadExt as _;
     use tokio_util::compat::TokioAsyncReadCompatExt;
-
-    use crate::transport::Events;
 
     const CLUSTER: u64 = 0x1a2b;
     const US: u64 = 1;
     const PEER: u64 = 2;
+    /// In the member table, but nothing listens at its URL.
+    const DEAD: u64 = 3;
     const WAIT: Duration = Duration::from_secs(20);
 
+    /// What the stand-in heard, on either socket.
     #[derive(Debug)]
     enum Seen {
         Registered(u32),
+        Hello(u32),
         Delivered(Vec<(u64, u64, bool, Vec<u8>)>),
         Unreachable(u64),
+        Snapshot(u64, bool),
     }
 
     struct FakeRegistrar {
@@ -481,52 +723,13 @@ mod tests {
                     m.set_id(*id);
                     m.init_peer_urls(1).set(0, url.as_str());
                 }
-                let mut config = reply.reborrow().init_config();
-                config
-                    .reborrow()
+                // Protocol 2 leaves `plane` null.
+                reply
+                    .init_config()
                     .init_listen_peer_urls(1)
                     .set(0, self.listen.as_str());
-                reply.set_plane(capnp_rpc::new_client(FakePlane {
-                    seen: self.seen.clone(),
-                }));
                 Ok(())
             })())
-        }
-    }
-
-    struct FakePlane {
-        seen: mpsc::UnboundedSender<Seen>,
-    }
-
-    impl peer_plane::Server for FakePlane {
-        fn deliver(
-            self: Rc<Self>,
-            params: peer_plane::DeliverParams,
-            _results: peer_plane::DeliverResults,
-        ) -> impl Future<Output = capnp::Result<()>> + 'static {
-            ready((|| {
-                let mut got = Vec::new();
-                for m in params.get()?.get_messages()?.iter() {
-                    got.push((
-                        m.get_to(),
-                        m.get_from(),
-                        m.get_is_snapshot(),
-                        m.get_data()?.to_vec(),
-                    ));
-                }
-                let _ = self.seen.send(Seen::Delivered(got));
-                Ok(())
-            })())
-        }
-
-        fn report_unreachable(
-            self: Rc<Self>,
-            params: peer_plane::ReportUnreachableParams,
-            _results: peer_plane::ReportUnreachableResults,
-        ) -> impl Future<Output = capnp::Result<()>> + 'static {
-            ready(params.get().map(|p| {
-                let _ = self.seen.send(Seen::Unreachable(p.get_member_id()));
-            }))
         }
     }
 
@@ -556,6 +759,91 @@ mod tests {
         rx
     }
 
+    /// One `raft.sock` connection the stand-in accepted: its write half, and the task reading
+    /// the gateway's frames into `Seen`s.
+    struct RaftStream {
+        writer: OwnedWriteHalf,
+        reader: tokio::task::JoinHandle<()>,
+    }
+
+    impl RaftStream {
+        /// Writes one `messages` frame from us: (to, isSnapshot, data) each.
+        async fn send(&mut self, messages: &[(u64, bool, &[u8])]) {
+            let mut message = capnp::message::Builder::new_default();
+            let mut list = message
+                .init_root::<peer_frame::Builder>()
+                .init_messages(messages.len() as u32);
+            for (i, (to, is_snapshot, data)) in messages.iter().enumerate() {
+                let mut m = list.reborrow().get(i as u32);
+                m.set_to(*to);
+                m.set_from(US);
+                m.set_is_snapshot(*is_snapshot);
+                m.set_data(data);
+            }
+            let mut out = Vec::new();
+            write_frame(&mut out, &message);
+            self.writer.write_all(&out).await.unwrap();
+        }
+
+        /// Closes the stream, as a dying consensus would.
+        fn cut(self) {
+            self.reader.abort();
+        }
+    }
+
+    /// Serves `raft.sock` beside `peer_socket`; hands out each accepted connection.
+    fn serve_raft(
+        peer_socket: &Path,
+        seen: mpsc::UnboundedSender<Seen>,
+    ) -> mpsc::UnboundedReceiver<RaftStream> {
+        let listener =
+            tokio::net::UnixListener::bind(schema::raft_socket_beside(peer_socket)).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (read, writer) = stream.into_split();
+                let reader = tokio::task::spawn_local(read_raft(read, seen.clone()));
+                let _ = tx.send(RaftStream { writer, reader });
+            }
+        });
+        rx
+    }
+
+    async fn read_raft(mut stream: OwnedReadHalf, seen: mpsc::UnboundedSender<Seen>) {
+        let mut buf = FrameBuffer::new();
+        loop {
+            let n = stream.read(buf.spare_mut()).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.filled(n);
+            while let Some(frame) = buf.next_frame().unwrap() {
+                let frame = frame.get_root::<peer_frame::Reader>().unwrap();
+                let _ = seen.send(match frame.which().unwrap() {
+                    peer_frame::Hello(version) => Seen::Hello(version),
+                    peer_frame::Messages(list) => Seen::Delivered(
+                        list.unwrap()
+                            .iter()
+                            .map(|m| {
+                                (
+                                    m.get_to(),
+                                    m.get_from(),
+                                    m.get_is_snapshot(),
+                                    m.get_data().unwrap().to_vec(),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    peer_frame::Unreachable(id) => Seen::Unreachable(id),
+                    peer_frame::SnapshotStatus(status) => {
+                        let status = status.unwrap();
+                        Seen::Snapshot(status.get_member_id(), status.get_ok())
+                    }
+                });
+            }
+        }
+    }
+
     fn free_udp_port() -> std::net::SocketAddr {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.local_addr().unwrap()
@@ -566,6 +854,73 @@ mod tests {
             .await
             .expect("consensus heard nothing in time")
             .expect("channel closed")
+    }
+
+    async fn accepted<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the gateway did not connect in time")
+            .expect("channel closed")
+    }
+
+    /// Registration and then the stream's hello, ignoring what the old connection still said.
+    async fn registered_and_connected(seen: &mut mpsc::UnboundedReceiver<Seen>) {
+        loop {
+            match next(seen).await {
+                Seen::Registered(v) => {
+                    assert_eq!(v, schema::PROTOCOL_VERSION);
+                    break;
+                }
+                Seen::Hello(v) => panic!("hello {v} before registering"),
+                _ => {}
+            }
+        }
+        match next(seen).await {
+            Seen::Hello(v) => assert_eq!(v, schema::PROTOCOL_VERSION),
+            other => panic!("expected the stream's hello, got {other:?}"),
+        }
+    }
+
+    /// Peer -> gateway -> stand-in's `raft.sock`, resending until it arrives (the gateway drops
+    /// what it cannot deliver yet). Returns the frame's messages.
+    async fn from_peer(
+        peer: &Transport,
+        seen: &mut mpsc::UnboundedReceiver<Seen>,
+        data: &[u8],
+        is_snapshot: bool,
+    ) -> Vec<(u64, u64, bool, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "never delivered");
+            let _ = peer.send(US, data.to_vec(), is_snapshot);
+            match tokio::time::timeout(Duration::from_millis(200), seen.recv()).await {
+                Ok(Some(Seen::Delivered(batch)))
+                    if batch.iter().any(|m| m.3 == data && m.2 == is_snapshot) =>
+                {
+                    return batch;
+                }
+                // Earlier copies, and reports on members not connected yet.
+                Ok(Some(Seen::Delivered(_) | Seen::Unreachable(_) | Seen::Snapshot(..))) => {}
+                Err(_) => {}
+                Ok(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Stand-in's `raft.sock` -> gateway -> peer, resending until it arrives.
+    async fn to_peer(raft: &mut RaftStream, peer_events: &mut Events, data: &[u8]) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "never sent");
+            raft.send(&[(PEER, false, data)]).await;
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(200), peer_events.inbound.recv()).await
+                && m.data == data
+            {
+                assert_eq!((m.from, m.is_snapshot), (US, false));
+                return;
+            }
+        }
     }
 
     #[tokio::test]
@@ -587,16 +942,20 @@ mod tests {
                 .unwrap();
                 let peer_url = format!("http://{}", peer.local_addrs()[0]);
                 let gateway_url = format!("http://{gateway_addr}");
-                let table = vec![(US, gateway_url.clone()), (PEER, peer_url.clone())];
-                peer.set_members(
-                    table
-                        .iter()
-                        .map(|(id, url)| Peer {
-                            id: *id,
-                            urls: vec![url.clone()],
-                        })
-                        .collect(),
-                );
+                let dead_url = format!("http://{}", free_udp_port());
+                let table = vec![
+                    (US, gateway_url.clone()),
+                    (PEER, peer_url.clone()),
+                    (DEAD, dead_url),
+                ];
+                let peers: Vec<Peer> = table
+                    .iter()
+                    .map(|(id, url)| Peer {
+                        id: *id,
+                        urls: vec![url.clone()],
+                    })
+                    .collect();
+                peer.set_members(peers.clone());
 
                 let (seen_tx, mut seen) = mpsc::unbounded_channel();
                 let (gateways_tx, mut gateways) = mpsc::unbounded_channel();
@@ -604,58 +963,71 @@ mod tests {
                     refuse: false,
                     members: table,
                     listen: gateway_url,
-                    seen: seen_tx,
+                    seen: seen_tx.clone(),
                     gateways: gateways_tx,
                 });
                 let mut connections = serve(&socket, registrar);
+                let mut streams = serve_raft(&socket, seen_tx);
                 let gateway_task = tokio::task::spawn_local(run(socket.clone()));
 
-                assert!(matches!(next(&mut seen).await, Seen::Registered(v) if v == schema::PROTOCOL_VERSION));
-                let gateway = gateways.recv().await.unwrap();
+                // Registered with our version, then connected the stream with it.
+                registered_and_connected(&mut seen).await;
+                let gateway = accepted(&mut gateways).await;
+                let mut raft = accepted(&mut streams).await;
 
-                // Peer -> gateway -> consensus.
-                let deadline = tokio::time::Instant::now() + WAIT;
-                let delivered = loop {
-                    assert!(tokio::time::Instant::now() < deadline, "never delivered");
-                    let _ = peer.send(US, b"append".to_vec(), false);
-                    match tokio::time::timeout(Duration::from_millis(200), seen.recv()).await {
-                        Ok(Some(Seen::Delivered(batch))) => break batch,
-                        Ok(Some(Seen::Unreachable(id))) => assert_eq!(id, PEER),
-                        Err(_) => continue,
-                        Ok(other) => panic!("unexpected {other:?}"),
-                    }
-                };
-                assert_eq!(delivered[0], (US, PEER, false, b"append".to_vec()));
+                // membersChanged is still served over RPC; send is gone with protocol 1.
+                let mut request = gateway.members_changed_request();
+                let mut list = request.get().init_members(peers.len() as u32);
+                for (i, p) in peers.iter().enumerate() {
+                    let mut m = list.reborrow().get(i as u32);
+                    m.set_id(p.id);
+                    m.init_peer_urls(1).set(0, p.urls[0].as_str());
+                }
+                request.send().promise.await.unwrap();
+                let err = gateway.send_request().send().promise.await.err().unwrap();
+                assert_eq!(err.kind, capnp::ErrorKind::Unimplemented, "{err}");
+
+                // Peer -> gateway -> consensus, as `messages` frames addressed to us.
+                let batch = from_peer(&peer, &mut seen, b"append", false).await;
+                assert!(batch.contains(&(US, PEER, false, b"append".to_vec())));
+                let batch = from_peer(&peer, &mut seen, b"snapshot chunk", true).await;
+                assert!(batch.contains(&(US, PEER, true, b"snapshot chunk".to_vec())));
 
                 // Consensus -> gateway -> peer.
-                let deadline = tokio::time::Instant::now() + WAIT;
-                loop {
-                    assert!(tokio::time::Instant::now() < deadline, "never sent");
-                    let mut request = gateway.send_request();
-                    let mut list = request.get().init_messages(1);
-                    let mut m = list.reborrow().get(0);
-                    m.set_to(PEER);
-                    m.set_from(US);
-                    m.set_data(b"vote");
-                    request.send().promise.await.unwrap();
-                    let Events { inbound, .. } = &mut peer_events;
-                    if let Ok(Some(m)) =
-                        tokio::time::timeout(Duration::from_millis(200), inbound.recv()).await
-                    {
-                        assert_eq!((m.from, m.data.as_slice()), (US, &b"vote"[..]));
-                        break;
+                to_peer(&mut raft, &mut peer_events, b"vote").await;
+
+                // What cannot reach a member comes back as reports on the stream.
+                raft.send(&[(DEAD, false, b"append"), (DEAD, true, b"snapshot")])
+                    .await;
+                let (mut unreachable, mut snapshot) = (false, false);
+                while !(unreachable && snapshot) {
+                    match next(&mut seen).await {
+                        Seen::Unreachable(DEAD) => unreachable = true,
+                        Seen::Snapshot(DEAD, ok) => {
+                            assert!(!ok);
+                            snapshot = true;
+                        }
+                        Seen::Delivered(_) | Seen::Unreachable(_) => {}
+                        other => panic!("unexpected {other:?}"),
                     }
                 }
 
-                // Consensus goes away: the gateway registers again by itself.
-                connections.recv().await.unwrap().abort();
-                loop {
-                    match next(&mut seen).await {
-                        Seen::Registered(_) => break,
-                        Seen::Unreachable(id) => assert_eq!(id, PEER),
-                        Seen::Delivered(_) => {}
-                    }
-                }
+                // Consensus goes away, both connections at once: the gateway registers and
+                // connects the stream again by itself, and messages flow again both ways.
+                accepted(&mut connections).await.abort();
+                raft.cut();
+                registered_and_connected(&mut seen).await;
+                let mut raft = accepted(&mut streams).await;
+                to_peer(&mut raft, &mut peer_events, b"vote again").await;
+                let batch = from_peer(&peer, &mut seen, b"append again", false).await;
+                assert!(batch.contains(&(US, PEER, false, b"append again".to_vec())));
+
+                // The stream ending alone counts as losing consensus too.
+                raft.cut();
+                registered_and_connected(&mut seen).await;
+                let mut raft = accepted(&mut streams).await;
+                to_peer(&mut raft, &mut peer_events, b"vote once more").await;
+
                 assert!(!gateway_task.is_finished());
                 gateway_task.abort();
             })

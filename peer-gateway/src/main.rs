@@ -23,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Ships raft messages between members over QUIC"
 )]
 struct Args {
-    /// The consensus peer socket, `<data-dir>/peer.sock`.
+    /// The consensus peer socket, `<data-dir>/peer.sock`; the raft stream's `raft.sock` is beside it.
     #[arg(long)]
     socket: PathBuf,
     /// Log filter (e.g. `info`, `debug`, `peer_gateway=debug`); defaults to RUST_LOG, then info.

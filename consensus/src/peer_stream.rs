@@ -1,0 +1,352 @@
+//! The raft thread's end of the raft stream (`raft.sock`, `PeerFrame` in member.capnp): raft
+//! messages to and from the peer gateway, read and written without blocking by the raft thread
+//! itself. A message so costs one process hop each way instead of three (IPC thread, its reply, the
+//! raft thread), which is most of a replicated write's latency on a small machine.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use schema::member_capnp::peer_frame;
+use schema::stream::{FrameBuffer, write_frame};
+use tracing::{debug, warn};
+
+use crate::raft_loop::is_snapshot;
+
+/// What the peer gateway told the raft thread.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Step(Message),
+    Unreachable(u64),
+    SnapshotStatus { to: u64, ok: bool },
+}
+
+/// Output the gateway has not taken yet, at most; beyond it messages are dropped (raft resends,
+/// and a gateway this far behind is stuck or gone).
+const MAX_PENDING_OUTPUT: usize = 64 << 20;
+/// Read at most this much per call, so a flood of input cannot hold off ticks and Readies.
+const READ_BUDGET: usize = 4 << 20;
+
+pub struct PeerStream {
+    sock: UnixStream,
+    input: FrameBuffer,
+    output: Vec<u8>,
+    written: usize,
+    greeted: bool,
+    /// This member: messages for anyone else are dropped.
+    me: u64,
+}
+
+impl PeerStream {
+    pub fn new(sock: UnixStream, me: u64) -> std::io::Result<PeerStream> {
+        sock.set_nonblocking(true)?;
+        Ok(PeerStream {
+            sock,
+            input: FrameBuffer::new(),
+            output: Vec::new(),
+            written: 0,
+            greeted: false,
+            me,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Whether output is waiting for the socket to take it.
+    pub fn wants_write(&self) -> bool {
+        self.written < self.output.len()
+    }
+
+    /// Reads what has arrived and decodes it into `events`. An error means the stream is over
+    /// (closed, failed or corrupt); events decoded before it are still valid.
+    pub fn read(&mut self, events: &mut Vec<Event>) -> Result<(), String> {
+        let mut budget = READ_BUDGET;
+        loop {
+            match self.sock.read(self.input.spare_mut()) {
+                Ok(0) => {
+                    return Err(if self.input.partial() > 0 {
+                        "the peer gateway closed the stream in the middle of a frame".into()
+                    } else {
+                        "the peer gateway closed the stream".into()
+                    });
+                }
+                Ok(n) => {
+                    self.input.filled(n);
+                    self.decode(events)?;
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading the stream: {e}")),
+            }
+        }
+    }
+
+    fn decode(&mut self, events: &mut Vec<Event>) -> Result<(), String> {
+        while let Some(frame) = self.input.next_frame()? {
+            let frame = frame
+                .get_root::<peer_frame::Reader>()
+                .map_err(|e| format!("an unreadable frame: {e}"))?;
+            let which = match frame.which() {
+                Ok(which) => which,
+                // A newer gateway's frame kind: skipping it keeps the stream compatible.
+                Err(capnp::NotInSchema(n)) => {
+                    debug!("skipping a raft-stream frame of unknown kind {n}");
+                    continue;
+                }
+            };
+            if !self.greeted {
+                match which {
+                    peer_frame::Hello(v) if v == schema::PROTOCOL_VERSION => {
+                        self.greeted = true;
+                        continue;
+                    }
+                    peer_frame::Hello(v) => {
+                        return Err(format!(
+                            "protocol version {v} is not supported: consensus speaks version {}",
+                            schema::PROTOCOL_VERSION
+                        ));
+                    }
+                    _ => return Err("the first frame is not hello".into()),
+                }
+            }
+            match which {
+                peer_frame::Hello(_) => return Err("a second hello".into()),
+                peer_frame::Messages(list) => {
+                    let list = list.map_err(|e| format!("an unreadable message list: {e}"))?;
+                    for m in list {
+                        let Ok(data) = m.get_data() else {
+                            warn!(from = m.get_from(), "dropping a raft message without data");
+                            continue;
+                        };
+                        match Message::parse_from_bytes(data) {
+                            Ok(msg) if msg.to == self.me => events.push(Event::Step(msg)),
+                            Ok(msg) => debug!(
+                                to = msg.to,
+                                "dropping a raft message meant for another member"
+                            ),
+                            Err(e) => warn!(
+                                from = m.get_from(),
+                                "dropping an undecodable raft message: {e}"
+                            ),
+                        }
+                    }
+                }
+                peer_frame::Unreachable(id) => events.push(Event::Unreachable(id)),
+                peer_frame::SnapshotStatus(s) => {
+                    let s = s.map_err(|e| format!("an unreadable snapshot status: {e}"))?;
+                    events.push(Event::SnapshotStatus {
+                        to: s.get_member_id(),
+                        ok: s.get_ok(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `msgs` as one frame and writes what the socket takes now. An error means the
+    /// stream is over.
+    pub fn send(&mut self, msgs: &[Message]) -> Result<(), String> {
+        if self.output.len() - self.written > MAX_PENDING_OUTPUT {
+            debug!(
+                count = msgs.len(),
+                "the peer gateway is not reading; dropping raft messages"
+            );
+            return Ok(());
+        }
+        let mut frame = capnp::message::Builder::new_default();
+        {
+            let mut list = frame
+                .init_root::<peer_frame::Builder>()
+                .init_messages(msgs.len() as u32);
+            for (i, m) in msgs.iter().enumerate() {
+                let mut b = list.reborrow().get(i as u32);
+                b.set_to(m.to);
+                b.set_from(m.from);
+                b.set_is_snapshot(is_snapshot(m));
+                match m.write_to_bytes() {
+                    Ok(data) => b.set_data(&data),
+                    Err(e) => warn!(to = m.to, "cannot encode a raft message: {e}"),
+                }
+            }
+        }
+        write_frame(&mut self.output, &frame);
+        self.flush()
+    }
+
+    /// Writes pending output until the socket would block.
+    pub fn flush(&mut self) -> Result<(), String> {
+        while self.written < self.output.len() {
+            match self.sock.write(&self.output[self.written..]) {
+                Ok(0) => return Err("the peer gateway stopped reading".into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("writing the stream: {e}")),
+            }
+        }
+        self.output.clear();
+        self.written = 0;
+        if self.output.capacity() > 8 << 20 {
+            self.output = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    fn frame(f: impl FnOnce(peer_frame::Builder)) -> Vec<u8> {
+        let mut message = capnp::message::Builder::new_default();
+        f(message.init_root());
+        let mut out = Vec::new();
+        write_frame(&mut out, &message);
+        out
+    }
+
+    fn hello(v: u32) -> Vec<u8> {
+        frame(|mut f| f.set_hello(v))
+    }
+
+    fn append(to: u64, index: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = to;
+        m.from = 9;
+        m.index = index;
+        m
+    }
+
+    fn pair() -> (PeerStream, UnixStream) {
+        let (ours, gateway) = UnixStream::pair().unwrap();
+        (PeerStream::new(ours, 1).unwrap(), gateway)
+    }
+
+    fn read_all(stream: &mut PeerStream) -> (Vec<Event>, Result<(), String>) {
+        let mut events = Vec::new();
+        let result = stream.read(&mut events);
+        (events, result)
+    }
+
+    #[test]
+    fn messages_flow_both_ways_after_hello() {
+        let (mut stream, mut gateway) = pair();
+        let mut input = hello(schema::PROTOCOL_VERSION);
+        let for_us = append(1, 5);
+        let for_other = append(2, 6);
+        input.extend(frame(|f| {
+            let mut list = f.init_messages(3);
+            for (i, m) in [&for_us, &for_other].into_iter().enumerate() {
+                list.reborrow()
+                    .get(i as u32)
+                    .set_data(&m.write_to_bytes().unwrap());
+            }
+            list.reborrow().get(2).set_data(b"\xff\xff not protobuf");
+        }));
+        input.extend(frame(|mut f| f.set_unreachable(3)));
+        input.extend(frame(|f| {
+            let mut s = f.init_snapshot_status();
+            s.set_member_id(2);
+            s.set_ok(true);
+        }));
+        gateway.write_all(&input).unwrap();
+        let (events, result) = read_all(&mut stream);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            events,
+            vec![
+                Event::Step(for_us),
+                Event::Unreachable(3),
+                Event::SnapshotStatus { to: 2, ok: true }
+            ]
+        );
+
+        stream.send(&[append(2, 7), append(3, 7)]).unwrap();
+        assert!(!stream.wants_write());
+        let mut got = FrameBuffer::new();
+        let n = gateway.read(got.spare_mut()).unwrap();
+        got.filled(n);
+        let frame = got.next_frame().unwrap().unwrap();
+        let peer_frame::Messages(list) = frame
+            .get_root::<peer_frame::Reader>()
+            .unwrap()
+            .which()
+            .unwrap()
+        else {
+            panic!("not a messages frame");
+        };
+        let to: Vec<u64> = list.unwrap().iter().map(|m| m.get_to()).collect();
+        assert_eq!(to, vec![2, 3]);
+
+        drop(gateway);
+        let (_, result) = read_all(&mut stream);
+        assert!(result.unwrap_err().contains("closed"));
+    }
+
+    #[test]
+    fn a_stream_without_the_right_hello_is_refused() {
+        let (mut stream, mut gateway) = pair();
+        gateway
+            .write_all(&hello(schema::PROTOCOL_VERSION + 1))
+            .unwrap();
+        assert!(
+            read_all(&mut stream)
+                .1
+                .unwrap_err()
+                .contains("not supported")
+        );
+
+        let (mut stream, mut gateway) = pair();
+        gateway
+            .write_all(&frame(|mut f| f.set_unreachable(3)))
+            .unwrap();
+        let (events, result) = read_all(&mut stream);
+        assert!(events.is_empty());
+        assert!(result.unwrap_err().contains("hello"));
+
+        let (mut stream, mut gateway) = pair();
+        gateway.write_all(&[0xff; 64]).unwrap();
+        assert!(read_all(&mut stream).1.is_err());
+    }
+
+    #[test]
+    fn output_waits_for_a_slow_reader_then_drains() {
+        let (mut stream, mut gateway) = pair();
+        let mut big = append(2, 1);
+        big.mut_entries().push(raft::eraftpb::Entry {
+            data: vec![7u8; 1 << 20].into(),
+            ..Default::default()
+        });
+        // More than a Unix socket buffers: some of it must wait.
+        for _ in 0..8 {
+            stream.send(std::slice::from_ref(&big)).unwrap();
+        }
+        assert!(stream.wants_write());
+        gateway.set_nonblocking(true).unwrap();
+        let mut received = 0;
+        let mut buf = vec![0; 1 << 20];
+        while stream.wants_write() || received == 0 {
+            stream.flush().unwrap();
+            match gateway.read(&mut buf) {
+                Ok(n) => received += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while let Ok(n) = gateway.read(&mut buf) {
+            received += n;
+        }
+        assert!(received > 8 << 20, "{received}");
+    }
+}
