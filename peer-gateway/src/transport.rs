@@ -40,6 +40,10 @@ const UNREACHABLE_EVERY: Duration = Duration::from_millis(100);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Ack-eliciting packets a peer may receive before it must acknowledge at once, and how long it
+/// may otherwise wait (the heartbeat interval is 100 ms; answers normally carry the ACK sooner).
+const ACK_ELICITING_THRESHOLD: u32 = 16;
+const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 const IDLE_TIMEOUT_MS: u32 = 5_000;
 /// Ordinary messages are coalesced into writes of about this size.
 const WRITE_BATCH: usize = 1 << 20;
@@ -348,6 +352,13 @@ fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     // Notice a dead peer within seconds, like etcd's peer probing does.
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    // Raft traffic is request/response (append, then its answer): ask the peer to delay ACKs so
+    // they ride on the answer. Acknowledging at once sent a packet, and woke the other gateway,
+    // before the message even reached consensus.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    ack.max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 
