@@ -160,9 +160,10 @@ pub fn decode_proposal(data: &[u8]) -> capnp::Result<(u64, Proposal)> {
 /// the client plane received, so nothing is re-encoded by hand).
 pub fn encode_proposal(
     id: u64,
+    size_hint: usize,
     fill: impl FnOnce(raft_request::Builder) -> capnp::Result<()>,
 ) -> capnp::Result<Vec<u8>> {
-    let mut msg = capnp::message::Builder::new_default();
+    let mut msg = schema::builder_for(size_hint);
     let mut root = msg.init_root::<raft_request::Builder>();
     root.set_id(id);
     fill(root)?;
@@ -459,7 +460,7 @@ mod tests {
             nested.set_range_end(b"b");
         }
         let reader = txn.into_reader();
-        let data = encode_proposal(42, |mut rr| rr.set_txn(reader)).unwrap();
+        let data = encode_proposal(42, 0, |mut rr| rr.set_txn(reader)).unwrap();
         let (id, p) = decode_proposal(&data).unwrap();
         assert_eq!(id, 42);
         let Proposal::Txn(t) = p else {
@@ -562,7 +563,7 @@ mod tests {
             p.set_key(b"k");
             p.set_value(&vec![b'x'; value_len]);
             let reader = p.into_reader();
-            encode_proposal(1, |mut rr| rr.set_put(reader)).unwrap()
+            encode_proposal(1, 0, |mut rr| rr.set_put(reader)).unwrap()
         };
         assert_eq!(etcd_request_size(&entry(1572840), member).unwrap(), 1572864);
         assert_eq!(etcd_request_size(&entry(1572841), member).unwrap(), 1572865);
@@ -584,7 +585,7 @@ mod tests {
         }
         t.reborrow().init_failure(1).get(0).init_txn();
         let reader = t.into_reader();
-        let data = encode_proposal(1, |mut rr| rr.set_txn(reader)).unwrap();
+        let data = encode_proposal(1, 0, |mut rr| rr.set_txn(reader)).unwrap();
         // compare: key 3 + version (set, 0) 2 + range_end 4 = 9 -> 11 in the txn;
         // success: range key 3 + sort_order -1 (10-byte varint) 11 = 14 -> op 16 -> 18;
         // failure: empty txn 0 -> op 2 -> 4; txn = 33; entry = header 13 + 35.

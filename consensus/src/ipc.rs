@@ -91,12 +91,14 @@ impl State {
         self.ctx.commands.send(cmd).map_err(|_| ee::stopped())
     }
 
+    /// `size` is the request's encoded size in bytes, so its copy lands in one segment.
     async fn propose(
         &self,
+        size: usize,
         fill: impl FnOnce(schema::member_capnp::raft_request::Builder) -> capnp::Result<()>,
     ) -> Result<Applied, EtcdError> {
         let id = self.request_id();
-        let data = codec::encode_proposal(id, fill).map_err(ee::internal)?;
+        let data = codec::encode_proposal(id, size, fill).map_err(ee::internal)?;
         // The client gateway applies etcd's exact limit to the protobuf request; this backstop
         // allows for Cap'n Proto's larger encoding (word padding, pointers) of the same request.
         const ENCODING_HEADROOM: u64 = 64 * 1024;
@@ -299,7 +301,12 @@ impl client_plane::Server for ClientPlane {
     ) -> capnp::Result<()> {
         let request = params.get()?.get_request()?;
         or_refuse!(results, mvcc::check_put(&codec::read_put(request)?));
-        let applied = or_refuse!(results, self.0.propose(|mut rr| rr.set_put(request)).await);
+        let applied = or_refuse!(
+            results,
+            self.0
+                .propose(size_of(request.total_size()), |mut rr| rr.set_put(request))
+                .await
+        );
         let Applied::Put(resp) = applied else {
             refuse!(results, unexpected("put", &applied));
         };
@@ -320,7 +327,10 @@ impl client_plane::Server for ClientPlane {
         or_refuse!(results, mvcc::check_delete(&codec::read_delete(request)?));
         let applied = or_refuse!(
             results,
-            self.0.propose(|mut rr| rr.set_delete_range(request)).await
+            self.0
+                .propose(size_of(request.total_size()), |mut rr| rr
+                    .set_delete_range(request))
+                .await
         );
         let Applied::DeleteRange(resp) = applied else {
             refuse!(results, unexpected("delete", &applied));
@@ -350,7 +360,12 @@ impl client_plane::Server for ClientPlane {
             or_refuse!(results, self.0.read_index().await);
             or_refuse!(results, View::snapshot(&self.0.ctx.db).txn(&txn))
         } else {
-            let applied = or_refuse!(results, self.0.propose(|mut rr| rr.set_txn(request)).await);
+            let applied = or_refuse!(
+                results,
+                self.0
+                    .propose(size_of(request.total_size()), |mut rr| rr.set_txn(request))
+                    .await
+            );
             let Applied::Txn(resp) = applied else {
                 refuse!(results, unexpected("txn", &applied));
             };
@@ -372,7 +387,10 @@ impl client_plane::Server for ClientPlane {
         let request = params.get()?.get_request()?;
         let applied = or_refuse!(
             results,
-            self.0.propose(|mut rr| rr.set_compaction(request)).await
+            self.0
+                .propose(size_of(request.total_size()), |mut rr| rr
+                    .set_compaction(request))
+                .await
         );
         let Applied::Compaction { revision } = applied else {
             refuse!(results, unexpected("compaction", &applied));
@@ -444,6 +462,11 @@ impl client_plane::Server for ClientPlane {
     }
 }
 
+/// A request's encoded size in bytes (0 when it cannot be told: the builder then just grows).
+fn size_of(size: capnp::Result<capnp::MessageSize>) -> usize {
+    size.map(|s| s.word_count as usize * 8).unwrap_or(0)
+}
+
 fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {
     t.success.iter().chain(&t.failure).all(|op| match op {
         mvcc::RequestOp::Range(_) => true,
@@ -464,7 +487,7 @@ async fn auto_compact(state: Rc<State>, mut compactor: crate::compactor::Compact
         };
         info!(revision = target, "starting auto compaction");
         let result = state
-            .propose(|rr| {
+            .propose(0, |rr| {
                 rr.init_compaction().set_revision(target);
                 Ok(())
             })

@@ -162,7 +162,12 @@ impl PeerStream {
             );
             return Ok(());
         }
-        let mut frame = capnp::message::Builder::new_default();
+        // Protobuf sizes plus capnp's per-message overhead (pointers, padding).
+        let size = msgs
+            .iter()
+            .map(|m| m.compute_size() as usize + 48)
+            .sum::<usize>();
+        let mut frame = schema::builder_for(size);
         {
             let mut list = frame
                 .init_root::<peer_frame::Builder>()

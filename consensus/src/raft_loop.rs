@@ -333,7 +333,7 @@ impl RaftLoop {
         }
         self.last_publish = Some(Instant::now());
         let me = self.me.clone();
-        let data = codec::encode_proposal(0, |rr| {
+        let data = codec::encode_proposal(0, 0, |rr| {
             codec::write_member(rr.init_publish(), &me);
             Ok(())
         });
