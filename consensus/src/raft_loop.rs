@@ -111,6 +111,9 @@ pub struct RaftLoop {
     me: MemberInfo,
     published: bool,
     last_publish: Option<Instant>,
+    /// As leader: the last index of a proposal a follower forwarded; commits are broadcast until
+    /// it is committed (0: none pending).
+    bcast_commit_until: u64,
 }
 
 impl RaftLoop {
@@ -147,6 +150,7 @@ impl RaftLoop {
             me,
             published,
             last_publish: None,
+            bcast_commit_until: 0,
         }
     }
 
@@ -239,8 +243,12 @@ impl RaftLoop {
         for event in events.drain(..) {
             match event {
                 Event::Step(m) => {
+                    let forwarded = m.get_msg_type() == MessageType::MsgPropose;
                     if let Err(e) = self.node.step(m) {
                         debug!("raft refused a message: {e}");
+                    } else if forwarded && self.node.raft.state == StateRole::Leader {
+                        self.bcast_commit_until = self.node.raft.raft_log.last_index();
+                        self.node.skip_bcast_commit(false);
                     }
                 }
                 Event::Unreachable(id) => self.node.report_unreachable(id),
@@ -417,6 +425,13 @@ impl RaftLoop {
         self.apply(light.take_committed_entries(), commit)?;
         self.node.advance_apply();
         self.answer_reads();
+        if self.bcast_commit_until != 0
+            && (self.node.raft.raft_log.committed >= self.bcast_commit_until
+                || self.node.raft.state != StateRole::Leader)
+        {
+            self.bcast_commit_until = 0;
+            self.node.skip_bcast_commit(true);
+        }
         Ok(())
     }
 
