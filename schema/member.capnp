@@ -6,9 +6,11 @@
 # ever grows: add fields and methods at the end, never renumber or retype one, never reuse an ordinal.
 @0xcb9f39efa5dd9560;
 
-const protocolVersion :UInt32 = 2;
+const protocolVersion :UInt32 = 3;
 # 1: first release. 2: raft messages travel as one-way PeerFrames on `raft.sock` instead of
 #    PeerGateway.send / PeerPlane.deliver calls (those stay in this file for their ordinals only).
+# 3: writes (put, deleteRange, txns that write) travel as WriteFrames on `write.sock` instead of
+#    ClientPlane calls (those methods stay, and still answer, but gateways no longer use them).
 
 # ---------------------------------------------------------------- identity, handed out at registration
 
@@ -259,6 +261,41 @@ interface ClientPlane {
   memberList @5 () -> (error :Status, response :MemberListResponse);
   status @6 () -> (error :Status, response :StatusResponse);
   metrics @7 () -> (metrics :Metrics);
+}
+
+# The write stream (protocol 3). Once registered on `client.sock`, the client gateway connects to
+# `write.sock` beside it, which consensus's raft thread serves itself: puts, deletes and txns that
+# write go there as WriteFrames, in Cap'n Proto's standard stream framing like the raft stream, and
+# their answers come back the same way, matched by the gateway's request id. A write so skips two
+# hops through the IPC thread. Reads, read-only txns and everything else stay on ClientPlane. The
+# gateway's first frame is `hello`; a newer stream replaces an older one, whose requests are then
+# not answered.
+struct WriteFrame {
+  union {
+    hello @0 :UInt32;            # gateway -> consensus, first frame: its protocolVersion
+    request @1 :WriteRequest;    # gateway -> consensus
+    reply @2 :WriteReply;        # consensus -> gateway
+  }
+}
+
+struct WriteRequest {
+  id @0 :UInt64;                 # chosen by the gateway, echoed in the reply
+  union {
+    put @1 :PutRequest;
+    deleteRange @2 :DeleteRangeRequest;
+    txn @3 :TxnRequest;
+  }
+}
+
+struct WriteReply {
+  id @0 :UInt64;
+  error @1 :Status;              # set when the request was refused, and then the union is `none`
+  union {
+    none @2 :Void;
+    put @3 :PutResponse;
+    deleteRange @4 :DeleteRangeResponse;
+    txn @5 :TxnResponse;
+  }
 }
 
 # Counters consensus keeps since it started, for /metrics and the benchmarks.

@@ -67,7 +67,7 @@ trap stop_all TERM INT
 # bound last).
 # Returns non-zero when it exits while starting.
 start_consensus() {
-  rm -f "$data_dir/peer.sock" "$data_dir/raft.sock" "$data_dir/client.sock"
+  rm -f "$data_dir/peer.sock" "$data_dir/raft.sock" "$data_dir/write.sock" "$data_dir/client.sock"
   "$bin_dir/consensus" "${args[@]}" &
   consensus_pid=$!
   write_pids

@@ -1,15 +1,18 @@
 //! The client gateway alone: the real `client-gateway` binary in front of a stand-in consensus
-//! (this benchmark serves `client.sock` on its own thread and answers put, range and txn at once
-//! with canned responses), loaded over gRPC by etcd-bench's load generator. To see what the
+//! (this benchmark serves `client.sock` and `write.sock` on its own thread and answers put,
+//! range and txn at once with canned responses: ranges over Cap'n Proto RPC, writes on the write
+//! stream, as consensus does), loaded over gRPC by etcd-bench's load generator. To see what the
 //! gateway itself adds per request, the same requests also go
-//!   - straight to the stand-in over Cap'n Proto (what the gateway's own hop costs at least), and
+//!   - straight to the stand-in, ranges over Cap'n Proto and puts on the write stream (what the
+//!     gateway's own hop costs at least), and
 //!   - over gRPC to a stub KV server in this process (what gRPC and the load generator cost
 //!     without the gateway).
 //!
 //!   cargo build --release --bins && cargo bench -p client-gateway --bench client_gateway
 //!   cargo bench -p client-gateway --bench client_gateway -- --quick     # a few requests per row
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::{Future, ready};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,8 +28,13 @@ use client_gateway::proto::etcdserverpb::{
     response_op,
 };
 use client_gateway::proto::mvccpb::KeyValue;
-use futures::AsyncReadExt;
-use schema::member_capnp::{client_plane, client_registrar};
+use futures::AsyncReadExt as _;
+use schema::member_capnp::{
+    client_plane, client_registrar, write_frame, write_reply, write_request,
+};
+use schema::stream::{FrameBuffer, write_frame};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 #[path = "../../consensus/benches/support/process.rs"]
@@ -58,6 +66,10 @@ fn main() {
     // The stand-in consensus, on its own thread (capnp-rpc is !Send).
     {
         let socket = socket.clone();
+        // write.sock first, as consensus binds it before client.sock.
+        let writes = std::os::unix::net::UnixListener::bind(schema::write_socket_beside(&socket))
+            .expect("binding the stand-in write socket");
+        writes.set_nonblocking(true).expect("nonblocking");
         let listener =
             std::os::unix::net::UnixListener::bind(&socket).expect("binding the stand-in socket");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -70,7 +82,7 @@ fn main() {
                     .build()
                     .expect("runtime");
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, serve_stand_in(listener, url));
+                local.block_on(&rt, serve_stand_in(listener, writes, url));
             })
             .expect("stand-in thread");
     }
@@ -147,7 +159,8 @@ fn main() {
         Err(e) => fail(&e, &log),
     };
 
-    // Straight to the stand-in over Cap'n Proto, as the gateway's link does.
+    // Straight to the stand-in, as the gateway's link does: ranges over Cap'n Proto, puts on the
+    // write stream.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -155,6 +168,7 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let direct = local.block_on(&rt, async {
         let plane = register(&socket).await?;
+        let stream = WriteStream::connect(&schema::write_socket_beside(&socket)).await?;
         let mut rows = Vec::new();
         for (name, inflight, total) in [
             ("put", 1, total_1),
@@ -165,7 +179,7 @@ fn main() {
             rows.push((
                 name,
                 inflight,
-                direct(&plane, name == "put", inflight, total).await?,
+                direct(&plane, &stream, name == "put", inflight, total).await?,
             ));
         }
         Ok::<_, String>(rows)
@@ -177,7 +191,7 @@ fn main() {
     };
 
     println!(
-        "client gateway alone: gRPC -> client-gateway -> client.sock -> stand-in consensus answering at once"
+        "client gateway alone: gRPC -> client-gateway -> client.sock (reads) / write.sock (writes) -> stand-in consensus answering at once"
     );
     println!(
         "(8-byte keys, 256-byte values; the load generator, the gateway and the stand-in share the machine;"
@@ -213,9 +227,10 @@ fn main() {
         ));
     }
     for (name, inflight, r) in &direct {
+        let how = direct_path(name);
         println!(
             "{:<42} {:>6} {:>8} {:>10.0} {:>8.3} {:>8.3} {:>8.3}",
-            format!("capnp straight to stand-in: {name}"),
+            format!("{how} straight to stand-in: {name}"),
             1,
             inflight,
             r.rate(),
@@ -224,7 +239,7 @@ fn main() {
             r.ms(1.0)
         );
         json.push(format!(
-            "{{\"bench\":\"client_gateway\",\"target\":\"capnp\",\"op\":\"{name}\",\"in_flight\":{inflight},\"rps\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}",
+            "{{\"bench\":\"client_gateway\",\"target\":\"{how}\",\"op\":\"{name}\",\"in_flight\":{inflight},\"rps\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}",
             r.rate(),
             r.ms(0.5),
             r.ms(0.99)
@@ -232,7 +247,7 @@ fn main() {
     }
 
     // What the gateway adds: one request at a time, its p50 minus a bare gRPC round trip (the
-    // stub); the capnp hop it makes itself is part of that.
+    // stub); the hop to consensus it makes itself is part of that.
     println!();
     for (name, op) in [("put", "put"), ("range", "range-linearizable")] {
         let find = |target: &str, clients: usize| {
@@ -249,8 +264,9 @@ fn main() {
         let gw50 = loadgen::ms(gw.quantile(0.5));
         let stub50 = loadgen::ms(stub.quantile(0.5));
         println!(
-            "{name}, 1 in flight: the gateway adds {:.3} ms at p50 to a bare gRPC round trip ({gw50:.3} vs {stub50:.3} ms); a capnp call alone takes {:.3} ms",
+            "{name}, 1 in flight: the gateway adds {:.3} ms at p50 to a bare gRPC round trip ({gw50:.3} vs {stub50:.3} ms); a {} round trip alone takes {:.3} ms",
             gw50 - stub50,
+            direct_path(name),
             capnp.ms(0.5),
         );
         if let (Some((gw, cpu)), Some((stub, _))) = (find("gateway", 100), find("stub", 100)) {
@@ -267,6 +283,11 @@ fn main() {
     }
 }
 
+/// How the gateway reaches consensus for `op`, and so the direct rows.
+fn direct_path(op: &str) -> &'static str {
+    if op == "put" { "stream" } else { "capnp" }
+}
+
 fn fail(e: &str, log: &Path) -> ! {
     eprintln!("client_gateway: {e}");
     eprintln!("--- client-gateway log tail ---\n{}", tail(log, 30));
@@ -275,13 +296,24 @@ fn fail(e: &str, log: &Path) -> ! {
 
 // ------------------------------------------------------------------ the stand-in consensus
 
-async fn serve_stand_in(listener: std::os::unix::net::UnixListener, url: String) {
+async fn serve_stand_in(
+    listener: std::os::unix::net::UnixListener,
+    writes: std::os::unix::net::UnixListener,
+    url: String,
+) {
     let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
+    let writes = tokio::net::UnixListener::from_std(writes).expect("tokio listener");
+    let answers = Rc::new(Answers {
+        revision: Cell::new(1),
+    });
     let registrar: client_registrar::Client = capnp_rpc::new_client(Registrar {
         url,
-        plane: capnp_rpc::new_client(Plane {
-            revision: Cell::new(1),
-        }),
+        plane: capnp_rpc::new_client(Plane(answers.clone())),
+    });
+    tokio::task::spawn_local(async move {
+        while let Ok((stream, _)) = writes.accept().await {
+            tokio::task::spawn_local(answer_writes(stream, answers.clone()));
+        }
     });
     while let Ok((stream, _)) = listener.accept().await {
         let (reader, writer) = stream.compat().split();
@@ -330,11 +362,12 @@ impl client_registrar::Server for Registrar {
     }
 }
 
-struct Plane {
+/// The stand-in's canned answers, the same on either path.
+struct Answers {
     revision: Cell<i64>,
 }
 
-impl Plane {
+impl Answers {
     fn header(&self, mut h: schema::member_capnp::response_header::Builder<'_>, bump: bool) {
         if bump {
             self.revision.set(self.revision.get() + 1);
@@ -344,18 +377,22 @@ impl Plane {
         h.set_revision(self.revision.get());
         h.set_raft_term(2);
     }
-}
 
-impl client_plane::Server for Plane {
-    fn put(
-        self: Rc<Self>,
-        _params: client_plane::PutParams,
-        mut results: client_plane::PutResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        self.header(results.get().init_response().init_header(), true);
-        ready(Ok(()))
+    fn put(&self, r: schema::member_capnp::put_response::Builder<'_>) {
+        self.header(r.init_header(), true);
     }
 
+    fn txn(&self, mut r: schema::member_capnp::txn_response::Builder<'_>) {
+        self.header(r.reborrow().init_header(), true);
+        r.set_succeeded(true);
+        let put = r.init_responses(1).get(0).init_put();
+        self.header(put.init_header(), false);
+    }
+}
+
+struct Plane(Rc<Answers>);
+
+impl client_plane::Server for Plane {
     fn range(
         self: Rc<Self>,
         params: client_plane::RangeParams,
@@ -364,7 +401,7 @@ impl client_plane::Server for Plane {
         ready((|| {
             let key = params.get()?.get_request()?.get_key()?;
             let mut r = results.get().init_response();
-            self.header(r.reborrow().init_header(), false);
+            self.0.header(r.reborrow().init_header(), false);
             let mut kv = r.reborrow().init_kvs(1).get(0);
             kv.set_key(key);
             kv.set_create_revision(1);
@@ -376,21 +413,79 @@ impl client_plane::Server for Plane {
         })())
     }
 
+    /// Read-only txns (the load generator's txns write, so they take the write stream).
     fn txn(
         self: Rc<Self>,
         _params: client_plane::TxnParams,
         mut results: client_plane::TxnResults,
     ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        let mut r = results.get().init_response();
-        self.header(r.reborrow().init_header(), true);
-        r.set_succeeded(true);
-        let put = r.init_responses(1).get(0).init_put();
-        self.header(put.init_header(), false);
+        self.0.txn(results.get().init_response());
         ready(Ok(()))
     }
 }
 
-// ------------------------------------------------------------------ straight over capnp
+/// The stand-in's end of a write stream, like consensus's raft thread: checks hello, answers
+/// each request at once, and writes the answers to whatever one read brought in one write.
+async fn answer_writes(stream: tokio::net::UnixStream, answers: Rc<Answers>) {
+    let (mut read, mut write) = stream.into_split();
+    let mut buf = FrameBuffer::new();
+    let mut greeted = false;
+    let mut out = Vec::new();
+    loop {
+        match read.read(buf.spare_mut()).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.filled(n),
+        }
+        loop {
+            let frame = match buf.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("stand-in: a corrupt write stream: {e}");
+                    return;
+                }
+            };
+            let Ok(frame) = frame.get_root::<write_frame::Reader>() else {
+                return;
+            };
+            match frame.which() {
+                Ok(write_frame::Hello(v)) if !greeted && v == schema::PROTOCOL_VERSION => {
+                    greeted = true
+                }
+                Ok(write_frame::Request(Ok(r))) if greeted => answer_write(&answers, r, &mut out),
+                _ => {
+                    eprintln!("stand-in: an unexpected write-stream frame");
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if write.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+}
+
+fn answer_write(answers: &Answers, r: write_request::Reader<'_>, out: &mut Vec<u8>) {
+    let mut message = schema::builder_for(256);
+    let mut reply = message.init_root::<write_frame::Builder>().init_reply();
+    reply.set_id(r.get_id());
+    match r.which() {
+        Ok(write_request::Put(_)) => answers.put(reply.init_put()),
+        Ok(write_request::Txn(_)) => answers.txn(reply.init_txn()),
+        Ok(write_request::DeleteRange(_)) | Err(_) => {
+            let mut e = reply.reborrow().init_error();
+            e.set_code(schema::code::UNIMPLEMENTED);
+            e.set_message("stand-in: not implemented");
+            reply.set_none(());
+        }
+    }
+    write_frame(out, &message);
+}
+
+// ------------------------------------------------------------------ straight to the stand-in
 
 async fn register(socket: &Path) -> Result<client_plane::Client, String> {
     let (registrar, _closed) = schema::dial::<client_registrar::Client>(socket)
@@ -426,6 +521,7 @@ impl Direct {
 
 async fn direct(
     plane: &client_plane::Client,
+    stream: &WriteStream,
     put: bool,
     inflight: usize,
     total: u64,
@@ -435,6 +531,7 @@ async fn direct(
     let mut tasks = Vec::new();
     for c in 0..inflight {
         let plane = plane.clone();
+        let stream = stream.clone();
         let issued = issued.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let mut rng = loadgen::Rng::new(c as u64 + 1);
@@ -444,18 +541,17 @@ async fn direct(
                 issued.set(issued.get() + 1);
                 let key = loadgen::key(rng.below(KEY_SPACE), KEY_SIZE);
                 let t = Instant::now();
-                let result = if put {
-                    let mut request = plane.put_request();
-                    let mut r = request.get().init_request();
-                    r.set_key(&key);
-                    r.set_value(&value);
-                    request.send().promise.await.map(drop)
+                if put {
+                    stream.put(&key, &value).await?;
                 } else {
                     let mut request = plane.range_request();
                     request.get().init_request().set_key(&key);
-                    request.send().promise.await.map(drop)
-                };
-                result.map_err(|e| format!("capnp call: {e}"))?;
+                    request
+                        .send()
+                        .promise
+                        .await
+                        .map_err(|e| format!("capnp call: {e}"))?;
+                }
                 latencies.push(t.elapsed().as_nanos() as u64);
             }
             Ok::<_, String>(latencies)
@@ -468,6 +564,94 @@ async fn direct(
     let elapsed = start.elapsed();
     latencies.sort_unstable();
     Ok(Direct { latencies, elapsed })
+}
+
+/// A bare write-stream client, as the gateway's: requests queued together go in one write, and
+/// replies find their request by id.
+#[derive(Clone)]
+struct WriteStream {
+    next_id: Rc<Cell<u64>>,
+    waiting: Rc<RefCell<HashMap<u64, oneshot::Sender<()>>>>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl WriteStream {
+    async fn connect(path: &Path) -> Result<WriteStream, String> {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("connecting {}: {e}", path.display()))?;
+        let (mut read, mut write) = stream.into_split();
+        let (frames, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
+        let mut hello = capnp::message::Builder::new_default();
+        hello
+            .init_root::<write_frame::Builder>()
+            .set_hello(schema::PROTOCOL_VERSION);
+        let mut first = Vec::new();
+        write_frame(&mut first, &hello);
+        let _ = frames.send(first);
+        tokio::task::spawn_local(async move {
+            let mut batch = Vec::new();
+            while queued.recv_many(&mut batch, 256).await > 0 {
+                let bytes = batch.concat();
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        });
+        let waiting: Rc<RefCell<HashMap<u64, oneshot::Sender<()>>>> = Rc::default();
+        let replies = waiting.clone();
+        tokio::task::spawn_local(async move {
+            let mut buf = FrameBuffer::new();
+            while let Ok(n) = read.read(buf.spare_mut()).await {
+                if n == 0 {
+                    break;
+                }
+                buf.filled(n);
+                while let Ok(Some(frame)) = buf.next_frame() {
+                    let Ok(frame) = frame.get_root::<write_frame::Reader>() else {
+                        continue;
+                    };
+                    if let Ok(write_frame::Reply(Ok(reply))) = frame.which()
+                        && !reply.has_error()
+                        && matches!(reply.which(), Ok(write_reply::Put(_)))
+                        && let Some(waiter) = replies.borrow_mut().remove(&reply.get_id())
+                    {
+                        let _ = waiter.send(());
+                    }
+                }
+            }
+            // Whoever still waits sees the stream end.
+            replies.borrow_mut().clear();
+        });
+        Ok(WriteStream {
+            next_id: Rc::new(Cell::new(1)),
+            waiting,
+            frames,
+        })
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let mut message = schema::builder_for(key.len() + value.len() + 128);
+        {
+            let mut request = message.init_root::<write_frame::Builder>().init_request();
+            request.set_id(id);
+            let mut p = request.init_put();
+            p.set_key(key);
+            p.set_value(value);
+        }
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &message);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, tx);
+        self.frames
+            .send(frame)
+            .map_err(|_| "the write stream's writer stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the write stream ended, or a put was refused".to_string())
+    }
 }
 
 // ------------------------------------------------------------------ a stub gRPC server

@@ -20,6 +20,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("connecting the write stream at {}: {source}", path.display())]
+    WriteStream {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("registering with consensus: {0}")]
     Register(capnp::Error),
 

@@ -109,21 +109,24 @@ async fn start(
 
 #[cfg(test)]
 mod tests {
-    //! A stand-in consensus serving `ClientRegistrar` on a Unix socket, driving the real link,
-    //! gRPC services and listeners through a real gRPC client.
+    //! A stand-in consensus serving `ClientRegistrar` on a Unix socket and the write stream on
+    //! `write.sock` beside it, driving the real link, gRPC services and listeners through a real
+    //! gRPC client.
 
     use super::*;
     use crate::link;
     use crate::proto::etcdserverpb::{
-        AlarmRequest, CompactionRequest, MemberListRequest, PutRequest, RangeRequest, RequestOp,
-        StatusRequest, StatusResponse, TxnRequest, cluster_client::ClusterClient,
-        kv_client::KvClient, maintenance_client::MaintenanceClient, request_op::Request,
+        AlarmRequest, CompactionRequest, DeleteRangeRequest, MemberListRequest, PutRequest,
+        RangeRequest, RequestOp, StatusRequest, StatusResponse, TxnRequest,
+        cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
+        request_op::Request,
     };
+    use crate::writes::stand_in::{ConsensusEnd, Seen};
     use capnp::capability::Rc;
     use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
     use futures::AsyncReadExt;
     use schema::member_capnp::{client_plane, client_registrar};
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -135,9 +138,16 @@ mod tests {
     const CLUSTER: u64 = 0xc1;
     const MEMBER: u64 = 0x31;
 
+    /// The stand-in's store, shared by its plane and its write stream.
+    type Store = std::rc::Rc<RefCell<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+    /// Serves reads only: since protocol 3 writes arrive on the write stream, so a write that
+    /// came here would fail UNIMPLEMENTED.
     #[derive(Default)]
     struct FakePlane {
-        kv: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+        kv: Store,
+        /// Read-only txns served.
+        txns: std::rc::Rc<Cell<u32>>,
     }
 
     impl client_plane::Server for FakePlane {
@@ -159,30 +169,33 @@ mod tests {
             Ok(())
         }
 
-        async fn put(
+        /// A txn of ranges on single keys.
+        async fn txn(
             self: Rc<Self>,
-            params: client_plane::PutParams,
-            mut results: client_plane::PutResults,
+            params: client_plane::TxnParams,
+            mut results: client_plane::TxnResults,
         ) -> Result<(), capnp::Error> {
-            let req = params.get()?.get_request()?;
-            let mut kv = self.kv.borrow_mut();
-            kv.insert(req.get_key()?.to_vec(), req.get_value()?.to_vec());
-            let mut h = results.get().init_response().init_header();
-            h.set_revision(kv.len() as i64);
-            Ok(())
-        }
-
-        async fn delete_range(
-            self: Rc<Self>,
-            params: client_plane::DeleteRangeParams,
-            mut results: client_plane::DeleteRangeResults,
-        ) -> Result<(), capnp::Error> {
-            let key = params.get()?.get_request()?.get_key()?.to_vec();
-            let deleted = self.kv.borrow_mut().remove(&key).is_some();
-            results
-                .get()
-                .init_response()
-                .set_deleted(i64::from(deleted));
+            use schema::member_capnp::request_op;
+            self.txns.set(self.txns.get() + 1);
+            let ops = params.get()?.get_request()?.get_success()?;
+            let kv = self.kv.borrow();
+            let mut r = results.get().init_response();
+            r.reborrow().init_header().set_revision(kv.len() as i64);
+            r.set_succeeded(true);
+            let mut responses = r.init_responses(ops.len());
+            for (i, op) in ops.iter().enumerate() {
+                let request_op::Range(range) = op.which()? else {
+                    return Err(capnp::Error::failed("a write on the plane".into()));
+                };
+                let key = range?.get_key()?;
+                let mut out = responses.reborrow().get(i as u32).init_range();
+                if let Some(value) = kv.get(key) {
+                    out.set_count(1);
+                    let mut found = out.init_kvs(1).get(0);
+                    found.set_key(key);
+                    found.set_value(value);
+                }
+            }
             Ok(())
         }
 
@@ -226,9 +239,23 @@ mod tests {
         }
     }
 
+    /// What the stand-in saw, for tests that drive the write stream themselves.
+    enum Event {
+        Registered(u32),
+        WriteStream(ConsensusEnd),
+    }
+
+    /// Who answers the write stream: the stand-in itself, on its store, or the test.
+    enum Writes {
+        Answer,
+        Hand(tokio::sync::mpsc::UnboundedSender<Event>),
+    }
+
     struct FakeRegistrar {
         listen_url: String,
         tls: crate::registration::TlsFiles,
+        plane: FakePlane,
+        events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
     }
 
     impl client_registrar::Server for FakeRegistrar {
@@ -237,7 +264,11 @@ mod tests {
             params: client_registrar::RegisterParams,
             mut results: client_registrar::RegisterResults,
         ) -> Result<(), capnp::Error> {
-            if params.get()?.get_version() != schema::PROTOCOL_VERSION {
+            let version = params.get()?.get_version();
+            if let Some(events) = &self.events {
+                let _ = events.send(Event::Registered(version));
+            }
+            if version != schema::PROTOCOL_VERSION {
                 return Err(capnp::Error::failed("unsupported protocol version".into()));
             }
             let mut r = results.get();
@@ -255,8 +286,48 @@ mod tests {
             tls.set_key_file(self.tls.key_file.as_str());
             tls.set_trusted_ca_file(self.tls.trusted_ca_file.as_str());
             tls.set_client_cert_auth(self.tls.client_cert_auth);
-            r.set_plane(capnp_rpc::new_client(FakePlane::default()));
+            r.set_plane(capnp_rpc::new_client(FakePlane {
+                kv: self.plane.kv.clone(),
+                txns: self.plane.txns.clone(),
+            }));
             Ok(())
+        }
+    }
+
+    /// The stand-in's side of a write stream: checks hello, then applies puts and deletes to the
+    /// store and refuses txns that write.
+    async fn answer_writes(mut end: ConsensusEnd, kv: Store) {
+        if end.next().await != Some(Seen::Hello(schema::PROTOCOL_VERSION)) {
+            return;
+        }
+        while let Some(seen) = end.next().await {
+            match seen {
+                Seen::Put { id, key, value } => {
+                    let revision = {
+                        let mut kv = kv.borrow_mut();
+                        kv.insert(key, value);
+                        kv.len() as i64
+                    };
+                    end.reply(id, |r| r.init_put().init_header().set_revision(revision))
+                        .await;
+                }
+                Seen::DeleteRange { id, key } => {
+                    let deleted = kv.borrow_mut().remove(&key).is_some();
+                    end.reply(id, |r| {
+                        r.init_delete_range().set_deleted(i64::from(deleted))
+                    })
+                    .await;
+                }
+                Seen::Txn { id, .. } => {
+                    end.refuse(
+                        id,
+                        schema::code::UNIMPLEMENTED,
+                        "stand-in: txns that write are not implemented",
+                    )
+                    .await;
+                }
+                Seen::Hello(_) | Seen::Other => return,
+            }
         }
     }
 
@@ -271,13 +342,60 @@ mod tests {
         listen_url: String,
         tls: crate::registration::TlsFiles,
     ) -> oneshot::Sender<()> {
+        serve(path, listen_url, tls, Writes::Answer, FakePlane::default())
+    }
+
+    /// A stand-in whose write streams the test answers itself: it reports each registration and
+    /// hands over each `write.sock` connection. Also returns how many read-only txns its plane
+    /// served.
+    fn fake_consensus_by_hand(
+        path: PathBuf,
+        listen_url: String,
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::sync::mpsc::UnboundedReceiver<Event>,
+        std::rc::Rc<Cell<u32>>,
+    ) {
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let plane = FakePlane::default();
+        let txns = plane.txns.clone();
+        let stop = serve(
+            path,
+            listen_url,
+            Default::default(),
+            Writes::Hand(events_tx),
+            plane,
+        );
+        (stop, events, txns)
+    }
+
+    fn serve(
+        path: PathBuf,
+        listen_url: String,
+        tls: crate::registration::TlsFiles,
+        writes: Writes,
+        plane: FakePlane,
+    ) -> oneshot::Sender<()> {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        // write.sock first, as consensus binds it before client.sock.
+        let write_path = schema::write_socket_beside(&path);
+        let _ = std::fs::remove_file(&write_path);
+        let write_listener = tokio::net::UnixListener::bind(&write_path).unwrap();
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         tokio::task::spawn_local(async move {
-            let registrar: client_registrar::Client =
-                capnp_rpc::new_client(FakeRegistrar { listen_url, tls });
+            let kv = plane.kv.clone();
+            let registrar: client_registrar::Client = capnp_rpc::new_client(FakeRegistrar {
+                listen_url,
+                tls,
+                plane,
+                events: match &writes {
+                    Writes::Hand(events) => Some(events.clone()),
+                    Writes::Answer => None,
+                },
+            });
             let mut conns = JoinSet::new();
+            let mut streams = JoinSet::new();
             let accept = async {
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
@@ -294,11 +412,27 @@ mod tests {
                     ));
                 }
             };
+            let accept_writes = async {
+                loop {
+                    let (stream, _) = write_listener.accept().await.unwrap();
+                    let end = ConsensusEnd::new(stream);
+                    match &writes {
+                        Writes::Answer => {
+                            streams.spawn_local(answer_writes(end, kv.clone()));
+                        }
+                        Writes::Hand(events) => {
+                            let _ = events.send(Event::WriteStream(end));
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 () = accept => {}
+                () = accept_writes => {}
                 _ = stop_rx => {}
             }
             let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&write_path);
         });
         stop_tx
     }
@@ -398,7 +532,8 @@ mod tests {
                     err.message(),
                     "etcdserver: mvcc: required revision has been compacted"
                 );
-                // Consensus does not implement txn: the call fails, the gateway stays up.
+                // Consensus refuses a txn that writes (on the write stream): its code reaches the
+                // client, the gateway stays up.
                 let txn = TxnRequest {
                     compare: vec![],
                     success: vec![op("a")],
@@ -501,6 +636,227 @@ mod tests {
                 let (link, registrations) = link::spawn(socket).unwrap();
                 let result = run(link, registrations, std::future::pending()).await;
                 assert!(matches!(result, Err(Error::Tls(_))), "{result:?}");
+            })
+            .await;
+    }
+
+    async fn event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("the stand-in saw nothing in time")
+            .expect("the stand-in stopped")
+    }
+
+    /// A registration with our version, then a write stream whose first frame is our hello.
+    async fn registered_and_connected(
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    ) -> ConsensusEnd {
+        match event(events).await {
+            Event::Registered(v) => assert_eq!(v, schema::PROTOCOL_VERSION),
+            Event::WriteStream(_) => panic!("a write stream before registering"),
+        }
+        let mut end = match event(events).await {
+            Event::WriteStream(end) => end,
+            Event::Registered(_) => panic!("registered again instead of connecting"),
+        };
+        assert_eq!(seen(&mut end).await, Seen::Hello(schema::PROTOCOL_VERSION));
+        end
+    }
+
+    async fn seen(end: &mut ConsensusEnd) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), end.next())
+            .await
+            .expect("the gateway sent nothing in time")
+            .expect("the gateway closed the write stream")
+    }
+
+    /// Writes go over `write.sock` and their replies, responses or refusals, reach the gRPC
+    /// client; a read-only txn stays a `ClientPlane` call; losing the write stream with a write
+    /// in flight fails that write UNAVAILABLE and makes the gateway register again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn writes_travel_on_the_write_stream_and_survive_losing_it() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let socket = schema::client_socket(dir.path());
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let (stop, mut events, plane_txns) =
+                    fake_consensus_by_hand(socket.clone(), url.clone());
+                let (link, registrations) = link::spawn(socket).unwrap();
+                tokio::spawn(run(link, registrations, std::future::pending()));
+                let mut end = registered_and_connected(&mut events).await;
+                let mut kv = KvClient::new(connect(&url).await);
+
+                // A put arrives as a request frame; the reply's response reaches the client, its
+                // header completed with the registration's IDs.
+                let pending = tokio::spawn({
+                    let mut kv = kv.clone();
+                    async move { kv.put(put("foo", "bar")).await }
+                });
+                let Seen::Put { id, key, value } = seen(&mut end).await else {
+                    panic!("expected a put");
+                };
+                assert_eq!(
+                    (key.as_slice(), value.as_slice()),
+                    (&b"foo"[..], &b"bar"[..])
+                );
+                end.reply(id, |r| {
+                    let mut p = r.init_put();
+                    p.reborrow().init_header().set_revision(9);
+                    let mut prev = p.init_prev_kv();
+                    prev.set_key(b"foo");
+                    prev.set_value(b"old");
+                })
+                .await;
+                let resp = pending.await.unwrap().unwrap().into_inner();
+                let h = resp.header.unwrap();
+                assert_eq!(
+                    (h.cluster_id, h.member_id, h.revision),
+                    (CLUSTER, MEMBER, 9)
+                );
+                assert_eq!(resp.prev_kv.unwrap().value, b"old");
+
+                // A refusal reaches the client with consensus's code and message.
+                let pending = tokio::spawn({
+                    let mut kv = kv.clone();
+                    async move { kv.put(put("leased", "v")).await }
+                });
+                let Seen::Put { id: refused, .. } = seen(&mut end).await else {
+                    panic!("expected a put");
+                };
+                assert_ne!(refused, id);
+                end.refuse(
+                    refused,
+                    schema::code::NOT_FOUND,
+                    "etcdserver: requested lease not found",
+                )
+                .await;
+                let err = pending.await.unwrap().unwrap_err();
+                assert_eq!(err.code(), Code::NotFound);
+                assert_eq!(err.message(), "etcdserver: requested lease not found");
+
+                // A read-only txn is a plane call: nothing on the stream (the next frame there
+                // is the write txn below).
+                let range_op = RequestOp {
+                    request: Some(Request::RequestRange(get("foo"))),
+                };
+                let txn = TxnRequest {
+                    compare: vec![],
+                    success: vec![range_op],
+                    failure: vec![],
+                };
+                let resp = kv.txn(txn).await.unwrap().into_inner();
+                assert!(resp.succeeded);
+                assert_eq!(plane_txns.get(), 1);
+
+                // A txn that writes and a delete take the stream.
+                let pending = tokio::spawn({
+                    let mut kv = kv.clone();
+                    let op = RequestOp {
+                        request: Some(Request::RequestPut(put("t", "v"))),
+                    };
+                    async move {
+                        kv.txn(TxnRequest {
+                            compare: vec![],
+                            success: vec![op],
+                            failure: vec![],
+                        })
+                        .await
+                    }
+                });
+                let Seen::Txn { id, success: 1 } = seen(&mut end).await else {
+                    panic!("expected a txn with one op");
+                };
+                end.reply(id, |r| r.init_txn().set_succeeded(true)).await;
+                assert!(pending.await.unwrap().unwrap().into_inner().succeeded);
+                let pending = tokio::spawn({
+                    let mut kv = kv.clone();
+                    async move {
+                        kv.delete_range(DeleteRangeRequest {
+                            key: b"foo".to_vec(),
+                            ..Default::default()
+                        })
+                        .await
+                    }
+                });
+                let Seen::DeleteRange { id, key } = seen(&mut end).await else {
+                    panic!("expected a deleteRange");
+                };
+                assert_eq!(key, b"foo");
+                end.reply(id, |r| r.init_delete_range().set_deleted(1))
+                    .await;
+                assert_eq!(pending.await.unwrap().unwrap().into_inner().deleted, 1);
+                assert_eq!(plane_txns.get(), 1);
+
+                // The stand-in closes write.sock with a put in flight: it fails UNAVAILABLE.
+                let pending = tokio::spawn({
+                    let mut kv = kv.clone();
+                    async move { kv.put(put("lost", "v")).await }
+                });
+                assert!(matches!(seen(&mut end).await, Seen::Put { .. }));
+                drop(end);
+                let err = pending.await.unwrap().unwrap_err();
+                assert_eq!(err.code(), Code::Unavailable);
+                assert!(
+                    err.message().contains("lost the connection to consensus"),
+                    "{}",
+                    err.message()
+                );
+
+                // The gateway registers again, connects a new stream, and writes work again.
+                let mut end = registered_and_connected(&mut events).await;
+                let pending = tokio::spawn(async move { kv.put(put("again", "v")).await });
+                let Seen::Put { id, key, .. } = seen(&mut end).await else {
+                    panic!("expected a put");
+                };
+                assert_eq!(key, b"again");
+                end.reply(id, |r| r.init_put().init_header().set_revision(10))
+                    .await;
+                let resp = pending.await.unwrap().unwrap().into_inner();
+                assert_eq!(resp.header.unwrap().revision, 10);
+                drop(stop);
+            })
+            .await;
+    }
+
+    /// A registration whose write stream cannot be connected is never used: the gateway
+    /// registers again until the stream is there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_a_write_stream_the_gateway_registers_again() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let socket = schema::client_socket(dir.path());
+                let write_socket = schema::write_socket_beside(&socket);
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let (_stop, mut events, _) = fake_consensus_by_hand(socket.clone(), url.clone());
+                std::fs::remove_file(&write_socket).unwrap();
+                let (link, registrations) = link::spawn(socket).unwrap();
+                tokio::spawn(run(link, registrations, std::future::pending()));
+                for _ in 0..2 {
+                    match event(&mut events).await {
+                        Event::Registered(v) => assert_eq!(v, schema::PROTOCOL_VERSION),
+                        Event::WriteStream(_) => panic!("connected a removed socket"),
+                    }
+                }
+
+                // write.sock is back: a later registration connects it and serves writes.
+                let listener = tokio::net::UnixListener::bind(&write_socket).unwrap();
+                let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                    .await
+                    .expect("the gateway did not connect write.sock")
+                    .unwrap();
+                let mut end = ConsensusEnd::new(stream);
+                assert_eq!(seen(&mut end).await, Seen::Hello(schema::PROTOCOL_VERSION));
+                let mut kv = KvClient::new(connect(&url).await);
+                let pending = tokio::spawn(async move { kv.put(put("k", "v")).await });
+                let Seen::Put { id, .. } = seen(&mut end).await else {
+                    panic!("expected a put");
+                };
+                end.reply(id, |r| r.init_put().init_header().set_revision(3))
+                    .await;
+                let resp = pending.await.unwrap().unwrap().into_inner();
+                assert_eq!(resp.header.unwrap().revision, 3);
             })
             .await;
     }

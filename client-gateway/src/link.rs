@@ -1,10 +1,11 @@
 //! The link to consensus. capnp-rpc is `!Send`, so it lives on its own thread (current-thread
 //! runtime + `LocalSet`). The thread keeps the gateway registered, re-dialing with a short backoff
 //! whenever consensus goes away, and runs client requests, sent to it as jobs, on the current
-//! registration's `ClientPlane`.
+//! registration's `ClientPlane` and write stream (`write.sock`, connected after each
+//! registration; losing it counts as losing consensus).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::plane::Session;
 use crate::registration::{self, Registered, Registration};
+use crate::writes;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -144,39 +146,27 @@ async fn stay_registered(
     sessions: watch::Sender<Option<Session>>,
     registered: mpsc::UnboundedSender<Registration>,
 ) {
+    let write_socket = schema::write_socket_beside(&socket);
     let mut backoff = MIN_BACKOFF;
     // Log an outage once, not on every retry.
     let mut outage_logged = false;
     while !registered.is_closed() {
         match registration::register(&socket).await {
-            Ok(Registered {
-                plane,
-                registration,
-                closed,
-            }) => {
-                let id = &registration.identity;
-                info!(
-                    member_id = %format_args!("{:x}", id.member_id),
-                    cluster_id = %format_args!("{:x}", id.cluster_id),
-                    name = %id.name,
-                    "registered with consensus"
-                );
-                sessions.send_replace(Some(Session {
-                    plane,
-                    cluster_id: id.cluster_id,
-                    member_id: id.member_id,
-                }));
-                if registered.send(registration).is_err() {
-                    return;
+            Ok(r) => match serve(r, &write_socket, &sessions, &registered).await {
+                Served::Lost(why) => {
+                    warn!(reason = %why, "lost consensus; re-registering");
+                    backoff = MIN_BACKOFF;
+                    outage_logged = true;
                 }
-                backoff = MIN_BACKOFF;
-                let why = closed
-                    .await
-                    .unwrap_or_else(|_| "connection task ended".to_string());
-                sessions.send_replace(None);
-                warn!(reason = %why, "lost consensus; re-registering");
-                outage_logged = true;
-            }
+                Served::NoStream(why) if !outage_logged => {
+                    warn!(reason = %why, "no write stream to consensus; re-registering");
+                    outage_logged = true;
+                }
+                Served::NoStream(why) => {
+                    debug!(reason = %why, "still no write stream to consensus")
+                }
+                Served::Stopped => return,
+            },
             Err(e) if !outage_logged => {
                 warn!(error = %e, "cannot register with consensus; retrying");
                 outage_logged = true;
@@ -186,6 +176,64 @@ async fn stay_registered(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// How one registration ended.
+enum Served {
+    /// It was in use until consensus, or its write stream, went away.
+    Lost(String),
+    /// Its write stream could not be connected, so it was never used.
+    NoStream(String),
+    /// Nobody listens for registrations any more.
+    Stopped,
+}
+
+/// Connects the registration's write stream, then offers the session to requests until the RPC
+/// connection or the stream ends. A session always has a working write stream.
+async fn serve(
+    r: Registered,
+    write_socket: &Path,
+    sessions: &watch::Sender<Option<Session>>,
+    registered: &mpsc::UnboundedSender<Registration>,
+) -> Served {
+    let Registered {
+        plane,
+        registration,
+        mut closed,
+    } = r;
+    let rpc_ended = |why: Result<String, _>| why.unwrap_or_else(|_| "connection task ended".into());
+    let connected = tokio::select! {
+        why = &mut closed => Err(rpc_ended(why)),
+        c = writes::connect(write_socket) => c.map_err(|e| e.to_string()),
+    };
+    let (writes, mut stream) = match connected {
+        Ok(c) => c,
+        Err(why) => return Served::NoStream(why),
+    };
+    let id = &registration.identity;
+    info!(
+        member_id = %format_args!("{:x}", id.member_id),
+        cluster_id = %format_args!("{:x}", id.cluster_id),
+        name = %id.name,
+        "registered with consensus"
+    );
+    sessions.send_replace(Some(Session {
+        plane,
+        writes,
+        cluster_id: id.cluster_id,
+        member_id: id.member_id,
+    }));
+    if registered.send(registration).is_err() {
+        return Served::Stopped;
+    }
+    let why = tokio::select! {
+        why = &mut closed => rpc_ended(why),
+        why = stream.ended() => why,
+    };
+    sessions.send_replace(None);
+    // Writes still waiting fail now rather than when consensus would have answered.
+    stream.close(&why);
+    Served::Lost(why)
 }
 
 #[cfg(test)]

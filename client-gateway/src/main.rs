@@ -17,6 +17,7 @@ mod registration;
 mod tls;
 mod to_capnp;
 mod validate;
+mod writes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,5 +1,6 @@
-//! One call on consensus's `ClientPlane` per client request: encode, send, decode the answer.
-//! Runs on the link thread (capnp is `!Send`).
+//! One call to consensus per client request: encode, send, decode the answer. Writes (put,
+//! deleteRange, a txn that writes) go on the registration's write stream (`writes.rs`), the rest
+//! is a call on its `ClientPlane`. Runs on the link thread (capnp is `!Send`).
 
 use schema::member_capnp::client_plane;
 use tonic::Status;
@@ -11,11 +12,14 @@ use crate::proto::etcdserverpb::{
     ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::to_capnp;
+use crate::validate;
+use crate::writes::Writes;
 
-/// The plane of the current registration, with the identity it came with.
+/// The plane and write stream of the current registration, with the identity it came with.
 #[derive(Clone)]
 pub struct Session {
     pub plane: client_plane::Client,
+    pub writes: Writes,
     pub cluster_id: u64,
     pub member_id: u64,
 }
@@ -62,9 +66,7 @@ pub async fn range(s: Session, req: RangeRequest) -> Result<RangeResponse, Statu
 }
 
 pub async fn put(s: Session, req: PutRequest) -> Result<PutResponse, Status> {
-    let mut call = s.plane.put_request();
-    to_capnp::put(&req, call.get().init_request());
-    let mut resp = answer!(call.send().promise.await, from_capnp::put);
+    let mut resp = s.writes.put(req).await?;
     s.fill(&mut resp.header);
     Ok(resp)
 }
@@ -73,17 +75,20 @@ pub async fn delete_range(
     s: Session,
     req: DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, Status> {
-    let mut call = s.plane.delete_range_request();
-    to_capnp::delete_range(&req, call.get().init_request());
-    let mut resp = answer!(call.send().promise.await, from_capnp::delete_range);
+    let mut resp = s.writes.delete_range(req).await?;
     s.fill(&mut resp.header);
     Ok(resp)
 }
 
+/// A read-only txn is served without raft, so it stays a `ClientPlane` call like a range.
 pub async fn txn(s: Session, req: TxnRequest) -> Result<TxnResponse, Status> {
-    let mut call = s.plane.txn_request();
-    to_capnp::txn(&req, call.get().init_request())?;
-    let mut resp = answer!(call.send().promise.await, from_capnp::txn);
+    let mut resp = if validate::txn_is_read_only(&req) {
+        let mut call = s.plane.txn_request();
+        to_capnp::txn(&req, call.get().init_request())?;
+        answer!(call.send().promise.await, from_capnp::txn)
+    } else {
+        s.writes.txn(req).await?
+    };
     s.fill(&mut resp.header);
     Ok(resp)
 }

@@ -1,19 +1,24 @@
 //! consensus alone, measured through its client plane: the real `consensus` binary as a single
-//! member (data dir on disk, fsync on), no gateways, dialed over `client.sock` with Cap'n Proto the
-//! way the client gateway does. Puts with 1, 16 and 128 in flight: writes/s, latency, and from the
-//! member's own counters how many fsyncs it did and how many writes shared one. Then reads
-//! (serializable and linearizable) for comparison.
+//! member (data dir on disk, fsync on), no gateways, dialed the way the client gateway does:
+//! registration and reads over `client.sock` (capnp-rpc), puts as `WriteFrame`s on `write.sock`.
+//! Puts with 1, 16 and 128 in flight: writes/s, latency, and from the member's own counters how
+//! many fsyncs it did and how many writes shared one. Then reads (serializable and linearizable)
+//! for comparison.
 //!
 //!   cargo build --release --bins && cargo bench -p consensus --bench consensus_plane
 //!   cargo bench -p consensus --bench consensus_plane -- --quick     # a few requests per row
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use schema::member_capnp::{client_plane, client_registrar};
+use schema::member_capnp::{client_plane, client_registrar, write_frame, write_reply};
+use schema::stream::{FrameBuffer, write_frame as put_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 #[path = "support/process.rs"]
 mod process;
@@ -92,6 +97,7 @@ async fn bench(data_dir: &Path, budget: Budget, pid: u32) -> Result<(), String> 
         .get()
         .and_then(|r| r.get_plane())
         .map_err(|e| format!("register: {e}"))?;
+    let writes = Writes::connect(&schema::write_socket(data_dir)).await?;
 
     // A single member elects itself after one election timeout.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -103,7 +109,7 @@ async fn bench(data_dir: &Path, budget: Budget, pid: u32) -> Result<(), String> 
     }
 
     println!(
-        "consensus alone: one member, client.sock, fsync on; puts of {KEY_SIZE}-byte keys (random of {KEY_SPACE}), {VAL_SIZE}-byte values"
+        "consensus alone: one member, puts on write.sock, reads on client.sock, fsync on; puts of {KEY_SIZE}-byte keys (random of {KEY_SPACE}), {VAL_SIZE}-byte values"
     );
     println!(
         "{:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12} {:>11} {:>12}",
@@ -124,6 +130,7 @@ async fn bench(data_dir: &Path, budget: Budget, pid: u32) -> Result<(), String> 
     // A few puts first so the first row does not pay for RocksDB's first writes.
     run(
         &plane,
+        &writes,
         Workload::Put,
         4,
         Budget {
@@ -136,7 +143,7 @@ async fn bench(data_dir: &Path, budget: Budget, pid: u32) -> Result<(), String> 
     for inflight in [1, 16, 128] {
         let before = metrics(&plane).await?;
         let cpu_before = cpu_time(pid);
-        let r = run(&plane, Workload::Put, inflight, budget).await?;
+        let r = run(&plane, &writes, Workload::Put, inflight, budget).await?;
         let cpu = cpu_us_per(cpu_before, cpu_time(pid), r.latencies.len() as u64);
         let after = metrics(&plane).await?;
         let fsyncs = after.fsyncs - before.fsyncs;
@@ -184,7 +191,7 @@ async fn bench(data_dir: &Path, budget: Budget, pid: u32) -> Result<(), String> 
         for inflight in [1, 128] {
             let before = metrics(&plane).await?;
             let cpu_before = cpu_time(pid);
-            let r = run(&plane, workload, inflight, budget).await?;
+            let r = run(&plane, &writes, workload, inflight, budget).await?;
             let cpu = cpu_us_per(cpu_before, cpu_time(pid), r.latencies.len() as u64);
             let after = metrics(&plane).await?;
             let read_indexes = after.read_indexes - before.read_indexes;
@@ -245,6 +252,7 @@ impl Run {
 /// `inflight` concurrent callers on the one connection until the budget is spent.
 async fn run(
     plane: &client_plane::Client,
+    writes: &Writes,
     workload: Workload,
     inflight: usize,
     budget: Budget,
@@ -257,6 +265,7 @@ async fn run(
     let mut tasks = Vec::new();
     for c in 0..inflight {
         let plane = plane.clone();
+        let writes = writes.clone();
         let issued = issued.clone();
         let latencies = latencies.clone();
         let failure = failure.clone();
@@ -277,7 +286,7 @@ async fn run(
                 let key = format!("{k:0KEY_SIZE$}");
                 let t = Instant::now();
                 let result = match workload {
-                    Workload::Put => put(&plane, key.as_bytes(), &value).await,
+                    Workload::Put => writes.put(key.as_bytes(), &value).await,
                     Workload::Range { serializable } => {
                         range(&plane, key.as_bytes(), serializable).await
                     }
@@ -303,31 +312,113 @@ async fn run(
     Ok(Run { latencies, elapsed })
 }
 
-async fn put(plane: &client_plane::Client, key: &[u8], value: &[u8]) -> Result<(), String> {
-    let mut request = plane.put_request();
-    {
-        let mut r = request.get().init_request();
-        r.set_key(key);
-        r.set_value(value);
+/// Callers waiting for a reply, by request ID.
+type Waiting = Rc<RefCell<HashMap<u64, oneshot::Sender<Result<(), String>>>>>;
+
+/// The write stream, as the client gateway uses it: requests go out as frames through one writer
+/// task, a reader task matches replies to waiting callers by ID.
+#[derive(Clone)]
+struct Writes {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Waiting,
+    next_id: Rc<Cell<u64>>,
+}
+
+impl Writes {
+    async fn connect(path: &Path) -> Result<Writes, String> {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("dialing {}: {e}", path.display()))?;
+        let (mut reader, mut writer) = stream.into_split();
+        let (frames, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
+        let mut hello = capnp::message::Builder::new_default();
+        hello
+            .init_root::<write_frame::Builder>()
+            .set_hello(schema::PROTOCOL_VERSION);
+        let mut first = Vec::new();
+        put_frame(&mut first, &hello);
+        let _ = frames.send(first);
+        tokio::task::spawn_local(async move {
+            let mut out = Vec::new();
+            while let Some(frame) = queued.recv().await {
+                out.extend(frame);
+                while let Ok(more) = queued.try_recv() {
+                    out.extend(more);
+                }
+                if writer.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        });
+        let pending: Waiting = Rc::default();
+        let replies = pending.clone();
+        tokio::task::spawn_local(async move {
+            let mut input = FrameBuffer::new();
+            loop {
+                match reader.read(input.spare_mut()).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => input.filled(n),
+                }
+                while let Ok(Some(frame)) = input.next_frame() {
+                    let Ok(root) = frame.get_root::<write_frame::Reader>() else {
+                        continue;
+                    };
+                    let Ok(write_frame::Reply(Ok(r))) = root.which() else {
+                        continue;
+                    };
+                    let answer = match r.which() {
+                        Ok(write_reply::None(())) => Err(r
+                            .get_error()
+                            .map(|e| {
+                                format!(
+                                    "put refused: code {} {}",
+                                    e.get_code(),
+                                    e.get_message()
+                                        .ok()
+                                        .and_then(|m| m.to_string().ok())
+                                        .unwrap_or_default()
+                                )
+                            })
+                            .unwrap_or_else(|e| format!("put: {e}"))),
+                        _ => Ok(()),
+                    };
+                    if let Some(waiter) = replies.borrow_mut().remove(&r.get_id()) {
+                        let _ = waiter.send(answer);
+                    }
+                }
+            }
+            // Callers still waiting learn that the stream is gone.
+            replies.borrow_mut().clear();
+        });
+        Ok(Writes {
+            frames,
+            pending,
+            next_id: Rc::new(Cell::new(1)),
+        })
     }
-    let reply = request
-        .send()
-        .promise
-        .await
-        .map_err(|e| format!("put: {e}"))?;
-    let results = reply.get().map_err(|e| format!("put: {e}"))?;
-    if results.has_error() {
-        let s = results.get_error().map_err(|e| format!("put: {e}"))?;
-        return Err(format!(
-            "put refused: code {} {}",
-            s.get_code(),
-            s.get_message()
-                .ok()
-                .and_then(|m| m.to_string().ok())
-                .unwrap_or_default()
-        ));
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let mut message = schema::builder_for(key.len() + value.len() + 64);
+        {
+            let mut r = message.init_root::<write_frame::Builder>().init_request();
+            r.set_id(id);
+            let mut p = r.init_put();
+            p.set_key(key);
+            p.set_value(value);
+        }
+        let mut frame = Vec::new();
+        put_frame(&mut frame, &message);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        self.frames
+            .send(frame)
+            .map_err(|_| "the write stream is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the write stream closed with the put in flight".to_string())?
     }
-    Ok(())
 }
 
 async fn range(plane: &client_plane::Client, key: &[u8], serializable: bool) -> Result<(), String> {

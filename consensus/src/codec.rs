@@ -170,6 +170,19 @@ pub fn encode_proposal(
     Ok(capnp::serialize::write_message_to_words(&msg))
 }
 
+/// The backstop behind the client gateway's exact request-size check: it allows for Cap'n Proto's
+/// larger encoding (word padding, pointers) of the same request.
+pub fn check_encoded_size(
+    len: usize,
+    max_request_bytes: u64,
+) -> Result<(), crate::etcd_error::EtcdError> {
+    const ENCODING_HEADROOM: u64 = 64 * 1024;
+    if len as u64 > max_request_bytes + ENCODING_HEADROOM {
+        return Err(crate::etcd_error::request_too_large());
+    }
+    Ok(())
+}
+
 pub fn encode_member(m: &MemberInfo) -> Vec<u8> {
     let mut msg = capnp::message::Builder::new_default();
     write_member(msg.init_root(), m);

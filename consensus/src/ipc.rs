@@ -4,7 +4,6 @@
 //! once the read index allows. It also accepts the raft stream (`raft.sock`) and hands the
 //! connection to the raft thread, which carries raft messages on it itself.
 
-use std::cell::Cell;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -66,7 +65,6 @@ use crate::storage::Db;
 
 struct State {
     ctx: Context,
-    next_request: Cell<u64>,
 }
 
 impl State {
@@ -79,12 +77,8 @@ impl State {
         }
     }
 
-    /// Request IDs unique across members (as etcd's idutil): the member ID's low 16 bits, then a
-    /// counter seeded from the clock so a restarted member does not reuse its old IDs.
     fn request_id(&self) -> u64 {
-        let id = self.next_request.get();
-        self.next_request.set(id.wrapping_add(1));
-        (self.ctx.identity.member_id << 48) | (id & ((1 << 48) - 1))
+        self.ctx.shared.request_id(self.ctx.identity.member_id)
     }
 
     fn send(&self, cmd: Command) -> Result<(), EtcdError> {
@@ -99,12 +93,7 @@ impl State {
     ) -> Result<Applied, EtcdError> {
         let id = self.request_id();
         let data = codec::encode_proposal(id, size, fill).map_err(ee::internal)?;
-        // The client gateway applies etcd's exact limit to the protobuf request; this backstop
-        // allows for Cap'n Proto's larger encoding (word padding, pointers) of the same request.
-        const ENCODING_HEADROOM: u64 = 64 * 1024;
-        if data.len() as u64 > self.ctx.gateways.max_request_bytes + ENCODING_HEADROOM {
-            return Err(ee::request_too_large());
-        }
+        codec::check_encoded_size(data.len(), self.ctx.gateways.max_request_bytes)?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Propose { id, data, reply })?;
         match tokio::time::timeout(self.ctx.request_timeout, rx).await {
@@ -191,28 +180,34 @@ impl peer_registrar::Server for PeerRegistrar {
     }
 }
 
-/// Hands each raft-stream connection to the raft thread, which checks its hello.
-async fn accept_raft_streams(listener: tokio::net::UnixListener, state: Rc<State>) {
+/// Hands each connection to a stream socket (`raft.sock`, `write.sock`) to the raft thread,
+/// which checks its hello and then reads and writes it itself.
+async fn accept_streams(
+    listener: tokio::net::UnixListener,
+    state: Rc<State>,
+    socket: &'static str,
+    command: fn(std::os::unix::net::UnixStream) -> Command,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                warn!("raft socket: accept failed: {e}");
+                warn!("{socket}: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         if let Err(why) = peer_uid_allowed(&stream) {
-            warn!("raft socket: refusing a connection: {why}");
+            warn!("{socket}: refusing a connection: {why}");
             continue;
         }
         match stream.into_std() {
             Ok(stream) => {
-                if state.send(Command::PeerStream(stream)).is_err() {
+                if state.send(command(stream)).is_err() {
                     return;
                 }
             }
-            Err(e) => warn!("raft socket: cannot take over a connection: {e}"),
+            Err(e) => warn!("{socket}: cannot take over a connection: {e}"),
         }
     }
 }
@@ -575,38 +570,45 @@ async fn accept_loop(
 pub struct Sockets {
     pub peer: PathBuf,
     pub raft: PathBuf,
+    pub write: PathBuf,
     pub client: PathBuf,
 }
 
 /// Runs the IPC thread until the process stops. `ready` fires once both sockets accept.
 pub fn run(ctx: Context, sockets: Sockets, ready: std::sync::mpsc::Sender<Result<()>>) {
     tokio_uring::start(async move {
-        let (peer, raft, client) = match (
-            bind(&sockets.peer),
-            bind(&sockets.raft),
-            bind(&sockets.client),
-        ) {
-            (Ok(p), Ok(r), Ok(c)) => (p, r, c),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+        // client.sock last: start-node.sh takes it as the sign that all of them are there.
+        let bound = bind(&sockets.peer).and_then(|peer| {
+            let raft = bind(&sockets.raft)?;
+            let write = bind(&sockets.write)?;
+            Ok((peer, raft, write, bind(&sockets.client)?))
+        });
+        let (peer, raft, write, client) = match bound {
+            Ok(listeners) => listeners,
+            Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         let mut ctx = ctx;
         let compactor = ctx.compactor.take();
-        let state = Rc::new(State {
-            ctx,
-            next_request: Cell::new(seed << 8),
-        });
+        let state = Rc::new(State { ctx });
         let peer_bootstrap: peer_registrar::Client =
             capnp_rpc::new_client(PeerRegistrar(state.clone()));
         let client_bootstrap: client_registrar::Client =
             capnp_rpc::new_client(ClientRegistrar(state.clone()));
-        tokio::task::spawn_local(accept_raft_streams(raft, state.clone()));
+        tokio::task::spawn_local(accept_streams(
+            raft,
+            state.clone(),
+            "raft.sock",
+            Command::PeerStream,
+        ));
+        tokio::task::spawn_local(accept_streams(
+            write,
+            state.clone(),
+            "write.sock",
+            Command::WriteStream,
+        ));
         if let Some(compactor) = compactor {
             tokio::task::spawn_local(auto_compact(state.clone(), compactor));
         }

@@ -10,6 +10,7 @@ pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod etcd_error;
+pub mod frame_stream;
 pub mod ids;
 pub mod inbox;
 pub mod ipc;
@@ -19,6 +20,7 @@ pub mod peer_stream;
 pub mod raft_log_bridge;
 pub mod raft_loop;
 pub mod storage;
+pub mod write_stream;
 
 /// The etcd release whose API and behaviour this member matches, reported by `Status`.
 pub const ETCD_VERSION: &str = "3.4.23";

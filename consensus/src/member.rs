@@ -16,8 +16,9 @@ use crate::codec::MemberInfo;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ipc::{self, Context, GatewayConfig, Sockets, TlsFiles};
-use crate::raft_loop::{RaftLoop, Shared};
+use crate::raft_loop::{RaftLoop, Settings, Shared};
 use crate::storage::Db;
+use crate::write_stream::Limits;
 use crate::{cluster, ids, mvcc};
 
 fn path_text(p: &Option<std::path::PathBuf>) -> String {
@@ -100,6 +101,11 @@ pub fn run(config: Config) -> Result<()> {
     });
     shared.applied.store(applied, Ordering::Relaxed);
     shared.revision.store(revision, Ordering::Relaxed);
+    let clock_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    shared.next_request.store(clock_ms << 8, Ordering::Relaxed);
 
     let raft_config = raft::Config {
         id: identity.member_id,
@@ -133,7 +139,27 @@ pub fn run(config: Config) -> Result<()> {
         is_learner: false,
     };
     let tick = Duration::from_millis(config.heartbeat_interval);
-    let raft_loop = RaftLoop::new(node, db.clone(), inbox, shared.clone(), tick, me, applied);
+    let gateways = gateway_config(&config);
+    // etcd's request timeout: 5s plus two election timeouts.
+    let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout);
+    let settings = Settings {
+        tick,
+        cluster_id: identity.cluster_id,
+        limits: Limits {
+            max_request_bytes: gateways.max_request_bytes,
+            max_txn_ops: gateways.max_txn_ops,
+        },
+        request_timeout,
+    };
+    let raft_loop = RaftLoop::new(
+        node,
+        db.clone(),
+        inbox,
+        shared.clone(),
+        settings,
+        me,
+        applied,
+    );
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -147,12 +173,14 @@ pub fn run(config: Config) -> Result<()> {
     let sockets = Sockets {
         peer: schema::peer_socket(dir),
         raft: schema::raft_socket(dir),
+        write: schema::write_socket(dir),
         client: schema::client_socket(dir),
     };
     let socket_paths = [
         sockets.peer.clone(),
         sockets.client.clone(),
         sockets.raft.clone(),
+        sockets.write.clone(),
     ];
     let compactor = config.compaction_retention().map(|retention| {
         info!(
@@ -165,12 +193,11 @@ pub fn run(config: Config) -> Result<()> {
     let ctx = Context {
         compactor,
         identity: identity.clone(),
-        gateways: gateway_config(&config),
+        gateways,
         db,
         shared,
         commands: commands_tx,
-        // etcd's request timeout: 5s plus two election timeouts.
-        request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout),
+        request_timeout,
     };
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()

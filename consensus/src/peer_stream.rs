@@ -3,16 +3,15 @@
 //! itself. A message so costs one process hop each way instead of three (IPC thread, its reply, the
 //! raft thread), which is most of a replicated write's latency on a small machine.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use schema::member_capnp::peer_frame;
-use schema::stream::{FrameBuffer, write_frame};
 use tracing::{debug, warn};
 
+use crate::frame_stream::{Frame, FrameStream};
 use crate::raft_loop::is_snapshot;
 
 /// What the peer gateway told the raft thread.
@@ -26,14 +25,9 @@ pub enum Event {
 /// Output the gateway has not taken yet, at most; beyond it messages are dropped (raft resends,
 /// and a gateway this far behind is stuck or gone).
 const MAX_PENDING_OUTPUT: usize = 64 << 20;
-/// Read at most this much per call, so a flood of input cannot hold off ticks and Readies.
-const READ_BUDGET: usize = 4 << 20;
 
 pub struct PeerStream {
-    sock: UnixStream,
-    input: FrameBuffer,
-    output: Vec<u8>,
-    written: usize,
+    frames: FrameStream,
     greeted: bool,
     /// This member: messages for anyone else are dropped.
     me: u64,
@@ -41,121 +35,33 @@ pub struct PeerStream {
 
 impl PeerStream {
     pub fn new(sock: UnixStream, me: u64) -> std::io::Result<PeerStream> {
-        sock.set_nonblocking(true)?;
         Ok(PeerStream {
-            sock,
-            input: FrameBuffer::new(),
-            output: Vec::new(),
-            written: 0,
+            frames: FrameStream::new(sock, "the peer gateway")?,
             greeted: false,
             me,
         })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.frames.fd()
     }
 
     /// Whether output is waiting for the socket to take it.
     pub fn wants_write(&self) -> bool {
-        self.written < self.output.len()
+        self.frames.wants_write()
     }
 
     /// Reads what has arrived and decodes it into `events`. An error means the stream is over
     /// (closed, failed or corrupt); events decoded before it are still valid.
     pub fn read(&mut self, events: &mut Vec<Event>) -> Result<(), String> {
-        let mut budget = READ_BUDGET;
-        loop {
-            match self.sock.read(self.input.spare_mut()) {
-                Ok(0) => {
-                    return Err(if self.input.partial() > 0 {
-                        "the peer gateway closed the stream in the middle of a frame".into()
-                    } else {
-                        "the peer gateway closed the stream".into()
-                    });
-                }
-                Ok(n) => {
-                    self.input.filled(n);
-                    self.decode(events)?;
-                    budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading the stream: {e}")),
-            }
-        }
-    }
-
-    fn decode(&mut self, events: &mut Vec<Event>) -> Result<(), String> {
-        while let Some(frame) = self.input.next_frame()? {
-            let frame = frame
-                .get_root::<peer_frame::Reader>()
-                .map_err(|e| format!("an unreadable frame: {e}"))?;
-            let which = match frame.which() {
-                Ok(which) => which,
-                // A newer gateway's frame kind: skipping it keeps the stream compatible.
-                Err(capnp::NotInSchema(n)) => {
-                    debug!("skipping a raft-stream frame of unknown kind {n}");
-                    continue;
-                }
-            };
-            if !self.greeted {
-                match which {
-                    peer_frame::Hello(v) if v == schema::PROTOCOL_VERSION => {
-                        self.greeted = true;
-                        continue;
-                    }
-                    peer_frame::Hello(v) => {
-                        return Err(format!(
-                            "protocol version {v} is not supported: consensus speaks version {}",
-                            schema::PROTOCOL_VERSION
-                        ));
-                    }
-                    _ => return Err("the first frame is not hello".into()),
-                }
-            }
-            match which {
-                peer_frame::Hello(_) => return Err("a second hello".into()),
-                peer_frame::Messages(list) => {
-                    let list = list.map_err(|e| format!("an unreadable message list: {e}"))?;
-                    for m in list {
-                        let Ok(data) = m.get_data() else {
-                            warn!(from = m.get_from(), "dropping a raft message without data");
-                            continue;
-                        };
-                        match Message::parse_from_bytes(data) {
-                            Ok(msg) if msg.to == self.me => events.push(Event::Step(msg)),
-                            Ok(msg) => debug!(
-                                to = msg.to,
-                                "dropping a raft message meant for another member"
-                            ),
-                            Err(e) => warn!(
-                                from = m.get_from(),
-                                "dropping an undecodable raft message: {e}"
-                            ),
-                        }
-                    }
-                }
-                peer_frame::Unreachable(id) => events.push(Event::Unreachable(id)),
-                peer_frame::SnapshotStatus(s) => {
-                    let s = s.map_err(|e| format!("an unreadable snapshot status: {e}"))?;
-                    events.push(Event::SnapshotStatus {
-                        to: s.get_member_id(),
-                        ok: s.get_ok(),
-                    });
-                }
-            }
-        }
-        Ok(())
+        let (greeted, me) = (&mut self.greeted, self.me);
+        self.frames.read(|frame| decode(frame, greeted, me, events))
     }
 
     /// Queues `msgs` as one frame and writes what the socket takes now. An error means the
     /// stream is over.
     pub fn send(&mut self, msgs: &[Message]) -> Result<(), String> {
-        if self.output.len() - self.written > MAX_PENDING_OUTPUT {
+        if self.frames.pending_output() > MAX_PENDING_OUTPUT {
             debug!(
                 count = msgs.len(),
                 "the peer gateway is not reading; dropping raft messages"
@@ -183,34 +89,83 @@ impl PeerStream {
                 }
             }
         }
-        write_frame(&mut self.output, &frame);
-        self.flush()
+        self.frames.queue(&frame);
+        self.frames.flush()
     }
 
     /// Writes pending output until the socket would block.
     pub fn flush(&mut self) -> Result<(), String> {
-        while self.written < self.output.len() {
-            match self.sock.write(&self.output[self.written..]) {
-                Ok(0) => return Err("the peer gateway stopped reading".into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("writing the stream: {e}")),
+        self.frames.flush()
+    }
+}
+
+fn decode(
+    frame: Frame<'_>,
+    greeted: &mut bool,
+    me: u64,
+    events: &mut Vec<Event>,
+) -> Result<(), String> {
+    let frame = frame
+        .get_root::<peer_frame::Reader>()
+        .map_err(|e| format!("an unreadable frame: {e}"))?;
+    let which = match frame.which() {
+        Ok(which) => which,
+        // A newer gateway's frame kind: skipping it keeps the stream compatible.
+        Err(capnp::NotInSchema(n)) => {
+            debug!("skipping a raft-stream frame of unknown kind {n}");
+            return Ok(());
+        }
+    };
+    if !*greeted {
+        return match which {
+            peer_frame::Hello(v) => {
+                crate::frame_stream::check_hello(v)?;
+                *greeted = true;
+                Ok(())
+            }
+            _ => Err("the first frame is not hello".into()),
+        };
+    }
+    match which {
+        peer_frame::Hello(_) => return Err("a second hello".into()),
+        peer_frame::Messages(list) => {
+            let list = list.map_err(|e| format!("an unreadable message list: {e}"))?;
+            for m in list {
+                let Ok(data) = m.get_data() else {
+                    warn!(from = m.get_from(), "dropping a raft message without data");
+                    continue;
+                };
+                match Message::parse_from_bytes(data) {
+                    Ok(msg) if msg.to == me => events.push(Event::Step(msg)),
+                    Ok(msg) => debug!(
+                        to = msg.to,
+                        "dropping a raft message meant for another member"
+                    ),
+                    Err(e) => warn!(
+                        from = m.get_from(),
+                        "dropping an undecodable raft message: {e}"
+                    ),
+                }
             }
         }
-        self.output.clear();
-        self.written = 0;
-        if self.output.capacity() > 8 << 20 {
-            self.output = Vec::new();
+        peer_frame::Unreachable(id) => events.push(Event::Unreachable(id)),
+        peer_frame::SnapshotStatus(s) => {
+            let s = s.map_err(|e| format!("an unreadable snapshot status: {e}"))?;
+            events.push(Event::SnapshotStatus {
+                to: s.get_member_id(),
+                ok: s.get_ok(),
+            });
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use raft::eraftpb::MessageType;
+    use schema::stream::{FrameBuffer, write_frame};
+    use std::io::{ErrorKind, Read, Write};
 
     fn frame(f: impl FnOnce(peer_frame::Builder)) -> Vec<u8> {
         let mut message = capnp::message::Builder::new_default();

@@ -18,13 +18,14 @@ use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::codec::{self, MemberInfo, Proposal};
+use crate::codec::{self, Header, MemberInfo, Proposal};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
 use crate::inbox::Inbox;
 use crate::mvcc::{Applier, DeleteRangeResponse, MvccState, PutResponse, TxnResponse};
 use crate::peer_stream::{Event, PeerStream};
 use crate::storage::{Db, META_MEMBER_PREFIX, RaftLog};
+use crate::write_stream::{Incoming, Limits, WriteStream};
 
 /// What applying a proposal gave, sent back to whoever proposed it.
 #[derive(Debug)]
@@ -57,6 +58,29 @@ pub enum Command {
     },
     /// The peer gateway connected the raft stream (a newer one replaces the older).
     PeerStream(std::os::unix::net::UnixStream),
+    /// The client gateway connected the write stream (a newer one replaces the older).
+    WriteStream(std::os::unix::net::UnixStream),
+}
+
+/// Who waits for a proposal to be applied.
+enum Waiter {
+    /// The IPC thread, for a ClientPlane call.
+    Local(Reply),
+    /// The client gateway, on the write stream of that generation, until `deadline`.
+    Stream {
+        gateway_id: u64,
+        generation: u64,
+        deadline: Instant,
+    },
+}
+
+/// What the raft loop needs besides raft and storage.
+pub struct Settings {
+    pub tick: Duration,
+    pub cluster_id: u64,
+    pub limits: Limits,
+    /// etcd's request timeout: a write not applied by then is answered with a timeout.
+    pub request_timeout: Duration,
 }
 
 /// State the IPC thread reads without asking the raft thread.
@@ -76,9 +100,18 @@ pub struct Shared {
     pub read_indexes: AtomicU64,
     pub linearizable_reads: AtomicU64,
     pub leader_changes: AtomicU64,
+    /// The counter behind request IDs (the IPC and raft threads both hand them out).
+    pub next_request: AtomicU64,
 }
 
 impl Shared {
+    /// Request IDs unique across members (as etcd's idutil): the member ID's low 16 bits, then a
+    /// counter seeded from the clock at start, so a restarted member does not reuse its old IDs.
+    pub fn request_id(&self, member_id: u64) -> u64 {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        (member_id << 48) | (id & ((1 << 48) - 1))
+    }
+
     pub fn members(&self) -> Vec<MemberInfo> {
         self.members.lock().map(|m| m.clone()).unwrap_or_default()
     }
@@ -94,10 +127,15 @@ pub struct RaftLoop {
     /// resends), which is what happens while the gateway restarts.
     peer: Option<PeerStream>,
     events: Vec<Event>,
+    /// The write stream from the client gateway, and how many there have been (a waiter
+    /// belongs to the stream it came on).
+    writes: Option<WriteStream>,
+    write_generation: u64,
+    incoming: Vec<Incoming>,
     shared: Arc<Shared>,
-    tick: Duration,
+    settings: Settings,
     /// Proposals waiting to be applied, by `RaftRequest.id`.
-    waiters: HashMap<u64, Reply>,
+    waiters: HashMap<u64, Waiter>,
     /// Read-index requests not yet sent to raft, then those waiting for raft's answer (by context),
     /// then those waiting for the apply to reach their index.
     reads_unsent: Vec<ReadReply>,
@@ -117,13 +155,12 @@ pub struct RaftLoop {
 }
 
 impl RaftLoop {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: RawNode<RaftLog>,
         db: Arc<Db>,
         inbox: Inbox,
         shared: Arc<Shared>,
-        tick: Duration,
+        settings: Settings,
         me: MemberInfo,
         applied: u64,
     ) -> RaftLoop {
@@ -138,8 +175,11 @@ impl RaftLoop {
             pending: VecDeque::new(),
             peer: None,
             events: Vec::new(),
+            writes: None,
+            write_generation: 0,
+            incoming: Vec::new(),
             shared,
-            tick,
+            settings,
             waiters: HashMap::new(),
             reads_unsent: Vec::new(),
             reads_in_raft: HashMap::new(),
@@ -162,11 +202,20 @@ impl RaftLoop {
             // A single member needs no election timeout to know it wins.
             let _ = self.node.campaign();
         }
-        let mut next_tick = Instant::now() + self.tick;
+        let tick = self.settings.tick;
+        let mut next_tick = Instant::now() + tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let stream = self.peer.as_ref().map(|p| (p.fd(), p.wants_write()));
-            self.inbox.wait(wait, stream);
+            {
+                let mut streams = Vec::with_capacity(2);
+                if let Some(p) = &self.peer {
+                    streams.push((p.fd(), p.wants_write()));
+                }
+                if let Some(w) = &self.writes {
+                    streams.push((w.fd(), w.wants_write()));
+                }
+                self.inbox.wait(wait, &streams);
+            }
             // Everything queued shares this Ready's fsync.
             if !self.inbox.drain(&mut self.pending) {
                 return Ok(());
@@ -176,11 +225,12 @@ impl RaftLoop {
             }
             // Tried on every round, not only when poll says so: a busy inbox skips the poll.
             self.pump_peer_stream();
+            self.pump_write_stream();
             self.send_read_index();
             if Instant::now() >= next_tick {
-                next_tick += self.tick;
+                next_tick += tick;
                 if next_tick < Instant::now() {
-                    next_tick = Instant::now() + self.tick;
+                    next_tick = Instant::now() + tick;
                 }
                 self.node.tick();
                 self.maybe_publish();
@@ -204,7 +254,7 @@ impl RaftLoop {
                 }
                 match self.node.propose(Vec::new(), data) {
                     Ok(()) => {
-                        self.waiters.insert(id, reply);
+                        self.waiters.insert(id, Waiter::Local(reply));
                     }
                     Err(e) => {
                         debug!("proposal dropped: {e}");
@@ -230,6 +280,107 @@ impl RaftLoop {
                 }
                 Err(e) => warn!("cannot use the peer gateway's raft stream: {e}"),
             },
+            Command::WriteStream(sock) => match WriteStream::new(sock, self.settings.limits) {
+                Ok(stream) => {
+                    self.write_generation += 1;
+                    if self.writes.replace(stream).is_some() {
+                        info!("the client gateway's new write stream replaces the old one");
+                    } else {
+                        info!("the client gateway connected the write stream");
+                    }
+                }
+                Err(e) => warn!("cannot use the client gateway's write stream: {e}"),
+            },
+        }
+    }
+
+    /// Proposes the writes that arrived on the write stream; refused ones are answered at once.
+    fn pump_write_stream(&mut self) {
+        let Some(writes) = self.writes.as_mut() else {
+            return;
+        };
+        let shared = &self.shared;
+        let me = self.me.id;
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let result = writes.read(&mut || shared.request_id(me), &mut incoming);
+        let deadline = Instant::now() + self.settings.request_timeout;
+        for w in incoming.drain(..) {
+            let refusal = match w.proposal {
+                Err(e) => e,
+                Ok(_) if self.node.raft.leader_id == raft::INVALID_ID => {
+                    self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                    ee::no_leader()
+                }
+                Ok((id, data)) => match self.node.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        self.waiters.insert(
+                            id,
+                            Waiter::Stream {
+                                gateway_id: w.gateway_id,
+                                generation: self.write_generation,
+                                deadline,
+                            },
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        debug!("proposal dropped: {e}");
+                        self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                        ee::no_leader()
+                    }
+                },
+            };
+            let header = self.header(0);
+            if let Some(writes) = self.writes.as_mut() {
+                writes.reply(w.gateway_id, &header, &Err(refusal));
+            }
+        }
+        self.incoming = incoming;
+        let result = result.and_then(|()| match self.writes.as_mut() {
+            Some(writes) => writes.flush(),
+            None => Ok(()),
+        });
+        if let Err(why) = result {
+            self.lose_write_stream(&why);
+        }
+    }
+
+    fn lose_write_stream(&mut self, why: &str) {
+        warn!("write stream ended ({why}); the client gateway's writes in flight go unanswered");
+        self.writes = None;
+    }
+
+    /// A response header; write responses put their own revision in.
+    fn header(&self, revision: i64) -> Header {
+        Header {
+            cluster_id: self.settings.cluster_id,
+            member_id: self.me.id,
+            revision,
+            raft_term: self.node.raft.term,
+        }
+    }
+
+    /// Answers a write-stream waiter, if its stream is still the current one.
+    fn answer_stream(
+        &mut self,
+        gateway_id: u64,
+        generation: u64,
+        result: &Result<Applied, EtcdError>,
+    ) {
+        if generation != self.write_generation {
+            return;
+        }
+        let header = self.header(0);
+        if let Some(writes) = self.writes.as_mut() {
+            writes.reply(gateway_id, &header, result);
+        }
+    }
+
+    fn flush_write_stream(&mut self) {
+        if let Some(writes) = self.writes.as_mut()
+            && let Err(why) = writes.flush()
+        {
+            self.lose_write_stream(&why);
         }
     }
 
@@ -320,9 +471,37 @@ impl RaftLoop {
         }
     }
 
-    /// Drops waiters whose client gave up (the IPC side timed out), so lost proposals don't pile up.
+    /// Drops waiters whose client gave up (the IPC side timed out) or whose write stream is gone,
+    /// and answers stream waiters past their deadline with etcd's timeout, so lost proposals
+    /// don't pile up.
     fn forget_abandoned(&mut self) {
-        self.waiters.retain(|_, r| !r.is_closed());
+        let now = Instant::now();
+        let generation = self.write_generation;
+        let mut timed_out = Vec::new();
+        self.waiters.retain(|_, w| match w {
+            Waiter::Local(r) => !r.is_closed(),
+            Waiter::Stream {
+                gateway_id,
+                generation: g,
+                deadline,
+            } => {
+                if *g != generation {
+                    false
+                } else if *deadline <= now {
+                    timed_out.push(*gateway_id);
+                    false
+                } else {
+                    true
+                }
+            }
+        });
+        if !timed_out.is_empty() {
+            let timeout = Err(ee::timeout());
+            for gateway_id in timed_out {
+                self.answer_stream(gateway_id, generation, &timeout);
+            }
+            self.flush_write_stream();
+        }
         self.reads_in_raft.retain(|_, (_, v)| {
             v.retain(|r| !r.is_closed());
             !v.is_empty()
@@ -479,8 +658,8 @@ impl RaftLoop {
                                 members_changed |= self.apply_publish(&mut applier, m);
                             }
                             let result = apply_proposal(&mut applier, proposal);
-                            if let Some(reply) = self.waiters.remove(&id).filter(|_| id != 0) {
-                                replies.push((reply, result));
+                            if let Some(waiter) = self.waiters.remove(&id).filter(|_| id != 0) {
+                                replies.push((waiter, result));
                             }
                         }
                         // Applied by every member alike, so skipping it keeps them equal.
@@ -527,8 +706,24 @@ impl RaftLoop {
         if members_changed {
             self.reload_members()?;
         }
-        for (reply, result) in replies {
-            let _ = reply.send(result);
+        let mut streamed = false;
+        for (waiter, result) in replies {
+            match waiter {
+                Waiter::Local(reply) => {
+                    let _ = reply.send(result);
+                }
+                Waiter::Stream {
+                    gateway_id,
+                    generation,
+                    ..
+                } => {
+                    self.answer_stream(gateway_id, generation, &result);
+                    streamed = true;
+                }
+            }
+        }
+        if streamed {
+            self.flush_write_stream();
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
-//! The raft stream's framing (`raft.sock`, see `PeerFrame` in member.capnp): Cap'n Proto messages
-//! in the standard stream framing, one after another, with no replies. `FrameBuffer` reassembles
-//! them from whatever a read returned, so the same code serves consensus's raft thread
-//! (non-blocking reads) and the peer gateway (tokio reads).
+//! The framing of the two streams consensus's raft thread serves itself (`raft.sock`, see
+//! `PeerFrame`, and `write.sock`, see `WriteFrame`, in member.capnp): Cap'n Proto messages in the
+//! standard stream framing, one after another. `FrameBuffer` reassembles them from whatever a
+//! read returned, so the same code serves the raft thread (non-blocking reads) and the gateways
+//! (tokio reads).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,17 @@ pub fn raft_socket(data_dir: &Path) -> PathBuf {
 /// `raft.sock` in the same directory as `peer_socket` (the peer gateway is given only that path).
 pub fn raft_socket_beside(peer_socket: &Path) -> PathBuf {
     raft_socket(peer_socket.parent().unwrap_or(Path::new(".")))
+}
+
+/// The socket consensus's raft thread takes writes from the client gateway on.
+pub fn write_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("write.sock")
+}
+
+/// `write.sock` in the same directory as `client_socket` (the client gateway is given only that
+/// path).
+pub fn write_socket_beside(client_socket: &Path) -> PathBuf {
+    write_socket(client_socket.parent().unwrap_or(Path::new(".")))
 }
 
 /// A frame's segment table may list at most this many segments (capnp's own reader allows 512).
