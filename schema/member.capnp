@@ -10,7 +10,7 @@ const protocolVersion :UInt32 = 3;
 # 1: first release. 2: raft messages travel as one-way PeerFrames on `raft.sock` instead of
 #    PeerGateway.send / PeerPlane.deliver calls (those stay in this file for their ordinals only).
 # 3: writes (put, deleteRange, txns that write) travel as WriteFrames on `write.sock` instead of
-#    ClientPlane calls (those methods stay, and still answer, but gateways no longer use them).
+#    ClientPlane calls (those methods stay for their ordinals; consensus refuses writes there).
 
 # ---------------------------------------------------------------- identity, handed out at registration
 

@@ -6,7 +6,6 @@ use std::path::Path;
 use schema::member_capnp::{
     client_gateway_config, client_plane, client_registrar, identity, member,
 };
-use tokio::sync::oneshot;
 
 use crate::error::Error;
 
@@ -62,7 +61,7 @@ pub struct Registration {
 pub struct Registered {
     pub plane: client_plane::Client,
     pub registration: Registration,
-    pub closed: oneshot::Receiver<String>,
+    pub closed: schema::Connection,
 }
 
 /// Dials `socket` and registers with our protocol version. Must run inside a `LocalSet`.

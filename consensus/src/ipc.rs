@@ -265,6 +265,17 @@ macro_rules! or_refuse {
     };
 }
 
+/// ClientPlane's put, deleteRange and writing txns are protocol 1 and 2: since 3, writes travel
+/// on `write.sock` and only the raft thread serves them.
+fn writes_go_on_the_write_stream(method: &str) -> EtcdError {
+    EtcdError::new(
+        schema::code::UNIMPLEMENTED,
+        format!(
+            "consensus: ClientPlane.{method} does not write since protocol 3; writes go on write.sock"
+        ),
+    )
+}
+
 fn unexpected(what: &str, got: &Applied) -> EtcdError {
     ee::internal(format!("expected a {what} result, got {got:?}"))
 }
@@ -291,51 +302,18 @@ impl client_plane::Server for ClientPlane {
 
     async fn put(
         self: CapRc<Self>,
-        params: client_plane::PutParams,
+        _: client_plane::PutParams,
         mut results: client_plane::PutResults,
     ) -> capnp::Result<()> {
-        let request = params.get()?.get_request()?;
-        or_refuse!(results, mvcc::check_put(&codec::read_put(request)?));
-        let applied = or_refuse!(
-            results,
-            self.0
-                .propose(size_of(request.total_size()), |mut rr| rr.set_put(request))
-                .await
-        );
-        let Applied::Put(resp) = applied else {
-            refuse!(results, unexpected("put", &applied));
-        };
-        codec::write_put_response(
-            results.get().init_response(),
-            &self.0.header(resp.revision),
-            &resp,
-        );
-        Ok(())
+        refuse!(results, writes_go_on_the_write_stream("put"));
     }
 
     async fn delete_range(
         self: CapRc<Self>,
-        params: client_plane::DeleteRangeParams,
+        _: client_plane::DeleteRangeParams,
         mut results: client_plane::DeleteRangeResults,
     ) -> capnp::Result<()> {
-        let request = params.get()?.get_request()?;
-        or_refuse!(results, mvcc::check_delete(&codec::read_delete(request)?));
-        let applied = or_refuse!(
-            results,
-            self.0
-                .propose(size_of(request.total_size()), |mut rr| rr
-                    .set_delete_range(request))
-                .await
-        );
-        let Applied::DeleteRange(resp) = applied else {
-            refuse!(results, unexpected("delete", &applied));
-        };
-        codec::write_delete_response(
-            results.get().init_response(),
-            &self.0.header(resp.revision),
-            &resp,
-        );
-        Ok(())
+        refuse!(results, writes_go_on_the_write_stream("deleteRange"));
     }
 
     async fn txn(
@@ -349,23 +327,13 @@ impl client_plane::Server for ClientPlane {
             results,
             mvcc::check_txn(&txn, self.0.ctx.gateways.max_txn_ops as usize)
         );
-        let read_only = txn_is_read_only(&txn);
-        let resp = if read_only {
-            // etcd serves a read-only txn like a linearizable range, without the raft log.
-            or_refuse!(results, self.0.read_index().await);
-            or_refuse!(results, View::snapshot(&self.0.ctx.db).txn(&txn))
-        } else {
-            let applied = or_refuse!(
-                results,
-                self.0
-                    .propose(size_of(request.total_size()), |mut rr| rr.set_txn(request))
-                    .await
-            );
-            let Applied::Txn(resp) = applied else {
-                refuse!(results, unexpected("txn", &applied));
-            };
-            resp
-        };
+        // Since protocol 3 writes travel on the write stream, which the raft thread answers.
+        if !txn_is_read_only(&txn) {
+            refuse!(results, writes_go_on_the_write_stream("txn"));
+        }
+        // etcd serves a read-only txn like a linearizable range, without the raft log.
+        or_refuse!(results, self.0.read_index().await);
+        let resp = or_refuse!(results, View::snapshot(&self.0.ctx.db).txn(&txn));
         codec::write_txn_response(
             results.get().init_response(),
             &self.0.header(resp.revision),

@@ -117,6 +117,23 @@ fn gateway_with_another_protocol_version_is_refused() {
         req.get().set_version(schema::PROTOCOL_VERSION);
         let reply = req.send().promise.await.unwrap();
         let id = reply.get().unwrap().get_identity().unwrap().get_member_id();
+        // Since protocol 3 writes go on write.sock; the plane says so instead of writing.
+        let plane = reply.get().unwrap().get_plane().unwrap();
+        let mut put = plane.put_request();
+        put.get().init_request().set_key(b"k");
+        let answer = put.send().promise.await.unwrap();
+        let status = answer.get().unwrap().get_error().unwrap();
+        assert_eq!(status.get_code(), schema::code::UNIMPLEMENTED);
+        assert!(
+            status
+                .get_message()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("write.sock"),
+            "{:?}",
+            status.get_message()
+        );
         (refused, id)
     });
     let _ = nix::sys::signal::kill(

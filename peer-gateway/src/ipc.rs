@@ -110,7 +110,7 @@ pub async fn run(socket: PathBuf) -> Result<()> {
 async fn register(
     socket: &Path,
     gateway: &peer_gateway::Client,
-) -> Result<(Registration, oneshot::Receiver<String>)> {
+) -> Result<(Registration, schema::Connection)> {
     let (registrar, done) = schema::dial::<peer_registrar::Client>(socket)
         .await
         .map_err(Error::ConsensusUnreachable)?;
@@ -197,7 +197,7 @@ impl State {
     async fn serve_stream(
         self: &Rc<Self>,
         raft_socket: &Path,
-        mut done: oneshot::Receiver<String>,
+        mut done: schema::Connection,
     ) -> String {
         let rpc_ended = |why: std::result::Result<String, oneshot::error::RecvError>| {
             why.unwrap_or_else(|_| "connection to consensus ended".to_string())

@@ -60,13 +60,32 @@ pub fn reader_options() -> capnp::message::ReaderOptions {
     options
 }
 
+/// One connection to consensus, from `dial`: awaiting it gives why it ended. Dropping it closes
+/// the connection, so a gateway that registers again (say, after losing a stream beside it)
+/// leaves no old connection open at consensus.
+pub struct Connection {
+    ended: tokio::sync::oneshot::Receiver<String>,
+    _close: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::future::Future for Connection {
+    type Output = Result<String, tokio::sync::oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.ended).poll(cx)
+    }
+}
+
 /// Dials a consensus socket and returns its bootstrap capability (`PeerRegistrar` or
 /// `ClientRegistrar`), with the RPC system spawned on the current `LocalSet`. capnp-rpc is `!Send`,
-/// so this must run inside a `tokio::task::LocalSet`. The returned receiver fires when the
-/// connection to consensus ends, so the gateway can register again.
+/// so this must run inside a `tokio::task::LocalSet`. The returned `Connection` resolves when the
+/// connection to consensus ends, so the gateway can register again, and closes it when dropped.
 pub async fn dial<C: capnp::capability::FromClientHook>(
     socket: &Path,
-) -> std::io::Result<(C, tokio::sync::oneshot::Receiver<String>)> {
+) -> std::io::Result<(C, Connection)> {
     use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
     use futures::AsyncReadExt;
     use tokio_util::compat::TokioAsyncReadCompatExt;
@@ -81,13 +100,63 @@ pub async fn dial<C: capnp::capability::FromClientHook>(
     );
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let bootstrap: C = rpc.bootstrap(Side::Server);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
     tokio::task::spawn_local(async move {
-        let why = match rpc.await {
-            Ok(()) => "consensus closed the connection".to_string(),
-            Err(e) => format!("connection to consensus failed: {e}"),
+        let why = tokio::select! {
+            r = rpc => match r {
+                Ok(()) => "consensus closed the connection".to_string(),
+                Err(e) => format!("connection to consensus failed: {e}"),
+            },
+            // The `Connection` was dropped: dropping the RPC system closes the socket.
+            _ = closed => "closed by this gateway".to_string(),
         };
-        let _ = done_tx.send(why);
+        let _ = ended_tx.send(why);
     });
-    Ok((bootstrap, done_rx))
+    Ok((
+        bootstrap,
+        Connection {
+            ended,
+            _close: close,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Dropping the `Connection` closes the socket: consensus sees the gateway's old connection
+    /// end instead of keeping it open.
+    #[test]
+    fn dropping_the_connection_closes_it() {
+        let dir = std::env::temp_dir().join(format!("schema-dial-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let socket = dir.join("client.sock");
+        let _ = std::fs::remove_file(&socket);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let read = local.block_on(&rt, async {
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            let (registrar, connection) = dial::<member_capnp::client_registrar::Client>(&socket)
+                .await
+                .unwrap();
+            let (mut server_side, _) = listener.accept().await.unwrap();
+            drop(connection);
+            drop(registrar);
+            // Whatever the client sent (its bootstrap request), then end of file.
+            let mut buf = Vec::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                server_side.read_to_end(&mut buf),
+            )
+            .await
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(read.is_ok(), "the connection stayed open");
+    }
 }
