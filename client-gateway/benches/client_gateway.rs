@@ -167,7 +167,8 @@ fn main() {
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
     let direct = local.block_on(&rt, async {
-        let plane = register(&socket).await?;
+        // The connection stays open while `_connection` lives.
+        let (plane, _connection) = register(&socket).await?;
         let stream = WriteStream::connect(&schema::write_socket_beside(&socket)).await?;
         let mut rows = Vec::new();
         for (name, inflight, total) in [
@@ -487,8 +488,8 @@ fn answer_write(answers: &Answers, r: write_request::Reader<'_>, out: &mut Vec<u
 
 // ------------------------------------------------------------------ straight to the stand-in
 
-async fn register(socket: &Path) -> Result<client_plane::Client, String> {
-    let (registrar, _closed) = schema::dial::<client_registrar::Client>(socket)
+async fn register(socket: &Path) -> Result<(client_plane::Client, schema::Connection), String> {
+    let (registrar, connection) = schema::dial::<client_registrar::Client>(socket)
         .await
         .map_err(|e| format!("dialing the stand-in: {e}"))?;
     let mut request = registrar.register_request();
@@ -498,10 +499,11 @@ async fn register(socket: &Path) -> Result<client_plane::Client, String> {
         .promise
         .await
         .map_err(|e| format!("register: {e}"))?;
-    reply
+    let plane = reply
         .get()
         .and_then(|r| r.get_plane())
-        .map_err(|e| format!("register: {e}"))
+        .map_err(|e| format!("register: {e}"))?;
+    Ok((plane, connection))
 }
 
 struct Direct {
