@@ -11,8 +11,7 @@
 //!   cargo build --release --bins && cargo bench -p client-gateway --bench client_gateway
 //!   cargo bench -p client-gateway --bench client_gateway -- --quick     # a few requests per row
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::future::{Future, ready};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,14 +28,14 @@ use client_gateway::proto::etcdserverpb::{
 };
 use client_gateway::proto::mvccpb::KeyValue;
 use futures::AsyncReadExt as _;
-use schema::member_capnp::{
-    client_plane, client_registrar, write_frame, write_reply, write_request,
-};
+use schema::member_capnp::{client_plane, client_registrar, write_frame, write_request};
 use schema::stream::{FrameBuffer, write_frame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
+#[path = "../../consensus/benches/support/write_stream.rs"]
+mod write_stream;
+use write_stream::WriteStream;
 #[path = "../../consensus/benches/support/process.rs"]
 mod process;
 use process::{Running, cpu_time, cpu_us_per, locate, tail};
@@ -566,94 +565,6 @@ async fn direct(
     let elapsed = start.elapsed();
     latencies.sort_unstable();
     Ok(Direct { latencies, elapsed })
-}
-
-/// A bare write-stream client, as the gateway's: requests queued together go in one write, and
-/// replies find their request by id.
-#[derive(Clone)]
-struct WriteStream {
-    next_id: Rc<Cell<u64>>,
-    waiting: Rc<RefCell<HashMap<u64, oneshot::Sender<()>>>>,
-    frames: mpsc::UnboundedSender<Vec<u8>>,
-}
-
-impl WriteStream {
-    async fn connect(path: &Path) -> Result<WriteStream, String> {
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("connecting {}: {e}", path.display()))?;
-        let (mut read, mut write) = stream.into_split();
-        let (frames, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
-        let mut hello = capnp::message::Builder::new_default();
-        hello
-            .init_root::<write_frame::Builder>()
-            .set_hello(schema::PROTOCOL_VERSION);
-        let mut first = Vec::new();
-        write_frame(&mut first, &hello);
-        let _ = frames.send(first);
-        tokio::task::spawn_local(async move {
-            let mut batch = Vec::new();
-            while queued.recv_many(&mut batch, 256).await > 0 {
-                let bytes = batch.concat();
-                if write.write_all(&bytes).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-        });
-        let waiting: Rc<RefCell<HashMap<u64, oneshot::Sender<()>>>> = Rc::default();
-        let replies = waiting.clone();
-        tokio::task::spawn_local(async move {
-            let mut buf = FrameBuffer::new();
-            while let Ok(n) = read.read(buf.spare_mut()).await {
-                if n == 0 {
-                    break;
-                }
-                buf.filled(n);
-                while let Ok(Some(frame)) = buf.next_frame() {
-                    let Ok(frame) = frame.get_root::<write_frame::Reader>() else {
-                        continue;
-                    };
-                    if let Ok(write_frame::Reply(Ok(reply))) = frame.which()
-                        && !reply.has_error()
-                        && matches!(reply.which(), Ok(write_reply::Put(_)))
-                        && let Some(waiter) = replies.borrow_mut().remove(&reply.get_id())
-                    {
-                        let _ = waiter.send(());
-                    }
-                }
-            }
-            // Whoever still waits sees the stream end.
-            replies.borrow_mut().clear();
-        });
-        Ok(WriteStream {
-            next_id: Rc::new(Cell::new(1)),
-            waiting,
-            frames,
-        })
-    }
-
-    async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let mut message = schema::builder_for(key.len() + value.len() + 128);
-        {
-            let mut request = message.init_root::<write_frame::Builder>().init_request();
-            request.set_id(id);
-            let mut p = request.init_put();
-            p.set_key(key);
-            p.set_value(value);
-        }
-        let mut frame = Vec::new();
-        write_frame(&mut frame, &message);
-        let (tx, rx) = oneshot::channel();
-        self.waiting.borrow_mut().insert(id, tx);
-        self.frames
-            .send(frame)
-            .map_err(|_| "the write stream's writer stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the write stream ended, or a put was refused".to_string())
-    }
 }
 
 // ------------------------------------------------------------------ a stub gRPC server

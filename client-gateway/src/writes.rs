@@ -13,7 +13,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -385,29 +384,13 @@ async fn write_frames(
         if queued.recv_many(&mut frames, MAX_BATCH).await == 0 {
             break "the write stream's queue closed".to_string();
         }
-        if let Err(e) = write_all_vectored(&mut socket, &frames).await {
+        if let Err(e) = schema::stream::write_frames(&mut socket, &frames).await {
             break format!("writing the write stream: {e}");
         }
         frames.clear();
     };
     shared.end(&why);
     why
-}
-
-async fn write_all_vectored(
-    socket: &mut OwnedWriteHalf,
-    frames: &[Vec<u8>],
-) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = socket.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
 }
 
 /// Consensus's end of a write stream, for the tests here and the stand-in consensus in

@@ -13,7 +13,6 @@
 
 use std::cell::{OnceCell, RefCell};
 use std::future::{Future, ready};
-use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -338,26 +337,10 @@ async fn write_frames(
 ) -> Result<()> {
     let mut frames = Vec::with_capacity(MAX_QUEUED_FRAMES);
     while queued.recv_many(&mut frames, MAX_QUEUED_FRAMES).await > 0 {
-        write_all_vectored(&mut stream, &frames)
+        schema::stream::write_frames(&mut stream, &frames)
             .await
             .map_err(Error::RaftStreamIo)?;
         frames.clear();
-    }
-    Ok(())
-}
-
-async fn write_all_vectored(
-    stream: &mut OwnedWriteHalf,
-    frames: &[Vec<u8>],
-) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = stream.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
 }

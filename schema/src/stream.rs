@@ -75,6 +75,26 @@ fn declared_len(buf: &[u8]) -> Result<Option<usize>, String> {
     Ok(Some(len))
 }
 
+/// Writes whole frames queued together with as few system calls as the socket allows (one
+/// `writev` when it takes them all), without copying them into one buffer first.
+pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[Vec<u8>],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        frames.iter().map(|f| std::io::IoSlice::new(f)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = writer.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
 /// Bytes read from a stream, handed out as whole frames.
 #[derive(Default)]
 pub struct FrameBuffer {
