@@ -568,7 +568,13 @@ impl RaftLoop {
             warn!("received a raft snapshot, which this version does not install yet");
         }
         let commit = rd.hs().map(|hs| hs.commit);
-        self.apply(rd.take_committed_entries(), commit)?;
+        let mut committed = Some(rd.take_committed_entries());
+        // A leader answers its clients before its fsync. A follower first acknowledges the new
+        // entries (its answer gates every write's commit) and applies afterwards.
+        let apply_first = self.node.raft.state == StateRole::Leader;
+        if apply_first {
+            self.apply(committed.take().unwrap_or_default(), commit)?;
+        }
 
         let mut batch = WriteBatch::default();
         let log = self.node.mut_store();
@@ -588,6 +594,9 @@ impl RaftLoop {
             }
         }
         self.send(rd.take_persisted_messages());
+        if let Some(committed) = committed {
+            self.apply(committed, commit)?;
+        }
         for rs in rd.take_read_states() {
             let Some(ctx) = read_context(&rs.request_ctx, self.me.id) else {
                 continue;
