@@ -436,3 +436,51 @@ fn a_range_answer_larger_than_64_mib_comes_through() {
     assert_eq!(v["count"], 48);
     assert_eq!(v["kvs"].as_array().map(Vec::len), Some(48));
 }
+
+/// A write that cannot reach a quorum gets a definite answer from consensus itself, etcd's
+/// "request timed out" once its request timeout passes (the raft thread's deadline for writes on
+/// the write stream), instead of hanging until the client gives up. A long election timeout keeps
+/// the leader from stepping down first, which would answer "no leader" instead.
+#[test]
+fn a_write_without_quorum_gets_etcds_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let cluster = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("q{i}=http://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Request timeout: 5 s plus two election timeouts, 9 s here.
+    let extra = "ETCD_ELECTION_TIMEOUT=\"2000\"\n";
+    let mut members: Vec<Member> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| http_member(tmp.path(), &format!("q{i}"), h, &cluster, extra))
+        .collect();
+    for m in &members {
+        wait_healthy(m, Duration::from_secs(60));
+    }
+    members[0].ctl_ok(&["put", "k", "kept"]);
+    let leader = leader_index(&members, &[0, 1, 2]);
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != leader {
+            m.kill9_all();
+        }
+    }
+    let started = Instant::now();
+    let out = members[leader].etcdctl(&["put", "k", "lost", "--command-timeout=30s"]);
+    let waited = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let log = members[leader].log_tail();
+    members[leader].stop();
+    assert!(!out.status.success(), "a put without quorum succeeded");
+    assert!(
+        err.contains("etcdserver: request timed out"),
+        "{err}\n--- leader log ---\n{log}"
+    );
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
+        "answered after {waited:?}"
+    );
+}
