@@ -191,6 +191,11 @@ run_system() {
   log "round $round: starting $system"
   if [[ $system == etcd ]]; then start_etcd "$dir"; else start_ours "$dir"; fi
   wait_ready "$system" "$dir"
+  # The put 1/1 row uses the first endpoint only; whether it is the leader moves that row by 10-25%.
+  local leader
+  leader=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
+    endpoint status 2>/dev/null | awk -F', ' '$5 == "true" {print $1}')
+  log "round $round $system: leader ${leader:-unknown} (put 1/1 goes to ${hosts[0]}:2379)"
   for row in "${rows[@]}"; do
     local name=${row%%|*} flags=${row#*|} json
     # shellcheck disable=SC2086 # flags are words on purpose
