@@ -33,9 +33,9 @@ use schema::stream::{FrameBuffer, write_frame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
-#[path = "../../consensus/benches/support/write_stream.rs"]
-mod write_stream;
-use write_stream::WriteStream;
+#[path = "../../consensus/benches/support/client_plane.rs"]
+mod client_plane_support;
+use client_plane_support::{WriteStream, register};
 #[path = "../../consensus/benches/support/process.rs"]
 mod process;
 use process::{Running, cpu_time, cpu_us_per, locate, tail};
@@ -486,24 +486,6 @@ fn answer_write(answers: &Answers, r: write_request::Reader<'_>, out: &mut Vec<u
 }
 
 // ------------------------------------------------------------------ straight to the stand-in
-
-async fn register(socket: &Path) -> Result<(client_plane::Client, schema::Connection), String> {
-    let (registrar, connection) = schema::dial::<client_registrar::Client>(socket)
-        .await
-        .map_err(|e| format!("dialing the stand-in: {e}"))?;
-    let mut request = registrar.register_request();
-    request.get().set_version(schema::PROTOCOL_VERSION);
-    let reply = request
-        .send()
-        .promise
-        .await
-        .map_err(|e| format!("register: {e}"))?;
-    let plane = reply
-        .get()
-        .and_then(|r| r.get_plane())
-        .map_err(|e| format!("register: {e}"))?;
-    Ok((plane, connection))
-}
 
 struct Direct {
     latencies: Vec<u64>,

@@ -14,14 +14,14 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use schema::member_capnp::{client_plane, client_registrar};
+use schema::member_capnp::client_plane;
 
+#[path = "support/client_plane.rs"]
+mod client_plane_support;
 #[path = "support/process.rs"]
 mod process;
-#[path = "support/write_stream.rs"]
-mod write_stream;
+use client_plane_support::{WriteStream as Writes, register};
 use process::{Running, cpu_time, cpu_us_per, locate, tail};
-use write_stream::WriteStream as Writes;
 
 const KEY_SIZE: usize = 8;
 const VAL_SIZE: usize = 256;
@@ -82,20 +82,8 @@ fn main() {
 async fn bench(data_dir: &Path, budget: Budget, pid: u32) -> Result<(), String> {
     let socket = schema::client_socket(data_dir);
     wait_for(Duration::from_secs(30), "client.sock", || socket.exists()).await?;
-    let (registrar, _closed) = schema::dial::<client_registrar::Client>(&socket)
-        .await
-        .map_err(|e| format!("dialing {}: {e}", socket.display()))?;
-    let mut request = registrar.register_request();
-    request.get().set_version(schema::PROTOCOL_VERSION);
-    let reply = request
-        .send()
-        .promise
-        .await
-        .map_err(|e| format!("register: {e}"))?;
-    let plane = reply
-        .get()
-        .and_then(|r| r.get_plane())
-        .map_err(|e| format!("register: {e}"))?;
+    // The connection stays open while `_connection` lives.
+    let (plane, _connection) = register(&socket).await?;
     let writes = Writes::connect(&schema::write_socket(data_dir)).await?;
 
     // A single member elects itself after one election timeout.

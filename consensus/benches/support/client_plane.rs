@@ -1,14 +1,15 @@
-//! A minimal client of consensus's write stream (`write.sock`, `WriteFrame` in member.capnp) for
-//! the benchmarks: requests go out as frames through one writer task, a reader task matches
-//! replies to waiting callers by ID. Included by `#[path]` from the consensus and client-gateway
-//! benches, which measure with it what the client gateway does.
+//! The client gateway's side of consensus, minimal, for the benchmarks: registration on
+//! `client.sock` and a client of the write stream (`write.sock`, `WriteFrame` in member.capnp),
+//! whose requests go out as frames through one writer task while a reader task matches replies to
+//! waiting callers by ID. Included by `#[path]` from the consensus and client-gateway benches,
+//! which measure with it what the client gateway does.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use schema::member_capnp::{write_frame, write_reply};
+use schema::member_capnp::{client_plane, client_registrar, write_frame, write_reply};
 use schema::stream::{FrameBuffer, write_frame as put_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -120,4 +121,24 @@ impl WriteStream {
         rx.await
             .map_err(|_| "the write stream closed with the put in flight".to_string())?
     }
+}
+
+/// Registers on `socket` as a client gateway would; the connection stays open while the returned
+/// `Connection` lives.
+pub async fn register(socket: &Path) -> Result<(client_plane::Client, schema::Connection), String> {
+    let (registrar, connection) = schema::dial::<client_registrar::Client>(socket)
+        .await
+        .map_err(|e| format!("dialing {}: {e}", socket.display()))?;
+    let mut request = registrar.register_request();
+    request.get().set_version(schema::PROTOCOL_VERSION);
+    let reply = request
+        .send()
+        .promise
+        .await
+        .map_err(|e| format!("register: {e}"))?;
+    let plane = reply
+        .get()
+        .and_then(|r| r.get_plane())
+        .map_err(|e| format!("register: {e}"))?;
+    Ok((plane, connection))
 }
