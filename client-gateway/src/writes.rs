@@ -19,10 +19,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use schema::member_capnp::{write_frame, write_reply, write_request};
-use schema::stream::{self, FrameBuffer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use schema::stream::{self, FrameBuffer, FrameSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -301,8 +298,8 @@ pub async fn connect(path: &Path) -> Result<(Writes, Stream), Error> {
     }
 }
 
-async fn hello(path: &Path) -> std::io::Result<UnixStream> {
-    let mut socket = UnixStream::connect(path).await?;
+async fn hello(path: &Path) -> std::io::Result<FrameSocket> {
+    let socket = FrameSocket::connect(path).await?;
     let mut message = capnp::message::Builder::new_default();
     message
         .init_root::<write_frame::Builder>()
@@ -314,7 +311,7 @@ async fn hello(path: &Path) -> std::io::Result<UnixStream> {
 }
 
 /// Serves a stream that has said hello.
-fn start(socket: UnixStream) -> (Writes, Stream) {
+fn start(socket: FrameSocket) -> (Writes, Stream) {
     let (frames, queued) = mpsc::channel(MAX_QUEUED_FRAMES);
     let shared = Rc::new(Shared {
         next_id: Cell::new(1),
@@ -322,10 +319,10 @@ fn start(socket: UnixStream) -> (Writes, Stream) {
         ended: RefCell::new(None),
         frames,
     });
-    let (read, write) = socket.into_split();
+    let socket = Rc::new(socket);
     let stream = Stream {
-        reader: tokio::task::spawn_local(read_replies(shared.clone(), read)),
-        writer: tokio::task::spawn_local(write_frames(shared.clone(), write, queued)),
+        reader: tokio::task::spawn_local(read_replies(shared.clone(), socket.clone())),
+        writer: tokio::task::spawn_local(write_frames(shared.clone(), socket, queued)),
         shared: shared.clone(),
     };
     (Writes { shared }, stream)
@@ -333,7 +330,7 @@ fn start(socket: UnixStream) -> (Writes, Stream) {
 
 /// Completes waiting requests with consensus's replies; returns only with why the stream ended,
 /// having failed what still waited.
-async fn read_replies(shared: Rc<Shared>, mut socket: OwnedReadHalf) -> String {
+async fn read_replies(shared: Rc<Shared>, socket: Rc<FrameSocket>) -> String {
     let mut buf = FrameBuffer::new();
     let why = loop {
         match socket.read(buf.spare_mut()).await {
@@ -375,7 +372,7 @@ fn read_frames(shared: &Shared, buf: &mut FrameBuffer) -> Result<(), String> {
 /// of requests costs one syscall. Returns only with why the stream ended.
 async fn write_frames(
     shared: Rc<Shared>,
-    mut socket: OwnedWriteHalf,
+    socket: Rc<FrameSocket>,
     mut queued: mpsc::Receiver<Vec<u8>>,
 ) -> String {
     let mut frames = Vec::with_capacity(MAX_BATCH);
@@ -384,7 +381,7 @@ async fn write_frames(
         if queued.recv_many(&mut frames, MAX_BATCH).await == 0 {
             break "the write stream's queue closed".to_string();
         }
-        if let Err(e) = schema::stream::write_frames(&mut socket, &frames).await {
+        if let Err(e) = socket.write_frames(&frames).await {
             break format!("writing the write stream: {e}");
         }
         frames.clear();
@@ -398,6 +395,8 @@ async fn write_frames(
 #[cfg(test)]
 pub(crate) mod stand_in {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
 
     /// A frame the gateway sent, read back.
     #[derive(Debug, Clone, PartialEq, Eq)]

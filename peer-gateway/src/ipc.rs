@@ -18,10 +18,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use schema::member_capnp::{member, peer_frame, peer_gateway, peer_gateway_config, peer_registrar};
-use schema::stream::{FrameBuffer, write_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use schema::stream::{FrameBuffer, FrameSocket, write_frame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, info, warn};
@@ -206,11 +203,11 @@ impl State {
             stream = connect_stream(raft_socket) => stream,
         };
         debug!("connected the raft stream at {}", raft_socket.display());
-        let (read, write) = stream.into_split();
+        let stream = Rc::new(stream);
         let (frames, queued) = mpsc::channel(MAX_QUEUED_FRAMES);
         let mut link = Link {
-            reader: tokio::task::spawn_local(read_frames(self.clone(), read)),
-            writer: tokio::task::spawn_local(write_frames(write, queued)),
+            reader: tokio::task::spawn_local(read_frames(self.clone(), stream.clone())),
+            writer: tokio::task::spawn_local(write_frames(stream, queued)),
         };
         *self.link.borrow_mut() = Some(frames);
         let why = tokio::select! {
@@ -282,7 +279,7 @@ fn stream_ended(end: std::result::Result<Result<()>, JoinError>) -> String {
 /// Connects to `raft.sock` and says hello. Retries until that works, while registered: the raft
 /// thread may start serving it a little after `peer.sock`, and a new registration per attempt
 /// would leave the RPC connections of the earlier ones open.
-async fn connect_stream(path: &Path) -> UnixStream {
+async fn connect_stream(path: &Path) -> FrameSocket {
     let mut backoff = MIN_BACKOFF;
     let mut quiet = false;
     loop {
@@ -299,8 +296,8 @@ async fn connect_stream(path: &Path) -> UnixStream {
     }
 }
 
-async fn hello(path: &Path) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(path).await?;
+async fn hello(path: &Path) -> std::io::Result<FrameSocket> {
+    let stream = FrameSocket::connect(path).await?;
     let mut message = capnp::message::Builder::new_default();
     message
         .init_root::<peer_frame::Builder>()
@@ -312,7 +309,7 @@ async fn hello(path: &Path) -> std::io::Result<UnixStream> {
 }
 
 /// Reads what consensus writes on the stream and routes it; returns only with why it ended.
-async fn read_frames(state: Rc<State>, mut stream: OwnedReadHalf) -> Result<()> {
+async fn read_frames(state: Rc<State>, stream: Rc<FrameSocket>) -> Result<()> {
     let mut buf = FrameBuffer::new();
     loop {
         match stream.read(buf.spare_mut()).await {
@@ -331,13 +328,11 @@ async fn read_frames(state: Rc<State>, mut stream: OwnedReadHalf) -> Result<()> 
 
 /// Writes the queued frames to the stream: whatever queued up meanwhile goes in the same
 /// `writev`, so several frames cost one syscall and no copying into one buffer.
-async fn write_frames(
-    mut stream: OwnedWriteHalf,
-    mut queued: mpsc::Receiver<Vec<u8>>,
-) -> Result<()> {
+async fn write_frames(stream: Rc<FrameSocket>, mut queued: mpsc::Receiver<Vec<u8>>) -> Result<()> {
     let mut frames = Vec::with_capacity(MAX_QUEUED_FRAMES);
     while queued.recv_many(&mut frames, MAX_QUEUED_FRAMES).await > 0 {
-        schema::stream::write_frames(&mut stream, &frames)
+        stream
+            .write_frames(&frames)
             .await
             .map_err(Error::RaftStreamIo)?;
         frames.clear();
@@ -654,6 +649,8 @@ mod tests {
 
     use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
     use futures::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
     use tokio_util::compat::TokioAsyncReadCompatExt;
 
     const CLUSTER: u64 = 0x1a2b;

@@ -4,10 +4,14 @@
 //! read returned, so the same code serves the raft thread (non-blocking reads) and the gateways
 //! (tokio reads).
 
+use std::io::{self, IoSlice, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use capnp::message::{Builder, Reader};
 use capnp::serialize::BufferSegments;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// The socket consensus's raft thread serves the raft stream on.
 pub fn raft_socket(data_dir: &Path) -> PathBuf {
@@ -75,24 +79,75 @@ fn declared_len(buf: &[u8]) -> Result<Option<usize>, String> {
     Ok(Some(len))
 }
 
-/// Writes whole frames queued together with as few system calls as the socket allows (one
-/// `writev` when it takes them all), without copying them into one buffer first.
-pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
-    frames: &[Vec<u8>],
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut slices: Vec<std::io::IoSlice<'_>> =
-        frames.iter().map(|f| std::io::IoSlice::new(f)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = writer.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        std::io::IoSlice::advance_slices(&mut rest, n);
+/// A gateway's end of `raft.sock` or `write.sock`, watched by tokio for reading only.
+///
+/// A tokio `UnixStream` is registered for reading and writing. A Unix socket tells whoever waits
+/// to write every time the other end reads (unlike TCP, it does not first check that the writer
+/// ever ran out of room), so each frame consensus read woke the gateway's thread for nothing: one
+/// spurious process wake-up per message, on the cores the message's path needs. Here writes go
+/// straight to the socket, and only a write that finds it full waits, on a duplicate descriptor
+/// registered for writing just for that wait.
+pub struct FrameSocket {
+    fd: AsyncFd<UnixStream>,
+}
+
+impl FrameSocket {
+    /// Connects to `path` (see `raft_socket` and `write_socket`).
+    pub async fn connect(path: &Path) -> io::Result<FrameSocket> {
+        FrameSocket::new(tokio::net::UnixStream::connect(path).await?.into_std()?)
     }
-    Ok(())
+
+    pub fn new(sock: UnixStream) -> io::Result<FrameSocket> {
+        sock.set_nonblocking(true)?;
+        // SAFETY: the `UnixStream` owns its descriptor, which nothing closes or replaces while the
+        // `AsyncFd` holds it.
+        let fd = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE)? };
+        Ok(FrameSocket { fd })
+    }
+
+    /// Reads what has arrived into `buf`, waiting until something has; 0 means the other end
+    /// closed the stream.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            match ready.try_io(|sock| sock.get_ref().read(buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes `bytes` whole.
+    pub async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_frames(&[bytes]).await
+    }
+
+    /// Writes whole frames queued together with as few system calls as the socket allows (one
+    /// `writev` when it takes them all), without copying them into one buffer first.
+    pub async fn write_frames<B: AsRef<[u8]>>(&self, frames: &[B]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> =
+            frames.iter().map(|f| IoSlice::new(f.as_ref())).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.fd.get_ref().write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the full socket takes writes again (consensus is reading slowly).
+    async fn writable(&self) -> io::Result<()> {
+        let sock = self.fd.get_ref().try_clone()?;
+        // SAFETY: as in `new`; the duplicate lives, and is registered, only for this wait.
+        let dup = unsafe { AsyncFd::register_with_interest(sock, Interest::WRITABLE)? };
+        dup.writable().await?.retain_ready();
+        Ok(())
+    }
 }
 
 /// Bytes read from a stream, handed out as whole frames.
@@ -273,5 +328,42 @@ mod tests {
         let b = [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(frame_len(&b), Ok(None));
         assert_eq!(frame_len(&[b.as_slice(), &[0; 16]].concat()), Ok(Some(32)));
+    }
+
+    /// A write that finds the socket full waits until the other end reads, then completes; a
+    /// read sees what was written, then 0 once the other end closes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_socket_makes_writes_wait_for_the_reader() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let socket = FrameSocket::new(ours).unwrap();
+        // Far more than a Unix socket buffers.
+        let big = vec![7u8; 8 << 20];
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut got = vec![0u8; big_len()];
+            theirs.read_exact(&mut got).unwrap();
+            theirs.write_all(b"done").unwrap();
+            got
+        });
+        fn big_len() -> usize {
+            (8 << 20) + 3
+        }
+        socket.write_frames(&[&big[..], b"abc"]).await.unwrap();
+        let got = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got.len(), big_len());
+        assert!(got[..8 << 20].iter().all(|b| *b == 7));
+        assert_eq!(&got[8 << 20..], b"abc");
+        let mut buf = [0u8; 16];
+        let mut read = Vec::new();
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(read, b"done");
     }
 }
