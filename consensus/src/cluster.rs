@@ -42,7 +42,7 @@ pub fn load_or_bootstrap(
     db: &Arc<Db>,
     config: &Config,
 ) -> Result<(Identity, Vec<MemberInfo>, RaftLog)> {
-    let mut log = RaftLog::load(db.clone())?;
+    let mut log = RaftLog::load(db.clone(), &config.data_dir.join("wal"))?;
     if let Some(bytes) = db.get_meta(META_IDENTITY)? {
         let identity = decode_identity(&bytes)?;
         if identity.name != config.name {

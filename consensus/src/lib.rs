@@ -20,6 +20,7 @@ pub mod peer_stream;
 pub mod raft_log_bridge;
 pub mod raft_loop;
 pub mod storage;
+pub mod wal;
 pub mod write_stream;
 
 /// The etcd release whose API and behaviour this member matches, reported by `Status`.

@@ -83,12 +83,9 @@ pub fn run(config: Config) -> Result<()> {
     let db = Db::open(&dir.join("db"))?;
     let (identity, members, mut log) = cluster::load_or_bootstrap(&db, &config)?;
     let applied = db.applied_index()?;
-    if applied > log.hard_state().commit {
-        // Applied entries were committed; raft-rs refuses an applied index above the commit.
-        let mut batch = rocksdb::WriteBatch::default();
-        log.set_commit(applied, &mut batch);
-        db.write(batch, true)?;
-    }
+    // Applied entries were committed; raft-rs refuses an applied index above the commit, which
+    // the WAL may hold from before the last apply (it is only written with new entries).
+    log.set_commit(applied);
     let revision = mvcc::View::snapshot(&db).current_revision()?;
     let own_peer_urls = members
         .iter()

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
-use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -576,22 +575,18 @@ impl RaftLoop {
             self.apply(committed.take().unwrap_or_default(), commit)?;
         }
 
-        let mut batch = WriteBatch::default();
         let log = self.node.mut_store();
-        log.append(rd.entries(), &mut batch);
+        log.append(rd.entries());
         if let Some(hs) = rd.hs() {
-            log.set_hard_state(hs, &mut batch);
+            log.set_hard_state(hs);
         }
-        if !batch.is_empty() {
-            let sync = rd.must_sync();
-            let started = Instant::now();
-            self.db.write(batch, sync)?;
-            if sync {
-                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .fsync_nanos
-                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }
+        let sync = rd.must_sync();
+        let started = Instant::now();
+        if log.persist(sync)? && sync {
+            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .fsync_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         self.send(rd.take_persisted_messages());
         if let Some(committed) = committed {
@@ -634,17 +629,13 @@ impl RaftLoop {
         }
     }
 
-    /// Applies committed entries; `commit`, the new commit index, goes in the same batch (the
-    /// stored commit index must never be below the applied index, which raft-rs checks at start).
+    /// Applies committed entries, in one batch with the applied index; `commit` is the new commit
+    /// index (kept in memory: at start the stored applied index raises the WAL's commit index).
     fn apply(&mut self, entries: Vec<Entry>, commit: Option<u64>) -> Result<()> {
+        if let Some(commit) = commit {
+            self.node.mut_store().set_commit(commit);
+        }
         let Some(last) = entries.last().map(|e| e.index) else {
-            if let Some(commit) = commit {
-                let mut batch = WriteBatch::default();
-                self.node.mut_store().set_commit(commit, &mut batch);
-                if !batch.is_empty() {
-                    self.db.write(batch, false)?;
-                }
-            }
             return Ok(());
         };
         let db = self.db.clone();
@@ -653,9 +644,6 @@ impl RaftLoop {
             None => MvccState::load(&db)?,
         };
         let mut applier = Applier::resume(&db, state);
-        if let Some(commit) = commit {
-            self.node.mut_store().set_commit(commit, applier.batch());
-        }
         let mut replies = Vec::new();
         let mut members_changed = false;
         for entry in &entries {

@@ -1,6 +1,7 @@
-//! Durable state in one RocksDB: the raft log, hard state and conf state (raft-rs's `Storage`), and
-//! the member's meta keys (identity, members, applied index). The MVCC key space (`mvcc`) lives in
-//! the same database so that an entry's effects and the applied index go in one write batch.
+//! Durable state: the raft log and hard state in the member's own WAL (`wal`), and one RocksDB for
+//! the conf state, the member's meta keys (identity, members, applied index) and the MVCC key
+//! space (`mvcc`), so that an entry's effects and the applied index go in one write batch.
+//! `RaftLog` is raft-rs's `Storage` over both.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -12,8 +13,10 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
 use crate::error::{Error, Result};
+use crate::wal::Wal;
 
-/// Raft log entries: index (big-endian u64) -> `eraftpb.Entry`.
+/// Raft log entries: index (big-endian u64) -> `eraftpb.Entry`. Only members written by earlier
+/// versions have any; they move to the WAL at the first start (see `RaftLog::load`).
 pub const CF_LOG: &str = "raft_log";
 /// Hard state, conf state, identity, members, applied index, MVCC revisions.
 pub const CF_META: &str = "meta";
@@ -120,9 +123,47 @@ fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
     m.write_to_bytes().unwrap_or_default()
 }
 
+/// Moves a raft log that an earlier version kept in RocksDB (entries in `raft_log`, the hard
+/// state in meta) into the WAL, durably, and only then deletes it from RocksDB.
+fn import_rocksdb_log(db: &Db, wal: &mut Wal) -> Result<()> {
+    let hard_state: Option<HardState> = db
+        .get_meta(META_HARD_STATE)?
+        .map(|v| decode("hard state", &v))
+        .transpose()?;
+    let mut entries = Vec::new();
+    let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
+    it.seek_to_first();
+    while let Some(v) = it.value() {
+        entries.push(decode::<Entry>("raft log entry", v)?);
+        it.next();
+    }
+    it.status()
+        .map_err(|e| Error::storage("reading the raft log from RocksDB", e))?;
+    drop(it);
+    if hard_state.is_none() && entries.is_empty() {
+        return Ok(());
+    }
+    for chunk in entries.chunks(1024) {
+        wal.append(chunk);
+        wal.sync(false)?;
+    }
+    wal.set_hard_state(&hard_state.unwrap_or_default());
+    wal.sync(true)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(db.cf(CF_LOG), log_key(0), log_key(u64::MAX));
+    batch.delete_cf(db.cf(CF_META), META_HARD_STATE);
+    db.write(batch, true)?;
+    tracing::info!(
+        entries = entries.len(),
+        "moved the raft log from RocksDB to the WAL"
+    );
+    Ok(())
+}
+
 /// raft-rs's view of the log: hard state, conf state and entries, with the bounds cached in memory.
 pub struct RaftLog {
     db: Arc<Db>,
+    wal: Wal,
     hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the last entry folded into a snapshot (0/0 before the first one).
@@ -140,12 +181,13 @@ const CACHE_MAX_ENTRIES: usize = 8192;
 const CACHE_MAX_BYTES: usize = 32 << 20;
 
 impl RaftLog {
-    /// Loads the raft state from `db`.
-    pub fn load(db: Arc<Db>) -> Result<RaftLog> {
-        let hard_state = match db.get_meta(META_HARD_STATE)? {
-            Some(v) => decode("hard state", &v)?,
-            None => HardState::default(),
-        };
+    /// Loads the raft state: the log and hard state from the WAL in `wal_dir`, the rest from `db`.
+    pub fn load(db: Arc<Db>, wal_dir: &Path) -> Result<RaftLog> {
+        let mut wal = Wal::open(wal_dir)?;
+        if wal.last().is_none() && wal.hard_state().is_none() {
+            import_rocksdb_log(&db, &mut wal)?;
+        }
+        let hard_state = wal.hard_state().cloned().unwrap_or_default();
         let conf_state = match db.get_meta(META_CONF_STATE)? {
             Some(v) => decode("conf state", &v)?,
             None => ConfState::default(),
@@ -154,29 +196,19 @@ impl RaftLog {
             Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
             _ => (0, 0),
         };
-        let mut log = RaftLog {
+        let (last_index, last_term) = wal.last().unwrap_or((snapshot_index, snapshot_term));
+        Ok(RaftLog {
             db,
+            wal,
             hard_state,
             conf_state,
             snapshot_index,
             snapshot_term,
-            last_index: snapshot_index,
-            last_term: snapshot_term,
+            last_index,
+            last_term,
             cache: VecDeque::new(),
             cache_bytes: 0,
-        };
-        let db = log.db.clone();
-        let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
-        it.seek_to_last();
-        if let Some(v) = it.value() {
-            let e: Entry = decode("last log entry", v)?;
-            log.last_index = e.index;
-            log.last_term = e.term;
-        }
-        it.status()
-            .map_err(|e| Error::storage("scanning the raft log", e))?;
-        drop(it);
-        Ok(log)
+        })
     }
 
     /// First start of a new cluster: every initial member is a voter.
@@ -197,20 +229,12 @@ impl RaftLog {
         self.last_index
     }
 
-    /// Adds new entries (truncating a conflicting tail) to `batch`; call `committed` once it is
-    /// written.
-    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+    /// Adds new entries (replacing a conflicting tail); `persist` writes them.
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(last) = entries.last() else {
             return;
         };
-        let cf = self.db.cf(CF_LOG);
-        if first.index <= self.last_index {
-            // A new leader overwrote our uncommitted tail.
-            batch.delete_range_cf(cf, log_key(last.index + 1), log_key(self.last_index + 1));
-        }
-        for e in entries {
-            batch.put_cf(cf, log_key(e.index), encode(e));
-        }
+        self.wal.append(entries);
         self.last_index = last.index;
         self.last_term = last.term;
         self.cache_append(entries);
@@ -251,17 +275,28 @@ impl RaftLog {
         self.cache.get(index.checked_sub(first)? as usize)
     }
 
-    pub fn set_hard_state(&mut self, hs: &HardState, batch: &mut WriteBatch) {
+    /// Sets the hard state; `persist` writes it.
+    pub fn set_hard_state(&mut self, hs: &HardState) {
         self.hard_state = hs.clone();
-        batch.put_cf(self.db.cf(CF_META), META_HARD_STATE, encode(hs));
+        self.wal.set_hard_state(hs);
     }
 
-    pub fn set_commit(&mut self, commit: u64, batch: &mut WriteBatch) {
-        if commit != self.hard_state.commit {
-            let mut hs = self.hard_state.clone();
-            hs.commit = commit;
-            self.set_hard_state(&hs, batch);
+    /// Raises the commit index in memory only: a commit index need not be durable (raft learns
+    /// it again), and at start the applied index, durable with the state, bounds it from below.
+    pub fn set_commit(&mut self, commit: u64) {
+        if commit > self.hard_state.commit {
+            self.hard_state.commit = commit;
         }
+    }
+
+    /// Writes what `append` and `set_hard_state` gave since the last call, as one WAL record;
+    /// with `sync`, durably (fdatasync) before returning. Returns whether there was anything.
+    pub fn persist(&mut self, sync: bool) -> Result<bool> {
+        if !self.wal.has_pending() {
+            return Ok(false);
+        }
+        self.wal.sync(sync)?;
+        Ok(true)
     }
 
     pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch) {
@@ -270,14 +305,10 @@ impl RaftLog {
     }
 
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
-        match self
-            .db
-            .raw()
-            .get_pinned_cf(self.db.cf(CF_LOG), log_key(index))
-        {
-            Ok(Some(v)) => Entry::parse_from_bytes(&v).map_err(raft::Error::CodecError),
-            Ok(None) => Err(raft::Error::Store(StorageError::Unavailable)),
-            Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        match self.wal.entry(index) {
+            Some(Ok(e)) => Ok(e),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+            Some(Err(e)) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
         }
     }
 }
@@ -304,42 +335,19 @@ impl raft::Storage for RaftLog {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into().unwrap_or(u64::MAX);
-        if self.cached(low).is_some() {
-            let mut out = Vec::with_capacity((high - low) as usize);
-            let mut size = 0u64;
-            for index in low..high {
-                let Some(e) = self.cached(index) else { break };
-                size += e.compute_size() as u64;
-                // Always return at least one entry, as raft-rs requires.
-                if !out.is_empty() && size > max_size {
-                    break;
-                }
-                out.push(e.clone());
-            }
-            return Ok(out);
-        }
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
-        let mut it = self.db.raw().raw_iterator_cf(self.db.cf(CF_LOG));
-        it.seek(log_key(low));
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let index = be_u64(k);
-            if index >= high {
-                break;
-            }
-            if index != low + out.len() as u64 {
-                return Err(raft::Error::Store(StorageError::Unavailable));
-            }
-            size += v.len() as u64;
+        for index in low..high {
+            let e = match self.cached(index) {
+                Some(e) => e.clone(),
+                None => self.read_entry(index)?,
+            };
+            size += e.compute_size() as u64;
             // Always return at least one entry, as raft-rs requires.
             if !out.is_empty() && size > max_size {
                 break;
             }
-            out.push(Entry::parse_from_bytes(v).map_err(raft::Error::CodecError)?);
-            it.next();
-        }
-        if out.is_empty() && low < high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
+            out.push(e);
         }
         Ok(out)
     }
@@ -360,7 +368,9 @@ impl raft::Storage for RaftLog {
         if let Some(e) = self.cached(idx) {
             return Ok(e.term);
         }
-        Ok(self.read_entry(idx)?.term)
+        self.wal
+            .term(idx)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -405,30 +415,37 @@ mod tests {
         }
     }
 
+    fn open(dir: &Path) -> (Arc<Db>, RaftLog) {
+        let db = Db::open(&dir.join("db")).unwrap();
+        let log = RaftLog::load(db.clone(), &dir.join("wal")).unwrap();
+        (db, log)
+    }
+
     #[test]
     fn log_survives_reopen_and_truncates_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = Db::open(dir.path()).unwrap();
-            let mut log = RaftLog::load(db.clone()).unwrap();
+            let (db, mut log) = open(dir.path());
             let mut b = WriteBatch::default();
             log.bootstrap(vec![1, 2, 3], &mut b);
-            log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
+            db.write(b, true).unwrap();
+            log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
             let hs = HardState {
                 term: 2,
                 vote: 3,
                 commit: 3,
                 ..Default::default()
             };
-            log.set_hard_state(&hs, &mut b);
-            db.write(b, true).unwrap();
+            log.set_hard_state(&hs);
+            assert!(log.persist(true).unwrap());
+            assert!(!log.persist(true).unwrap(), "nothing new to write");
             // A new leader in term 2 replaces entries 4 and 5 with a single entry 4.
-            let mut b = WriteBatch::default();
-            log.append(&[entry(4, 2)], &mut b);
-            db.write(b, true).unwrap();
+            log.append(&[entry(4, 2)]);
+            log.persist(true).unwrap();
+            // The commit index moves in memory only.
+            log.set_commit(4);
         }
-        let db = Db::open(dir.path()).unwrap();
-        let log = RaftLog::load(db).unwrap();
+        let (_db, log) = open(dir.path());
         let state = log.initial_state().unwrap();
         assert_eq!(state.hard_state.term, 2);
         assert_eq!(state.hard_state.vote, 3);
@@ -446,8 +463,8 @@ mod tests {
             got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
             vec![(2, 1), (3, 1), (4, 2)]
         );
-        // A fresh load has an empty cache, so this read comes from RocksDB; the same range
-        // through the cache of the writer gave the same entries above.
+        assert_eq!(got[2], entry(4, 2));
+        // A fresh load has an empty cache, so these reads come from the WAL.
         // max_size still yields at least one entry.
         let one = log
             .entries(2, 5, 1, GetEntriesContext::empty(false))
@@ -460,21 +477,51 @@ mod tests {
     }
 
     #[test]
-    fn cached_tail_agrees_with_rocksdb() {
+    fn a_log_kept_in_rocksdb_by_an_earlier_version_moves_to_the_wal() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        let mut log = RaftLog::load(db.clone()).unwrap();
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 2,
+            ..Default::default()
+        };
+        {
+            let db = Db::open(&dir.path().join("db")).unwrap();
+            let mut b = WriteBatch::default();
+            for i in 1..=3 {
+                b.put_cf(db.cf(CF_LOG), log_key(i), encode(&entry(i, 3)));
+            }
+            b.put_cf(db.cf(CF_META), META_HARD_STATE, encode(&hs));
+            db.write(b, true).unwrap();
+        }
+        for _ in 0..2 {
+            let (db, log) = open(dir.path());
+            assert_eq!(log.initial_state().unwrap().hard_state, hs);
+            assert_eq!(log.last_index().unwrap(), 3);
+            let got = log
+                .entries(1, 4, None, GetEntriesContext::empty(false))
+                .unwrap();
+            assert_eq!(got, (1..=3).map(|i| entry(i, 3)).collect::<Vec<_>>());
+            assert!(db.get_meta(META_HARD_STATE).unwrap().is_none());
+            let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
+            it.seek_to_first();
+            assert!(!it.valid(), "RocksDB no longer holds the log");
+        }
+    }
+
+    #[test]
+    fn cached_tail_agrees_with_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut log) = open(dir.path());
         // More than the cache holds, then a conflicting tail from a new term.
         let n = CACHE_MAX_ENTRIES as u64 + 100;
-        let mut b = WriteBatch::default();
-        log.append(&(1..=n).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
-        db.write(b, false).unwrap();
-        let mut b = WriteBatch::default();
-        log.append(&[entry(n - 5, 2), entry(n - 4, 2)], &mut b);
-        db.write(b, false).unwrap();
+        log.append(&(1..=n).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        log.persist(false).unwrap();
+        log.append(&[entry(n - 5, 2), entry(n - 4, 2)]);
+        log.persist(true).unwrap();
         assert!(log.cached(1).is_none(), "the oldest entries left the cache");
         assert!(log.cached(n - 4).is_some());
-        let fresh = RaftLog::load(db).unwrap();
+        let fresh = RaftLog::load(db, &dir.path().join("wal")).unwrap();
         assert!(fresh.cache.is_empty());
         for (low, high) in [(1, 10), (n - 20, n - 3), (n - 6, n - 3)] {
             let ctx = || GetEntriesContext::empty(false);
