@@ -174,14 +174,17 @@ wait_ready() {
 
 total() { awk -v n="$1" -v s="$scale" 'BEGIN { t = int(n * s); print (t < 1 ? 1 : t) }'; }
 
-# row name | flags. 8-byte keys, 256-byte values, random keys of 10000 (the puts fill the key
-# space before the ranges read it).
+# row name | endpoints (all, leader or follower) | flags. 8-byte keys, 256-byte values, random
+# keys of 10000 (the puts fill the key space before the ranges read it). A lone put is 10-25%
+# slower through a follower in both systems, and which member leads is random, so those rows name
+# the member they go to: comparing one system's leader with the other's follower measured luck.
 rows=(
-  "put 1 conn / 1 client|--conns 1 --clients 1 --total $(total 5000) put"
-  "put 10 conns / 100 clients|--conns 10 --clients 100 --total $(total 80000) put"
-  "range linearizable 10 / 100|--conns 10 --clients 100 --total $(total 100000) range --consistency l"
-  "range serializable 10 / 100|--conns 10 --clients 100 --total $(total 150000) range --consistency s"
-  "txn-put 10 / 100|--conns 10 --clients 100 --total $(total 50000) txn-put"
+  "put 1 conn / 1 client, via the leader|leader|--conns 1 --clients 1 --total $(total 5000) put"
+  "put 1 conn / 1 client, via a follower|follower|--conns 1 --clients 1 --total $(total 5000) put"
+  "put 10 conns / 100 clients|all|--conns 10 --clients 100 --total $(total 80000) put"
+  "range linearizable 10 / 100|all|--conns 10 --clients 100 --total $(total 100000) range --consistency l"
+  "range serializable 10 / 100|all|--conns 10 --clients 100 --total $(total 150000) range --consistency s"
+  "txn-put 10 / 100|all|--conns 10 --clients 100 --total $(total 50000) txn-put"
 )
 
 json_field() { sed -n "s/.*\"$2\":\([-0-9.]*\).*/\1/p" <<<"$1"; }
@@ -191,16 +194,26 @@ run_system() {
   log "round $round: starting $system"
   if [[ $system == etcd ]]; then start_etcd "$dir"; else start_ours "$dir"; fi
   wait_ready "$system" "$dir"
-  # The put 1/1 row uses the first endpoint only; whether it is the leader moves that row by 10-25%.
-  local leader
-  leader=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
-    endpoint status 2>/dev/null | awk -F', ' '$5 == "true" {print $1}')
-  log "round $round $system: leader ${leader:-unknown} (put 1/1 goes to ${hosts[0]}:2379)"
+  local status leader follower
+  status=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
+    endpoint status 2>/dev/null)
+  leader=$(awk -F', ' '$5 == "true" {print $1; exit}' <<<"$status")
+  follower=$(awk -F', ' '$5 == "false" {print $1; exit}' <<<"$status")
+  log "round $round $system: leader ${leader:-unknown}, follower ${follower:-unknown}"
   for row in "${rows[@]}"; do
-    local name=${row%%|*} flags=${row#*|} json
+    local name=${row%%|*} rest=${row#*|} json
+    local to=${rest%%|*} flags=${rest#*|} eps=$endpoints
+    case $to in
+      leader) eps=$leader ;;
+      follower) eps=$follower ;;
+    esac
+    if [[ -z $eps ]]; then
+      log "round $round $system '$name': no $to found; skipped"
+      continue
+    fi
     # shellcheck disable=SC2086 # flags are words on purpose
     # In the background, so that a signal to this script is handled at once (wait returns).
-    "$bin/etcd-bench" --endpoints "$endpoints" --key-size 8 --val-size 256 --key-space 10000 \
+    "$bin/etcd-bench" --endpoints "$eps" --key-size 8 --val-size 256 --key-space 10000 \
       $flags >"$dir/bench.out" 2>&1 &
     bench_pid=$!
     wait "$bench_pid"
@@ -266,7 +279,7 @@ table=$(awk -F'\t' -v rounds="$rounds" '
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
-header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes'). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints, 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Spread: (max-min)/median of req/s over the rounds."
+header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes'). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Spread: (max-min)/median of req/s over the rounds."
 echo
 echo "$header"
 echo
