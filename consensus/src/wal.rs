@@ -64,7 +64,10 @@ pub struct Wal {
     hard_state: Option<HardState>,
     /// The record being built by `append` and `set_hard_state`, written by `sync`.
     pending_hs: Option<HardState>,
-    pending_entries: Vec<(u64, u64, Vec<u8>)>,
+    /// Queued entries as they go in the record (index, term, length, protobuf), encoded once,
+    /// and for each (index, term, offset of its protobuf in `pending_body`, length).
+    pending_body: Vec<u8>,
+    pending_entries: Vec<(u64, u64, usize, u32)>,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -202,6 +205,7 @@ impl Wal {
             positions: VecDeque::new(),
             hard_state: None,
             pending_hs: None,
+            pending_body: Vec::new(),
             pending_entries: Vec::new(),
         };
         // Segments are written one after another: records, then zeroes. A torn record can only
@@ -400,9 +404,17 @@ impl Wal {
     /// Queues entries for the next `sync`.
     pub fn append(&mut self, entries: &[Entry]) {
         for e in entries {
-            // Encoding our own, already valid, entry cannot fail.
-            let bytes = e.write_to_bytes().unwrap_or_default();
-            self.pending_entries.push((e.index, e.term, bytes));
+            let body = &mut self.pending_body;
+            body.extend_from_slice(&e.index.to_le_bytes());
+            body.extend_from_slice(&e.term.to_le_bytes());
+            let len_at = body.len();
+            body.extend_from_slice(&[0u8; 4]);
+            let start = body.len();
+            // Encoding our own, already valid, entry into a Vec cannot fail.
+            let _ = e.write_to_vec(body);
+            let len = (body.len() - start) as u32;
+            body[len_at..start].copy_from_slice(&len.to_le_bytes());
+            self.pending_entries.push((e.index, e.term, start, len));
         }
     }
 
@@ -427,21 +439,16 @@ impl Wal {
             .as_ref()
             .map(|h| h.write_to_bytes().unwrap_or_default())
             .unwrap_or_default();
-        let size = 8 + hs_bytes.len() + entries.iter().map(|(_, _, b)| 20 + b.len()).sum::<usize>();
+        let size = 8 + hs_bytes.len() + self.pending_body.len();
         let mut record = Vec::with_capacity(HEADER + size);
         record.extend_from_slice(&(size as u32).to_le_bytes());
         record.extend_from_slice(&[0u8; 8]);
         record.extend_from_slice(&(hs_bytes.len() as u32).to_le_bytes());
         record.extend_from_slice(&hs_bytes);
         record.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        let mut offsets = Vec::with_capacity(entries.len());
-        for (index, term, bytes) in &entries {
-            record.extend_from_slice(&index.to_le_bytes());
-            record.extend_from_slice(&term.to_le_bytes());
-            record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            offsets.push(record.len());
-            record.extend_from_slice(bytes);
-        }
+        let body_at = record.len();
+        record.extend_from_slice(&self.pending_body);
+        self.pending_body.clear();
         let check = checksum(&record[HEADER..]);
         record[4..HEADER].copy_from_slice(&check);
         // Room for this record and the zero header that ends the log after it.
@@ -467,15 +474,15 @@ impl Wal {
                 .map_err(io_err("syncing the raft log"))?;
         }
         let id = segment.id;
-        for ((index, term, bytes), offset) in entries.iter().zip(offsets) {
+        for &(index, term, offset, len) in &entries {
             self.index_entry(
                 Position {
                     segment: id,
-                    offset: self.write_at + offset as u64,
-                    len: bytes.len() as u32,
-                    term: *term,
+                    offset: self.write_at + (body_at + offset) as u64,
+                    len,
+                    term,
                 },
-                *index,
+                index,
             );
         }
         self.write_at += record.len() as u64;
