@@ -60,6 +60,7 @@ impl FrameStream {
     ) -> Result<(), String> {
         let mut budget = READ_BUDGET;
         loop {
+            let room = self.input.spare_mut().len();
             match self.sock.read(self.input.spare_mut()) {
                 Ok(0) => {
                     return Err(if self.input.partial() > 0 {
@@ -74,7 +75,8 @@ impl FrameStream {
                         on_frame(frame)?;
                     }
                     budget = budget.saturating_sub(n);
-                    if budget == 0 {
+                    // A short read emptied the socket: another read would only block.
+                    if budget == 0 || n < room {
                         return Ok(());
                     }
                 }

@@ -88,15 +88,15 @@ impl Inbox {
     }
 
     /// Sleeps until a command arrives, one of `streams` is readable (or writable, when its flag
-    /// asks), or `timeout` passes; returns at once when commands are already queued. The caller
-    /// tries every stream afterwards anyway, so what woke it is not reported.
-    pub fn wait(&self, timeout: Duration, streams: &[(BorrowedFd<'_>, bool)]) {
+    /// asks), or `timeout` passes; returns at once when commands are already queued. Says which
+    /// streams to try: those poll reported, or all of them when it did not poll.
+    pub fn wait(&self, timeout: Duration, streams: &[(BorrowedFd<'_>, bool)]) -> Woken {
         {
             let Ok(mut q) = self.0.queue.lock() else {
-                return;
+                return Woken::ALL;
             };
             if !q.commands.is_empty() {
-                return;
+                return Woken::ALL;
             }
             q.parked = true;
         }
@@ -111,13 +111,39 @@ impl Inbox {
         }
         let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-        // EINTR (a signal) only ends the wait early.
-        let _ = poll(&mut fds, timeout);
+        // EINTR (a signal) only ends the wait early, and then every stream is worth a try.
+        let polled = poll(&mut fds, timeout).is_ok();
         if let Ok(mut q) = self.0.queue.lock() {
             q.parked = false;
         }
-        // Clear a wake-up (non-blocking: nothing to read is fine).
-        let _ = self.0.wake.read();
+        let fired = |fd: &PollFd<'_>| fd.revents().is_none_or(|r| !r.is_empty());
+        if !polled {
+            return Woken::ALL;
+        }
+        if fired(&fds[0]) {
+            // Clear the wake-up (non-blocking: already cleared is fine).
+            let _ = self.0.wake.read();
+        }
+        let mut woken = Woken(0);
+        for (i, fd) in fds[1..].iter().enumerate() {
+            if fired(fd) {
+                woken.0 |= 1 << i;
+            }
+        }
+        woken
+    }
+}
+
+/// Which of the streams passed to `Inbox::wait` have something (readable, writable, hung up):
+/// a bit per stream, in order. Trying only those saves a read that would block per stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Woken(u32);
+
+impl Woken {
+    pub const ALL: Woken = Woken(u32::MAX);
+
+    pub fn stream(self, i: usize) -> bool {
+        i < 32 && self.0 & (1 << i) != 0
     }
 }
 
@@ -174,10 +200,16 @@ mod tests {
         use std::io::Write;
         let (_tx, inbox) = channel().unwrap();
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (c, _d) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(b"x").unwrap();
         let started = Instant::now();
-        inbox.wait(Duration::from_secs(10), &[(b.as_fd(), false)]);
+        let woken = inbox.wait(
+            Duration::from_secs(10),
+            &[(c.as_fd(), false), (b.as_fd(), false)],
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(woken.stream(1), "the readable stream is reported");
+        assert!(!woken.stream(0), "the quiet stream is not");
         drop(a);
     }
 }

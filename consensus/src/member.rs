@@ -86,6 +86,13 @@ pub fn run(config: Config) -> Result<()> {
     // Applied entries were committed; raft-rs refuses an applied index above the commit, which
     // the WAL may hold from before the last apply (it is only written with new entries).
     log.set_commit(applied);
+    let last_index = log.last_index_cached();
+    if last_index > applied {
+        info!(
+            applied,
+            last_index, "entries above the applied index are applied again once known committed"
+        );
+    }
     let revision = mvcc::View::snapshot(&db).current_revision()?;
     let own_peer_urls = members
         .iter()

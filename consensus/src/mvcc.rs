@@ -1095,8 +1095,9 @@ impl<'a> Applier<'a> {
     }
 
     /// Writes everything applied so far, with the revisions and the applied index, in one batch.
-    /// No fsync: the entries are durable in the raft log, and a crash before this write only
-    /// means they are applied again from there, exactly once, since the applied index moves with them.
+    /// Neither fsync nor RocksDB WAL: the entries are durable in the raft log, and a crash that
+    /// loses this write only means they are applied again from there, exactly once, since the
+    /// applied index moves with them.
     pub fn flush(&mut self) -> Result<()> {
         let meta = self.db.cf(CF_META);
         self.batch
@@ -1106,7 +1107,7 @@ impl<'a> Applier<'a> {
             META_COMPACT_REVISION,
             self.compact_revision.to_be_bytes(),
         );
-        self.db.write(std::mem::take(&mut self.batch), false)?;
+        self.db.write_applied(std::mem::take(&mut self.batch))?;
         self.overlay.clear();
         Ok(())
     }

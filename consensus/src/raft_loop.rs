@@ -205,26 +205,38 @@ impl RaftLoop {
         let mut next_tick = Instant::now() + tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            {
+            let (peer_ready, writes_ready) = {
                 let mut streams = Vec::with_capacity(2);
                 if let Some(p) = &self.peer {
                     streams.push((p.fd(), p.wants_write()));
                 }
+                let peer_slot = streams.len().checked_sub(1);
                 if let Some(w) = &self.writes {
                     streams.push((w.fd(), w.wants_write()));
                 }
-                self.inbox.wait(wait, &streams);
-            }
+                let writes_slot = streams
+                    .len()
+                    .checked_sub(1)
+                    .filter(|_| self.writes.is_some());
+                let woken = self.inbox.wait(wait, &streams);
+                let ready = |slot: Option<usize>| slot.is_some_and(|i| woken.stream(i));
+                (ready(peer_slot), ready(writes_slot))
+            };
             // Everything queued shares this Ready's fsync.
             if !self.inbox.drain(&mut self.pending) {
                 return Ok(());
             }
+            // A command may have brought a new stream, which has not been polled yet.
+            let commands = !self.pending.is_empty();
             while let Some(cmd) = self.pending.pop_front() {
                 self.handle(cmd);
             }
-            // Tried on every round, not only when poll says so: a busy inbox skips the poll.
-            self.pump_peer_stream();
-            self.pump_write_stream();
+            if peer_ready || commands {
+                self.pump_peer_stream();
+            }
+            if writes_ready || commands {
+                self.pump_write_stream();
+            }
             self.send_read_index();
             if Instant::now() >= next_tick {
                 next_tick += tick;
@@ -568,8 +580,8 @@ impl RaftLoop {
         }
         let commit = rd.hs().map(|hs| hs.commit);
         let mut committed = Some(rd.take_committed_entries());
-        // A leader answers its clients before its fsync. A follower first acknowledges the new
-        // entries (its answer gates every write's commit) and applies afterwards.
+        // A leader answers its clients before it writes its log. Everyone else applies while the
+        // disk writes the new entries: raft only hands out entries that are durable already.
         let apply_first = self.node.raft.state == StateRole::Leader;
         if apply_first {
             self.apply(committed.take().unwrap_or_default(), commit)?;
@@ -580,18 +592,20 @@ impl RaftLoop {
         if let Some(hs) = rd.hs() {
             log.set_hard_state(hs);
         }
-        let sync = rd.must_sync();
         let started = Instant::now();
-        if log.persist(sync)? && sync {
+        log.begin_persist(rd.must_sync())?;
+        if let Some(committed) = committed {
+            self.apply(committed, commit)?;
+        }
+        if self.node.mut_store().finish_persist()? {
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.shared
                 .fsync_nanos
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
+        // A follower's acknowledgements gate every write's commit: they leave as soon as the
+        // entries are durable.
         self.send(rd.take_persisted_messages());
-        if let Some(committed) = committed {
-            self.apply(committed, commit)?;
-        }
         for rs in rd.take_read_states() {
             let Some(ctx) = read_context(&rs.request_ctx, self.me.id) else {
                 continue;
