@@ -156,6 +156,18 @@ pub fn decode_proposal(data: &[u8]) -> capnp::Result<(u64, Proposal)> {
     Ok((r.get_id(), p))
 }
 
+/// The key of a put proposal (None for anything else or undecodable data), without decoding the
+/// rest.
+pub fn put_key(data: &[u8]) -> Option<Vec<u8>> {
+    let msg = capnp::serialize::read_message_from_flat_slice(&mut &data[..], ReaderOptions::new())
+        .ok()?;
+    let r = msg.get_root::<raft_request::Reader>().ok()?;
+    match r.which().ok()? {
+        raft_request::Which::Put(p) => Some(p.ok()?.get_key().ok()?.to_vec()),
+        _ => None,
+    }
+}
+
 /// Encodes a proposal as raft entry data; `fill` sets the request (usually by copying the reader
 /// the client plane received, so nothing is re-encoded by hand).
 pub fn encode_proposal(

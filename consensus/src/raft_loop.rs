@@ -594,7 +594,8 @@ impl RaftLoop {
         }
         let started = Instant::now();
         log.begin_persist(rd.must_sync())?;
-        if let Some(committed) = committed {
+        if let Some(committed) = committed.filter(|c| !c.is_empty()) {
+            self.node.mut_store().start_writeback();
             self.apply(committed, commit)?;
         }
         if self.node.mut_store().finish_persist()? {
@@ -606,6 +607,9 @@ impl RaftLoop {
         // A follower's acknowledgements gate every write's commit: they leave as soon as the
         // entries are durable.
         self.send(rd.take_persisted_messages());
+        if self.node.raft.state == StateRole::Leader {
+            self.prefetch(rd.entries())?;
+        }
         for rs in rd.take_read_states() {
             let Some(ctx) = read_context(&rs.request_ctx, self.me.id) else {
                 continue;
@@ -628,6 +632,25 @@ impl RaftLoop {
         {
             self.bcast_commit_until = 0;
             self.node.skip_bcast_commit(true);
+        }
+        Ok(())
+    }
+
+    /// While new entries replicate, looks up what applying their puts will need.
+    fn prefetch(&mut self, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let state = match self.mvcc.as_mut() {
+            Some(state) => state,
+            None => self.mvcc.insert(MvccState::load(&self.db)?),
+        };
+        for entry in entries {
+            if entry.get_entry_type() == EntryType::EntryNormal
+                && let Some(key) = codec::put_key(&entry.data)
+            {
+                state.prefetch(&self.db, &key)?;
+            }
         }
         Ok(())
     }

@@ -317,14 +317,19 @@ impl RaftLog {
         Ok(any)
     }
 
-    /// The first half of `persist`: writes the record and, with `sync`, starts the device on
-    /// it; nothing may depend on it being durable before `finish_persist`.
+    /// The first half of `persist`: writes the record; with `sync`, nothing may depend on it
+    /// being durable before `finish_persist`.
     pub fn begin_persist(&mut self, sync: bool) -> Result<bool> {
         if !self.wal.has_pending() {
             return Ok(false);
         }
         self.wal.write(sync)?;
         Ok(true)
+    }
+
+    /// Has the device start on what `begin_persist` wrote, for a caller with work to do meanwhile.
+    pub fn start_writeback(&mut self) {
+        self.wal.start_writeback();
     }
 
     /// Waits until what `begin_persist` wrote with `sync` is durable; true when that took an

@@ -73,6 +73,8 @@ pub struct Wal {
     unsynced: bool,
     /// A durable `write` waits for `wait_durable`.
     sync_due: bool,
+    /// Where the last record went in the active segment (offset, length).
+    last_record: (u64, u64),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -234,6 +236,7 @@ impl Wal {
             pending_entries: Vec::new(),
             unsynced: false,
             sync_due: false,
+            last_record: (0, 0),
         };
         // Segments are written one after another: records, then zeroes. A torn record can only
         // be the last thing written, so only empty segments may follow one.
@@ -461,9 +464,9 @@ impl Wal {
         self.wait_durable().map(|_| ())
     }
 
-    /// Writes what `append` and `set_hard_state` queued as one record. With `durable` the device
-    /// starts writing it at once, and `wait_durable` must follow before anyone learns of it: the
-    /// caller does other work (applying) while the disk is busy.
+    /// Writes what `append` and `set_hard_state` queued as one record. With `durable`,
+    /// `wait_durable` must follow before anyone learns of it; `start_writeback` in between lets
+    /// the caller work (apply) while the device writes.
     pub fn write(&mut self, durable: bool) -> Result<()> {
         if !self.has_pending() {
             return Ok(());
@@ -504,8 +507,8 @@ impl Wal {
             .map_err(io_err("writing the raft log"))?;
         self.unsynced = true;
         if durable {
-            start_writeback(&segment.file, self.write_at, record.len() as u64);
             self.sync_due = true;
+            self.last_record = (self.write_at, record.len() as u64);
         }
         let id = segment.id;
         for &(index, term, offset, len) in &entries {
@@ -524,6 +527,13 @@ impl Wal {
             self.hard_state = hs;
         }
         Ok(())
+    }
+
+    /// Has the device start writing the record a durable `write` left, without waiting.
+    pub fn start_writeback(&self) {
+        if let (true, Some(segment)) = (self.sync_due, self.segments.last()) {
+            start_writeback(&segment.file, self.last_record.0, self.last_record.1);
+        }
     }
 
     /// Makes everything `write` wrote durable, if a durable write asked for it; true when that
