@@ -2482,16 +2482,19 @@ mod tests {
         }
     }
 
+    /// One batch of entries as the raft loop applies it, continuing from `state`.
+    fn apply_batch(db: &Db, state: MvccState, f: &dyn Fn(&mut Applier)) -> MvccState {
+        let mut a = Applier::resume(db, state);
+        f(&mut a);
+        a.flush().unwrap();
+        a.into_state()
+    }
+
     #[test]
     fn a_prefetched_newest_version_is_what_the_put_builds_on() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        let step = |state: MvccState, f: &dyn Fn(&mut Applier)| {
-            let mut a = Applier::resume(&db, state);
-            f(&mut a);
-            a.flush().unwrap();
-            a.into_state()
-        };
+        let step = |state, f: &dyn Fn(&mut Applier)| apply_batch(&db, state, f);
         let state = step(MvccState::load(&db).unwrap(), &|a| {
             a.put(&put("k", "1")).unwrap(); // revision 2
             a.put(&put("gone", "1")).unwrap(); // revision 3
@@ -2530,12 +2533,7 @@ mod tests {
     fn latest_cache_across_batches_keeps_create_and_version_right() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        let step = |state: MvccState, f: &dyn Fn(&mut Applier)| {
-            let mut a = Applier::resume(&db, state);
-            f(&mut a);
-            a.flush().unwrap();
-            a.into_state()
-        };
+        let step = |state, f: &dyn Fn(&mut Applier)| apply_batch(&db, state, f);
         let mut state = MvccState::load(&db).unwrap();
         state = step(state, &|a| {
             a.put(&put("k", "1")).unwrap();
