@@ -111,7 +111,16 @@ impl FrameSocket {
         loop {
             let mut ready = self.fd.readable().await?;
             match ready.try_io(|sock| sock.get_ref().read(buf)) {
-                Ok(result) => return result,
+                Ok(Ok(n)) => {
+                    // A short read emptied the socket: wait for the next event instead of
+                    // learning that from a read that would block. (Data that arrived meanwhile
+                    // brought a newer event, which this does not clear.)
+                    if n > 0 && n < buf.len() {
+                        ready.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }
@@ -365,5 +374,33 @@ mod tests {
             read.extend_from_slice(&buf[..n]);
         }
         assert_eq!(read, b"done");
+    }
+    /// After a short read the socket waits for the next event instead of reading again; data
+    /// that comes later, in bursts or byte by byte, is still read, and so is the close.
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_after_a_short_read_still_see_later_data() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let socket = FrameSocket::new(ours).unwrap();
+        let writer = std::thread::spawn(move || {
+            for chunk in [&b"first"[..], b"second", b"x", b"y"] {
+                theirs.write_all(chunk).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        let mut read = Vec::new();
+        let deadline = std::time::Duration::from_secs(10);
+        loop {
+            let n = tokio::time::timeout(deadline, socket.read(&mut buf))
+                .await
+                .expect("a later write was never read")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        writer.join().unwrap();
+        assert_eq!(read, b"firstsecondxy");
     }
 }
