@@ -1,6 +1,10 @@
-//! QUIC between the peer gateways of the members. Every member dials each other member and sends
-//! its raft messages on that connection; what others dial to us carries their messages to us. So
-//! each pair of members has two connections, one per direction.
+//! QUIC between the peer gateways of the members. Every member dials each other member, so each
+//! pair of members has two connections. Messages in both directions travel on the one the
+//! lower member ID dialed, while it is up: raft's traffic is request and answer (append, then its
+//! acknowledgement), so on one connection each side's answer carries the QUIC ACK for what it
+//! answers, where a connection per direction made the receiving side send ACK-only packets (and
+//! wake the other gateway) several hundred times a second. The higher member sends on its own
+//! connection only while the shared one is down, and snapshots always go on the sender's own.
 //!
 //! This module knows nothing of consensus: messages go in through [`Transport::send`] and come
 //! out of [`Events::inbound`]; what consensus must hear about comes out of [`Events::reports`].
@@ -146,9 +150,22 @@ struct PeerLink {
     last_unreachable: Mutex<Option<Instant>>,
     /// Wakes the connection task to dial again (the peer restarted, our connection is stale).
     kick: Notify,
+    /// The connection the peer dialed to us, when the peer has the lower member ID: we send on
+    /// it too (see the module comment).
+    shared_conn: Mutex<Option<Connection>>,
+    /// Batches of messages sent on `shared_conn` (for tests and debugging).
+    shared_batches: std::sync::atomic::AtomicU64,
 }
 
 impl PeerLink {
+    /// The connection the lower-ID peer dialed to us, if it is still open.
+    fn shared_conn(&self) -> Option<Connection> {
+        lock(&self.shared_conn)
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
     fn report_unreachable(&self, reports: &mpsc::UnboundedSender<Report>, id: u64) {
         let mut last = lock(&self.last_unreachable);
         let now = Instant::now();
@@ -327,6 +344,14 @@ impl Transport {
         }
     }
 
+    /// How many batches of messages to `to` went on the connection `to` dialed.
+    #[cfg(test)]
+    fn batches_on_shared(&self, to: u64) -> u64 {
+        lock(&self.shared.peers)
+            .get(&to)
+            .map_or(0, |p| p.link.shared_batches.load(Ordering::Relaxed))
+    }
+
     #[cfg(test)]
     fn is_connected(&self, to: u64) -> bool {
         lock(&self.shared.peers)
@@ -454,6 +479,11 @@ async fn run_peer(
             Ok(conn) => {
                 backoff = MIN_BACKOFF;
                 info!("connected to member {id:x} at {target}");
+                // A higher-ID peer sends its messages to us on this connection.
+                tokio::spawn({
+                    let (shared, conn) = (shared.clone(), conn.clone());
+                    async move { read_streams(&shared, conn, id).await }
+                });
                 // Whatever was queued for an earlier connection is stale by now.
                 drain(&shared, id, &link, &mut queue);
                 link.connected.store(true, Ordering::Release);
@@ -580,6 +610,8 @@ async fn pump(
         return e.to_string();
     }
     let mut buf = Vec::new();
+    let prefer_shared = id < shared.member_id;
+    let mut on_shared = None;
     loop {
         let first = tokio::select! {
             m = queue.recv() => match m {
@@ -605,11 +637,45 @@ async fn pump(
             };
         }
         if !buf.is_empty()
-            && let Err(e) = stream.write_all(&buf).await
+            && let Err(e) =
+                write_batch(link, prefer_shared, &mut on_shared, &mut stream, &buf).await
         {
             return format!("writing messages failed: {e}");
         }
     }
+}
+
+/// Writes a batch of messages: on the connection the lower-ID peer dialed when we are the higher
+/// member and it is up (a stream of ours opened on it once per connection), else on our own.
+/// Switching may reorder or drop messages, which raft tolerates.
+async fn write_batch(
+    link: &PeerLink,
+    prefer_shared: bool,
+    on_shared: &mut Option<(usize, quinn::SendStream)>,
+    own: &mut quinn::SendStream,
+    buf: &[u8],
+) -> std::result::Result<(), quinn::WriteError> {
+    if prefer_shared && let Some(conn) = link.shared_conn() {
+        if on_shared
+            .as_ref()
+            .is_none_or(|(id, _)| *id != conn.stable_id())
+        {
+            *on_shared = None;
+            if let Ok(mut s) = conn.open_uni().await
+                && s.write_all(&[STREAM_MESSAGES]).await.is_ok()
+            {
+                *on_shared = Some((conn.stable_id(), s));
+            }
+        }
+        if let Some((_, s)) = on_shared.as_mut() {
+            if s.write_all(buf).await.is_ok() {
+                link.shared_batches.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            *on_shared = None;
+        }
+    }
+    own.write_all(buf).await
 }
 
 fn spawn_snapshot(
@@ -694,7 +760,21 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         peer.link.kick.notify_waiters();
     }
     debug!("accepted connection from member {from:x} at {addr}");
+    // The lower-ID member's connection carries our messages to it too.
+    let link = (from < shared.member_id)
+        .then(|| lock(&shared.peers).get(&from).map(|p| p.link.clone()))
+        .flatten();
+    if let Some(link) = &link {
+        *lock(&link.shared_conn) = Some(conn.clone());
+    }
+    let id = conn.stable_id();
     read_streams(&shared, conn, from).await;
+    if let Some(link) = link {
+        let mut current = lock(&link.shared_conn);
+        if current.as_ref().is_some_and(|c| c.stable_id() == id) {
+            *current = None;
+        }
+    }
 }
 
 /// Reads every stream the peer opens until the connection ends.

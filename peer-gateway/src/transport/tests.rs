@@ -218,6 +218,51 @@ async fn another_cluster_is_refused() {
     assert!(ec.inbound.try_recv().is_err());
 }
 
+/// Both directions use the connection the lower member ID dialed, so answers carry the QUIC ACKs:
+/// the higher member sends on it, the lower one on its own. After the lower member restarts,
+/// messages flow both ways again and the higher one moves to the new connection.
+#[tokio::test]
+async fn both_directions_share_the_lower_members_connection() {
+    const { assert!(A < B) };
+    let ((a, mut ea), (b, mut eb)) = pair(self_signed(), self_signed());
+    wait_connected(&a, B).await;
+    wait_connected(&b, A).await;
+    let on_shared = |b: &Transport| b.batches_on_shared(A);
+    // B learns of A's connection once A's handshake is through; until then B uses its own.
+    timeout(WAIT, async {
+        while on_shared(&b) == 0 {
+            a.send(B, b"ping".to_vec(), false).unwrap();
+            assert_eq!(recv(&mut eb).await.data, b"ping");
+            b.send(A, b"pong".to_vec(), false).unwrap();
+            assert_eq!(recv(&mut ea).await.data, b"pong");
+        }
+    })
+    .await
+    .expect("B never sent on the connection A dialed");
+    assert_eq!(
+        a.batches_on_shared(B),
+        0,
+        "A, the lower ID, sends on its own"
+    );
+
+    let a_addr = addr(&a);
+    drop(a);
+    drop(ea);
+    let (a2, mut ea2) = start_on(CLUSTER, A, a_addr, self_signed()).await;
+    a2.set_members(table(&[(A, a_addr), (B, addr(&b))]));
+    let before = on_shared(&b);
+    deliver_eventually(&a2, B, &mut eb, b"after restart").await;
+    deliver_eventually(&b, A, &mut ea2, b"answer").await;
+    timeout(WAIT, async {
+        while on_shared(&b) == before {
+            b.send(A, b"again".to_vec(), false).unwrap();
+            assert_eq!(recv(&mut ea2).await.data, b"again");
+        }
+    })
+    .await
+    .expect("B never moved to the connection the restarted A dialed");
+}
+
 #[tokio::test]
 async fn a_restarted_peer_is_reached_again() {
     let ((a, mut ea), (b, eb)) = pair(self_signed(), self_signed());
