@@ -490,6 +490,63 @@ fn a_range_answer_larger_than_64_mib_comes_through() {
     assert_eq!(v["kvs"].as_array().map(Vec::len), Some(48));
 }
 
+/// Followers apply in batches (a few entries or a few milliseconds), but never behind what a
+/// client can tell: a linearizable read on a follower sees the write the leader just answered, a
+/// write through a follower is there for a serializable read on that follower as soon as it is
+/// answered, and a serializable read catches up within a moment even when no more writes come.
+#[test]
+fn followers_apply_in_batches_without_reads_seeing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts = ["127.0.0.24", "127.0.0.25", "127.0.0.26"];
+    let cluster = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("b{i}=http://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Member> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| http_member(tmp.path(), &format!("b{i}"), h, &cluster, ""))
+        .collect();
+    for m in &members {
+        wait_healthy(m, Duration::from_secs(60));
+    }
+    let leader = leader_index(&members, &[0, 1, 2]);
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let (l, f) = (&members[leader], &members[follower]);
+    for i in 0..20 {
+        let v = format!("v{i}");
+        l.ctl_ok(&["put", "k", &v]);
+        assert_eq!(
+            value_of(f, "k", &[]).as_deref(),
+            Some(v.as_str()),
+            "a linearizable read on the follower missed write {i}"
+        );
+    }
+    for i in 0..5 {
+        let v = format!("w{i}");
+        f.ctl_ok(&["put", "through-follower", &v]);
+        assert_eq!(
+            value_of(f, "through-follower", &["--consistency=s"]).as_deref(),
+            Some(v.as_str()),
+            "the follower answered write {i} before applying it"
+        );
+    }
+    // One last write and no more: the follower still applies it, on its own.
+    l.ctl_ok(&["put", "last", "x"]);
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the follower to apply the last write",
+        || (value_of(f, "last", &["--consistency=s"]).as_deref() == Some("x")).then_some(()),
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for m in &mut members {
+        m.stop();
+    }
+}
+
 /// A write that cannot reach a quorum gets a definite answer from consensus itself, etcd's
 /// "request timed out" once its request timeout passes (the raft thread's deadline for writes on
 /// the write stream), instead of hanging until the client gives up. A long election timeout keeps
