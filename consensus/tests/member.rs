@@ -74,6 +74,21 @@ fn value_of(m: &Member, key: &str, extra: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Started plain-http members named `{prefix}0`, `{prefix}1`, ... on `hosts`, one cluster.
+fn http_cluster(dir: &std::path::Path, prefix: &str, hosts: &[&str], extra: &str) -> Vec<Member> {
+    let cluster = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{prefix}{i}=http://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| http_member(dir, &format!("{prefix}{i}"), h, &cluster, extra))
+        .collect()
+}
+
 fn leader_index(members: &[Member], asking: &[usize]) -> usize {
     let leader = eventually(Duration::from_secs(15), "a leader", || {
         asking
@@ -497,18 +512,12 @@ fn a_range_answer_larger_than_64_mib_comes_through() {
 #[test]
 fn followers_apply_in_batches_without_reads_seeing_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let hosts = ["127.0.0.24", "127.0.0.25", "127.0.0.26"];
-    let cluster = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| format!("b{i}=http://{h}:2380"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members: Vec<Member> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| http_member(tmp.path(), &format!("b{i}"), h, &cluster, ""))
-        .collect();
+    let mut members = http_cluster(
+        tmp.path(),
+        "b",
+        &["127.0.0.24", "127.0.0.25", "127.0.0.26"],
+        "",
+    );
     for m in &members {
         wait_healthy(m, Duration::from_secs(60));
     }
@@ -554,20 +563,14 @@ fn followers_apply_in_batches_without_reads_seeing_it() {
 #[test]
 fn a_write_without_quorum_gets_etcds_timeout() {
     let tmp = tempfile::tempdir().unwrap();
-    let hosts = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
-    let cluster = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| format!("q{i}=http://{h}:2380"))
-        .collect::<Vec<_>>()
-        .join(",");
     // Request timeout: 5 s plus two election timeouts, 9 s here.
     let extra = "ETCD_ELECTION_TIMEOUT=\"2000\"\n";
-    let mut members: Vec<Member> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| http_member(tmp.path(), &format!("q{i}"), h, &cluster, extra))
-        .collect();
+    let mut members = http_cluster(
+        tmp.path(),
+        "q",
+        &["127.0.0.21", "127.0.0.22", "127.0.0.23"],
+        extra,
+    );
     for m in &members {
         wait_healthy(m, Duration::from_secs(60));
     }
