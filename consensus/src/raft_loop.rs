@@ -156,9 +156,10 @@ pub struct RaftLoop {
     me: MemberInfo,
     published: bool,
     last_publish: Option<Instant>,
-    /// As leader: the last index of a proposal a follower forwarded; commits are broadcast until
-    /// it is committed (0: none pending).
-    bcast_commit_until: u64,
+    /// As leader: followers with a forwarded proposal not yet committed, and its last index. Only
+    /// they hear of the commit at once (an append carrying it); the others learn it from the next
+    /// append or heartbeat (raft-rs `skip_bcast_commit`).
+    forwarded: Vec<(u64, u64)>,
     /// Committed entries raft handed out that are not applied yet (see `FOLLOWER_APPLY_BATCH`),
     /// and since when the oldest waits.
     unapplied: Vec<Entry>,
@@ -201,7 +202,7 @@ impl RaftLoop {
             me,
             published,
             last_publish: None,
-            bcast_commit_until: 0,
+            forwarded: Vec::new(),
             unapplied: Vec::new(),
             unapplied_since: None,
         }
@@ -423,12 +424,18 @@ impl RaftLoop {
         for event in events.drain(..) {
             match event {
                 Event::Step(m) => {
-                    let forwarded = m.get_msg_type() == MessageType::MsgPropose;
+                    let forwarded_by =
+                        (m.get_msg_type() == MessageType::MsgPropose).then_some(m.from);
                     if let Err(e) = self.node.step(m) {
                         debug!("raft refused a message: {e}");
-                    } else if forwarded && self.node.raft.state == StateRole::Leader {
-                        self.bcast_commit_until = self.node.raft.raft_log.last_index();
-                        self.node.skip_bcast_commit(false);
+                    } else if let Some(from) = forwarded_by
+                        && self.node.raft.state == StateRole::Leader
+                    {
+                        let last = self.node.raft.raft_log.last_index();
+                        match self.forwarded.iter_mut().find(|(peer, _)| *peer == from) {
+                            Some(pending) => pending.1 = last,
+                            None => self.forwarded.push((from, last)),
+                        }
                     }
                 }
                 Event::Unreachable(id) => self.node.report_unreachable(id),
@@ -576,6 +583,8 @@ impl RaftLoop {
     }
 
     fn on_ready(&mut self) -> Result<()> {
+        // Goes out with this Ready's messages, before the leader's own apply.
+        self.tell_forwarders();
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
             if ss.leader_id != self.shared.leader.load(Ordering::Relaxed) && ss.leader_id != 0 {
@@ -649,14 +658,42 @@ impl RaftLoop {
         self.collect(light.take_committed_entries(), commit);
         self.maybe_apply()?;
         self.answer_reads();
-        if self.bcast_commit_until != 0
-            && (self.node.raft.raft_log.committed >= self.bcast_commit_until
-                || self.node.raft.state != StateRole::Leader)
-        {
-            self.bcast_commit_until = 0;
-            self.node.skip_bcast_commit(true);
+        // A commit the leader's own fsync completed. Only a leader's messages may leave without
+        // a Ready (raft-rs holds a follower's until they are persisted).
+        self.tell_forwarders();
+        if self.node.raft.state == StateRole::Leader && !self.node.raft.msgs.is_empty() {
+            let msgs = std::mem::take(&mut self.node.raft.msgs);
+            self.send(msgs);
         }
         Ok(())
+    }
+
+    /// Sends each follower whose forwarded proposal is now committed an append carrying the
+    /// commit index: it answers its client once it applies, and waiting for the next append or
+    /// heartbeat would cost a lone write up to a heartbeat interval. Sending it to every follower
+    /// (what raft-rs does without `skip_bcast_commit`) cost the others a round trip each.
+    fn tell_forwarders(&mut self) {
+        if self.forwarded.is_empty() {
+            return;
+        }
+        if self.node.raft.state != StateRole::Leader {
+            self.forwarded.clear();
+            return;
+        }
+        let committed = self.node.raft.raft_log.committed;
+        let mut due = Vec::new();
+        self.forwarded.retain(|&(peer, last)| {
+            let now = last <= committed;
+            if now {
+                due.push(peer);
+            }
+            !now
+        });
+        for peer in due {
+            if self.node.raft.prs().get(peer).is_some() {
+                self.node.raft.send_append(peer);
+            }
+        }
     }
 
     /// Takes committed entries for `maybe_apply`. The commit index goes to the log at once (kept
