@@ -309,22 +309,20 @@ impl RaftLog {
         }
     }
 
-    /// Writes what `append` and `set_hard_state` gave since the last call, as one WAL record;
-    /// with `sync`, durably (fdatasync) before returning. Returns whether there was anything.
+    /// `begin_persist` then `finish_persist`, for tests; returns whether there was anything.
+    #[cfg(test)]
     pub fn persist(&mut self, sync: bool) -> Result<bool> {
-        let any = self.begin_persist(sync)?;
+        let any = self.wal.has_pending();
+        self.begin_persist(sync)?;
         self.finish_persist()?;
         Ok(any)
     }
 
-    /// The first half of `persist`: writes the record; with `sync`, nothing may depend on it
-    /// being durable before `finish_persist`.
-    pub fn begin_persist(&mut self, sync: bool) -> Result<bool> {
-        if !self.wal.has_pending() {
-            return Ok(false);
-        }
-        self.wal.write(sync)?;
-        Ok(true)
+    /// Writes what `append` and `set_hard_state` gave since the last call, as one WAL record
+    /// (nothing if they gave nothing); with `sync`, nothing may depend on it being durable before
+    /// `finish_persist`.
+    pub fn begin_persist(&mut self, sync: bool) -> Result<()> {
+        self.wal.write(sync)
     }
 
     /// Has the device start on what `begin_persist` wrote, for a caller with work to do meanwhile.
