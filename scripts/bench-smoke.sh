@@ -80,6 +80,12 @@ for workload in "put" "range --consistency l" "range --consistency s" "txn-put";
   grep -q '^{"op":.*"errors":0,' <<<"$out" || { log "etcd-bench $workload: $out"; exit 1; }
   tail -n 1 <<<"$out"
 done
+# A refused request is counted and reported with etcd's gRPC status and message.
+if out=$("$bin/etcd-bench" --endpoints "$host:2379" --total 1 --val-size 1600000 put); then
+  log "etcd-bench should fail on a request above etcd's 1.5 MiB limit: $out"; exit 1
+fi
+grep -q 'error (1x): InvalidArgument: etcdserver: request is too large' <<<"$out" \
+  || { log "etcd-bench did not report the gRPC status of a refused put: $out"; exit 1; }
 if bench watch-latency >/dev/null 2>&1; then
   log "etcd-bench watch-latency should say it is not supported yet"; exit 1
 fi

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+mod conn;
+
+pub use conn::Conn;
 
 use crate::proto::etcdserverpb::{
-    PutRequest, RangeRequest, RequestOp, TxnRequest, kv_client::KvClient, request_op,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    request_op,
 };
 
 /// At most this many distinct error messages are kept for the report.
@@ -110,32 +113,13 @@ fn endpoint_url(e: &str) -> Result<String, String> {
 }
 
 /// Opens `conns` HTTP/2 connections, the i-th to `endpoints[i % len]`.
-pub async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, String> {
-    let mut channels = Vec::with_capacity(conns);
+pub async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Conn>, String> {
+    let mut opened = Vec::with_capacity(conns);
     for i in 0..conns {
         let url = endpoint_url(&endpoints[i % endpoints.len()])?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("endpoint {url}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {}", error_chain(&e)))?;
-        channels.push(channel);
+        opened.push(Conn::dial(&url, CONNECT_TIMEOUT).await?);
     }
-    Ok(channels)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+    Ok(opened)
 }
 
 /// What a run measured.
@@ -282,8 +266,8 @@ pub fn key(n: u64, size: usize) -> Vec<u8> {
 /// requests are counted in the report.
 pub async fn run(spec: &Spec) -> Result<Report, String> {
     spec.check()?;
-    let channels = connect(&spec.endpoints, spec.conns).await?;
-    Ok(run_on(spec, &channels).await)
+    let conns = connect(&spec.endpoints, spec.conns).await?;
+    Ok(run_on(spec, &conns).await)
 }
 
 struct ClientResult {
@@ -293,7 +277,7 @@ struct ClientResult {
 }
 
 /// Runs `spec` on connections that are already open (`spec.conns` is only reported).
-pub async fn run_on(spec: &Spec, channels: &[Channel]) -> Report {
+pub async fn run_on(spec: &Spec, conns: &[Conn]) -> Report {
     let next = Arc::new(AtomicU64::new(0));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -303,8 +287,7 @@ pub async fn run_on(spec: &Spec, channels: &[Channel]) -> Report {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(spec.clients);
     for c in 0..spec.clients {
-        let kv =
-            KvClient::new(channels[c % channels.len()].clone()).max_decoding_message_size(64 << 20);
+        let kv = conns[c % conns.len()].clone();
         let spec = spec.clone();
         let next = next.clone();
         let value = value.clone();
@@ -353,7 +336,7 @@ fn note_error(samples: &mut Vec<(String, u64)>, e: String, n: u64) {
 }
 
 async fn client(
-    mut kv: KvClient<Channel>,
+    kv: Conn,
     spec: Spec,
     next: Arc<AtomicU64>,
     value: Arc<Vec<u8>>,
@@ -369,41 +352,49 @@ async fn client(
         let t = Instant::now();
         let result = match &spec.op {
             Op::Put => kv
-                .put(PutRequest {
-                    key: k,
-                    value: value.as_ref().clone(),
-                    ..Default::default()
-                })
+                .unary::<_, PutResponse>(
+                    "/etcdserverpb.KV/Put",
+                    &PutRequest {
+                        key: k,
+                        value: value.as_ref().clone(),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .map(drop),
             Op::Range { serializable, key } => kv
-                .range(RangeRequest {
-                    key: key.clone().unwrap_or(k),
-                    serializable: *serializable,
-                    ..Default::default()
-                })
+                .unary::<_, RangeResponse>(
+                    "/etcdserverpb.KV/Range",
+                    &RangeRequest {
+                        key: key.clone().unwrap_or(k),
+                        serializable: *serializable,
+                        ..Default::default()
+                    },
+                )
                 .await
                 .map(drop),
             Op::TxnPut => kv
-                .txn(TxnRequest {
-                    compare: vec![],
-                    success: vec![RequestOp {
-                        request: Some(request_op::Request::RequestPut(PutRequest {
-                            key: k,
-                            value: value.as_ref().clone(),
-                            ..Default::default()
-                        })),
-                    }],
-                    failure: vec![],
-                })
+                .unary::<_, TxnResponse>(
+                    "/etcdserverpb.KV/Txn",
+                    &TxnRequest {
+                        compare: vec![],
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: k,
+                                value: value.as_ref().clone(),
+                                ..Default::default()
+                            })),
+                        }],
+                        failure: vec![],
+                    },
+                )
                 .await
                 .map(drop),
         };
         match result {
             Ok(()) => r.latencies.push(t.elapsed().as_nanos() as u64),
-            Err(status) => {
+            Err(e) => {
                 r.errors += 1;
-                let e = format!("{:?}: {}", status.code(), status.message());
                 note_error(&mut r.error_samples, e, 1);
             }
         }
