@@ -77,6 +77,16 @@ impl State {
         }
     }
 
+    /// Waits until RocksDB holds every write already answered (see `Shared::answered`): the raft
+    /// thread writes the batch right after the answers, so this is microseconds, and only for a
+    /// read that races an answer.
+    async fn settled(&self) {
+        while !self.ctx.shared.settled() {
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn request_id(&self) -> u64 {
         self.ctx.shared.request_id(self.ctx.identity.member_id)
     }
@@ -291,6 +301,7 @@ impl client_plane::Server for ClientPlane {
         if !req.serializable {
             or_refuse!(results, self.0.read_index().await);
         }
+        self.0.settled().await;
         let resp = or_refuse!(results, View::snapshot(&self.0.ctx.db).range(&req));
         codec::write_range_response(
             results.get().init_response(),
@@ -333,6 +344,7 @@ impl client_plane::Server for ClientPlane {
         }
         // etcd serves a read-only txn like a linearizable range, without the raft log.
         or_refuse!(results, self.0.read_index().await);
+        self.0.settled().await;
         let resp = or_refuse!(results, View::snapshot(&self.0.ctx.db).txn(&txn));
         codec::write_txn_response(
             results.get().init_response(),
@@ -386,6 +398,7 @@ impl client_plane::Server for ClientPlane {
         _: client_plane::StatusParams,
         mut results: client_plane::StatusResults,
     ) -> capnp::Result<()> {
+        self.0.settled().await;
         let s = &self.0.ctx.shared;
         let revision = s.revision.load(Ordering::Acquire);
         let mut r = results.get().init_response();

@@ -97,6 +97,9 @@ pub struct Shared {
     pub leader: AtomicU64,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// The last index whose answers left before RocksDB had its batch (`RaftLoop::apply`). While
+    /// it is above `applied`, the IPC thread holds its reads back (`Shared::settled`).
+    pub answered: AtomicU64,
     pub last_index: AtomicU64,
     pub revision: AtomicI64,
     pub members: Mutex<Vec<MemberInfo>>,
@@ -111,7 +114,30 @@ pub struct Shared {
     pub next_request: AtomicU64,
 }
 
+/// Milliseconds to pause between answering applied writes and writing them to RocksDB. For tests
+/// only, like etcd's gofail failpoints: it widens a window that is otherwise microseconds.
+pub const FAILPOINT_APPLY_WRITE_DELAY: &str = "ETCDRS_FAILPOINT_APPLY_WRITE_DELAY_MS";
+
+fn apply_write_delay() -> Option<Duration> {
+    let ms = std::env::var(FAILPOINT_APPLY_WRITE_DELAY).ok()?;
+    match ms.parse::<u64>() {
+        Ok(ms) => {
+            warn!("failpoint {FAILPOINT_APPLY_WRITE_DELAY}={ms}: every apply pauses {ms} ms");
+            Some(Duration::from_millis(ms))
+        }
+        Err(_) => {
+            warn!("ignoring {FAILPOINT_APPLY_WRITE_DELAY}={ms:?}: not a number of milliseconds");
+            None
+        }
+    }
+}
+
 impl Shared {
+    /// Whether every answered write is in RocksDB, so that a read now sees all of them.
+    pub fn settled(&self) -> bool {
+        self.answered.load(Ordering::Acquire) <= self.applied.load(Ordering::Acquire)
+    }
+
     /// Request IDs unique across members (as etcd's idutil): the member ID's low 16 bits, then a
     /// counter seeded from the clock at start, so a restarted member does not reuse its old IDs.
     pub fn request_id(&self, member_id: u64) -> u64 {
@@ -160,6 +186,9 @@ pub struct RaftLoop {
     /// they hear of the commit at once (an append carrying it); the others learn it from the next
     /// append or heartbeat (raft-rs `skip_bcast_commit`).
     forwarded: Vec<(u64, u64)>,
+    /// Test-only failpoint (`FAILPOINT_APPLY_WRITE_DELAY`): a pause between answering applied
+    /// writes and handing their batch to RocksDB, to make that window wide.
+    apply_write_delay: Option<Duration>,
     /// Committed entries raft handed out that are not applied yet (see `FOLLOWER_APPLY_BATCH`),
     /// and since when the oldest waits.
     unapplied: Vec<Entry>,
@@ -203,6 +232,7 @@ impl RaftLoop {
             published,
             last_publish: None,
             forwarded: Vec::new(),
+            apply_write_delay: apply_write_delay(),
             unapplied: Vec::new(),
             unapplied_since: None,
         }
@@ -833,6 +863,30 @@ impl RaftLoop {
             applier.set_applied(entry.index);
         }
         let revision = applier.revision();
+        // The client gateway's answers leave before RocksDB gets the batch: the entries are
+        // committed (a crash applies them again from the log) and the answers are computed, and
+        // the RocksDB write then overlaps the answer's way out. Reads on the IPC thread wait
+        // until `applied` catches up with `answered`, so none misses a write already answered.
+        let (streamed, local): (Vec<_>, Vec<_>) = replies
+            .into_iter()
+            .partition(|(waiter, _)| matches!(waiter, Waiter::Stream { .. }));
+        if !streamed.is_empty() {
+            self.shared.answered.store(last, Ordering::Release);
+            for (waiter, result) in streamed {
+                if let Waiter::Stream {
+                    gateway_id,
+                    generation,
+                    ..
+                } = waiter
+                {
+                    self.answer_stream(gateway_id, generation, &result);
+                }
+            }
+            self.flush_write_stream();
+        }
+        if let Some(delay) = self.apply_write_delay {
+            std::thread::sleep(delay);
+        }
         applier.flush()?;
         self.mvcc = Some(applier.into_state());
         self.shared
@@ -844,24 +898,10 @@ impl RaftLoop {
         if members_changed {
             self.reload_members()?;
         }
-        let mut streamed = false;
-        for (waiter, result) in replies {
-            match waiter {
-                Waiter::Local(reply) => {
-                    let _ = reply.send(result);
-                }
-                Waiter::Stream {
-                    gateway_id,
-                    generation,
-                    ..
-                } => {
-                    self.answer_stream(gateway_id, generation, &result);
-                    streamed = true;
-                }
+        for (waiter, result) in local {
+            if let Waiter::Local(reply) = waiter {
+                let _ = reply.send(result);
             }
-        }
-        if streamed {
-            self.flush_write_stream();
         }
         Ok(())
     }

@@ -84,6 +84,8 @@ pub struct Member {
     /// The endpoint etcdctl uses, and the TLS flags it needs.
     pub endpoint: String,
     pub tls: Vec<String>,
+    /// More environment for the member's processes (failpoints).
+    pub env: Vec<(String, String)>,
     script: Option<Child>,
 }
 
@@ -103,6 +105,7 @@ impl Member {
             log,
             endpoint,
             tls,
+            env: Vec::new(),
             script: None,
         }
     }
@@ -117,6 +120,7 @@ impl Member {
             .arg(&self.conf)
             .env("ETCDRS_BIN_DIR", bin_dir())
             .env("RUST_LOG", "info,raft=info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -207,6 +211,11 @@ impl Member {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Whether anything the member's processes logged so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(needle))
     }
 
     /// `endpoint status -w json` of this member, parsed.
@@ -302,6 +311,19 @@ pub fn start_etcd(dir: &Path, host: &str) -> Etcd {
 /// A started member with plain-http URLs on `host` (ports 2379 and 2380), its etcd.conf and data
 /// dir in `dir`. `cluster` is its `ETCD_INITIAL_CLUSTER`; `extra` holds more `KEY="value"` lines.
 pub fn http_member(dir: &Path, name: &str, host: &str, cluster: &str, extra: &str) -> Member {
+    let mut m = unstarted_http_member(dir, name, host, cluster, extra);
+    m.start();
+    m
+}
+
+/// `http_member`, configured but not started yet (to set `env` first).
+pub fn unstarted_http_member(
+    dir: &Path,
+    name: &str,
+    host: &str,
+    cluster: &str,
+    extra: &str,
+) -> Member {
     let data = dir.join(format!("{name}-data"));
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
@@ -315,9 +337,7 @@ pub fn http_member(dir: &Path, name: &str, host: &str, cluster: &str, extra: &st
         ),
     )
     .unwrap();
-    let mut m = Member::new(name, conf, data, format!("http://{host}:2379"), vec![]);
-    m.start();
-    m
+    Member::new(name, conf, data, format!("http://{host}:2379"), vec![])
 }
 
 /// `http_member` alone in its cluster.
