@@ -601,9 +601,14 @@ impl RaftLoop {
     }
 
     /// Hands messages to the peer gateway; without it they are dropped and raft resends.
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, mut msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
+        }
+        // A follower that forwarded a proposal has a client waiting: its append leaves first.
+        if msgs.len() > 1 && !self.forwarded.is_empty() {
+            let forwarders = &self.forwarded;
+            msgs.sort_by_key(|m| !forwarders.iter().any(|&(peer, _)| peer == m.to));
         }
         if let Some(peer) = self.peer.as_mut()
             && let Err(why) = peer.send(&msgs)
