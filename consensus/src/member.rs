@@ -194,6 +194,7 @@ pub fn run(config: Config) -> Result<()> {
         );
         crate::compactor::Compactor::new(retention, std::time::Instant::now(), revision)
     });
+    let db_at_stop = db.clone();
     let ctx = Context {
         compactor,
         identity: identity.clone(),
@@ -233,5 +234,7 @@ pub fn run(config: Config) -> Result<()> {
     for p in &socket_paths {
         let _ = fs::remove_file(p);
     }
+    db_at_stop.flush_for_stop();
+    info!("applied state flushed to disk; stopped");
     Ok(())
 }

@@ -385,7 +385,8 @@ fn scopeguard(child: std::process::Child) -> impl Drop {
 
 /// Applied state goes to RocksDB without its WAL, so kill -9 loses what no memtable flush has
 /// persisted yet. The member must apply those entries again from its raft log: every
-/// acknowledged write back, with the same revisions, and the next write right after them.
+/// acknowledged write back, with the same revisions, and the next write right after them. A
+/// clean stop, on the other hand, flushes, and leaves nothing to apply again.
 #[test]
 fn a_killed_member_applies_again_what_its_database_lost() {
     let tmp = tempfile::tempdir().unwrap();
@@ -431,6 +432,29 @@ fn a_killed_member_applies_again_what_its_database_lost() {
     assert_eq!(
         revision(&out),
         last + 2,
+        "revisions were applied twice or lost"
+    );
+    // A clean stop flushes RocksDB, so the next start has nothing to apply again.
+    let replays = m.logged_times("applied again");
+    m.stop();
+    assert!(
+        m.logged("applied state flushed to disk"),
+        "{}",
+        m.log_tail()
+    );
+    m.start();
+    wait_healthy(&m, Duration::from_secs(30));
+    assert_eq!(
+        m.logged_times("applied again"),
+        replays,
+        "a clean stop left applied state unflushed:\n{}",
+        m.log_tail()
+    );
+    assert_eq!(value_of(&m, "after", &[]).as_deref(), Some("x"));
+    let out = m.ctl_ok(&["put", "after-stop", "y", "-w", "json"]);
+    assert_eq!(
+        revision(&out),
+        last + 3,
         "revisions were applied twice or lost"
     );
     m.stop();

@@ -215,7 +215,12 @@ impl Member {
 
     /// Whether anything the member's processes logged so far contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(needle))
+        self.logged_times(needle) > 0
+    }
+
+    /// How many times the member's processes logged `needle` so far, over all its starts.
+    pub fn logged_times(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |text| text.matches(needle).count())
     }
 
     /// `endpoint status -w json` of this member, parsed.
