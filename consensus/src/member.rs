@@ -121,9 +121,9 @@ pub fn run(config: Config) -> Result<()> {
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
         // A follower learns a new commit index from the next append or heartbeat instead of
-        // from an empty append (and its answer) per commit: that was half the peer traffic. The
-        // raft loop turns broadcasting back on while a follower's forwarded proposal is pending,
-        // as that follower answers its client only once it applies.
+        // from an empty append (and its answer) per commit: that was half the peer traffic. A
+        // follower whose forwarded proposal committed gets an append at once instead (the raft
+        // loop's `tell_forwarders`), as it answers its client only once it applies.
         skip_bcast_commit: true,
         ..Default::default()
     };
