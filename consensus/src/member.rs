@@ -58,13 +58,36 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        Error::Config(format!(
-            "data dir {} is in use by another consensus process ({e})",
-            dir.display()
-        ))
-    })
+    // A killed predecessor holds the lock until the kernel has finished its last system call (a
+    // sync can take a while): a supervisor's restart waits for it rather than failing at once.
+    let deadline = std::time::Instant::now() + DATA_DIR_LOCK_WAIT;
+    let mut file = file;
+    let mut waited = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, e))
+                if e == nix::errno::Errno::EWOULDBLOCK && std::time::Instant::now() < deadline =>
+            {
+                if !waited {
+                    info!(dir = %dir.display(), "data dir is locked by another consensus process; waiting up to {DATA_DIR_LOCK_WAIT:?} for it to exit");
+                    waited = true;
+                }
+                file = f;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, e)) => {
+                return Err(Error::Config(format!(
+                    "data dir {} is in use by another consensus process ({e})",
+                    dir.display()
+                )));
+            }
+        }
+    }
 }
+
+/// How long a starting consensus waits for the data dir's lock.
+const DATA_DIR_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 pub fn run(config: Config) -> Result<()> {
     // Block the stop signals before any thread exists, so that only the wait below receives them.

@@ -153,3 +153,62 @@ fn gateway_with_another_protocol_version_is_refused() {
         consensus::ids::member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
     );
 }
+
+/// A data dir still locked by another consensus (a killed one that the kernel has not finished
+/// with yet) makes a new one wait for the lock instead of failing at once; once the lock is free
+/// it starts normally.
+#[test]
+fn a_locked_data_dir_is_waited_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("m");
+    std::fs::create_dir_all(&data).unwrap();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data.join("consensus.lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let log = tmp.path().join("consensus.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .args([
+            "--name=solo",
+            &format!("--data-dir={}", data.display()),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=solo=http://127.0.0.1:2380",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|t| t.contains(what));
+    eventually(
+        Duration::from_secs(10),
+        "consensus to wait for the lock",
+        || logged("waiting up to").then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !schema::client_socket(&data).exists(),
+        "consensus started while the data dir was locked"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "consensus gave up at once"
+    );
+    drop(held);
+    eventually(
+        Duration::from_secs(10),
+        "consensus to start once the lock is free",
+        || logged("consensus is ready").then_some(()),
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
