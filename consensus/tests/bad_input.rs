@@ -18,6 +18,23 @@ fn consensus(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     cmd.output().unwrap()
 }
 
+/// consensus alone as a one-member cluster on `data`, its log to `stderr`. It binds only its Unix
+/// sockets, so no port is used.
+fn solo_consensus(data: &std::path::Path, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .args([
+            "--name=solo",
+            &format!("--data-dir={}", data.display()),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=solo=http://127.0.0.1:2380",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 fn one_line_error(out: &std::process::Output) -> String {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -77,18 +94,7 @@ fn configuration_errors_stop_consensus_with_one_line() {
 fn gateway_with_another_protocol_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("m");
-    // consensus alone binds only its Unix sockets, so no port is used here.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consensus"))
-        .args([
-            "--name=solo",
-            &format!("--data-dir={}", data.display()),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--initial-cluster=solo=http://127.0.0.1:2380",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = solo_consensus(&data, Stdio::null());
     let socket = schema::client_socket(&data);
     eventually(Duration::from_secs(10), "client.sock", || {
         socket.exists().then_some(())
@@ -172,18 +178,7 @@ fn a_locked_data_dir_is_waited_for() {
         .map_err(|(_, e)| e)
         .unwrap();
     let log = tmp.path().join("consensus.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consensus"))
-        .args([
-            "--name=solo",
-            &format!("--data-dir={}", data.display()),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--initial-cluster=solo=http://127.0.0.1:2380",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = solo_consensus(&data, std::fs::File::create(&log).unwrap().into());
     let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|t| t.contains(what));
     eventually(
         Duration::from_secs(10),
