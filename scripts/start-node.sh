@@ -53,8 +53,10 @@ write_pids() {
     "$consensus_pid" "$peer_pid" "$client_pid" "$$" >"$pid_file.tmp" && mv "$pid_file.tmp" "$pid_file"
 }
 
-start_peer() { "$bin_dir/peer-gateway" --socket "$data_dir/peer.sock" & peer_pid=$!; write_pids; }
-start_client() { "$bin_dir/client-gateway" --socket "$data_dir/client.sock" & client_pid=$!; write_pids; }
+# ETCDRS_SUPERVISOR_PID: a process started just before this script is killed checks that it is
+# still this script's child, since the kernel's parent-death signal cannot cover that moment.
+start_peer() { ETCDRS_SUPERVISOR_PID=$$ "$bin_dir/peer-gateway" --socket "$data_dir/peer.sock" & peer_pid=$!; write_pids; }
+start_client() { ETCDRS_SUPERVISOR_PID=$$ "$bin_dir/client-gateway" --socket "$data_dir/client.sock" & client_pid=$!; write_pids; }
 
 stop_all() {
   stopping=1
@@ -68,7 +70,7 @@ trap stop_all TERM INT
 # Returns non-zero when it exits while starting.
 start_consensus() {
   rm -f "$data_dir/peer.sock" "$data_dir/raft.sock" "$data_dir/write.sock" "$data_dir/client.sock"
-  "$bin_dir/consensus" "${args[@]}" &
+  ETCDRS_SUPERVISOR_PID=$$ "$bin_dir/consensus" "${args[@]}" &
   consensus_pid=$!
   write_pids
   for _ in $(seq 1 1200); do

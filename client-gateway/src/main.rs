@@ -50,7 +50,10 @@ struct Args {
 fn main() -> ExitCode {
     // Stop with the supervisor (start-node.sh): if it is killed, even with SIGKILL, the kernel
     // sends SIGTERM here instead of leaving an orphan that holds the member's ports and data dir.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if let Err(e) = schema::supervisor::stop_with_supervisor() {
+        eprintln!("client-gateway: {e}");
+        return ExitCode::from(1);
+    }
     let args = Args::parse();
     if let Err(e) = init_tracing(args.log_level.as_deref()) {
         eprintln!("client-gateway: {e}");

@@ -156,11 +156,13 @@ impl Member {
 
     /// kill -9 of the script and all three processes, as a crashed host would.
     pub fn kill9_all(&mut self) {
-        let pids = self.pids();
+        // The script first: it restarts a consensus that dies, so PIDs read before it is gone
+        // can miss the newest one.
         if let Some(mut script) = self.script.take() {
             let _ = script.kill();
             let _ = script.wait();
         }
+        let pids = self.pids();
         for pid in pids.values() {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
