@@ -52,7 +52,7 @@ fn gateway_config(config: &Config) -> GatewayConfig {
 /// Takes the data dir for this process alone (flock); held until the process exits.
 fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
     let path = dir.join("consensus.lock");
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
@@ -61,7 +61,6 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
     // A killed predecessor holds the lock until the kernel has finished its last system call (a
     // sync can take a while): a supervisor's restart waits for it rather than failing at once.
     let deadline = std::time::Instant::now() + DATA_DIR_LOCK_WAIT;
-    let mut file = file;
     let mut waited = false;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -70,7 +69,11 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
                 if e == nix::errno::Errno::EWOULDBLOCK && std::time::Instant::now() < deadline =>
             {
                 if !waited {
-                    info!(dir = %dir.display(), "data dir is locked by another consensus process; waiting up to {DATA_DIR_LOCK_WAIT:?} for it to exit");
+                    info!(
+                        dir = %dir.display(),
+                        "data dir is locked by another consensus process; waiting up to \
+                         {DATA_DIR_LOCK_WAIT:?} for it to exit"
+                    );
                     waited = true;
                 }
                 file = f;

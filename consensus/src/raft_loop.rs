@@ -872,21 +872,25 @@ impl RaftLoop {
         // committed (a crash applies them again from the log) and the answers are computed, and
         // the RocksDB write then overlaps the answer's way out. Reads on the IPC thread wait
         // until `applied` catches up with `answered`, so none misses a write already answered.
-        let (streamed, local): (Vec<_>, Vec<_>) = replies
-            .into_iter()
-            .partition(|(waiter, _)| matches!(waiter, Waiter::Stream { .. }));
-        if !streamed.is_empty() {
-            self.shared.answered.store(last, Ordering::Release);
-            for (waiter, result) in streamed {
-                if let Waiter::Stream {
+        let mut local = Vec::new();
+        let mut streamed = false;
+        for (waiter, result) in replies {
+            match waiter {
+                Waiter::Stream {
                     gateway_id,
                     generation,
                     ..
-                } = waiter
-                {
+                } => {
+                    if !streamed {
+                        self.shared.answered.store(last, Ordering::Release);
+                        streamed = true;
+                    }
                     self.answer_stream(gateway_id, generation, &result);
                 }
+                Waiter::Local(reply) => local.push((reply, result)),
             }
+        }
+        if streamed {
             self.flush_write_stream();
         }
         if let Some(delay) = self.apply_write_delay {
@@ -903,10 +907,8 @@ impl RaftLoop {
         if members_changed {
             self.reload_members()?;
         }
-        for (waiter, result) in local {
-            if let Waiter::Local(reply) = waiter {
-                let _ = reply.send(result);
-            }
+        for (reply, result) in local {
+            let _ = reply.send(result);
         }
         Ok(())
     }
