@@ -14,6 +14,7 @@ pub mod frame_stream;
 pub mod ids;
 pub mod inbox;
 pub mod ipc;
+pub mod leader_ack;
 pub mod member;
 pub mod mvcc;
 pub mod peer_stream;

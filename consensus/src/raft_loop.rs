@@ -21,6 +21,7 @@ use crate::codec::{self, Header, MemberInfo, Proposal};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
 use crate::inbox::Inbox;
+use crate::leader_ack::{FollowerAcks, LeaderAcks};
 use crate::mvcc::{Applier, DeleteRangeResponse, MvccState, PutResponse, TxnResponse};
 use crate::peer_stream::{Event, PeerStream};
 use crate::storage::{Db, META_MEMBER_PREFIX, RaftLog};
@@ -114,24 +115,6 @@ pub struct Shared {
     pub next_request: AtomicU64,
 }
 
-/// Milliseconds to pause between answering applied writes and writing them to RocksDB. For tests
-/// only, like etcd's gofail failpoints: it widens a window that is otherwise microseconds.
-pub const FAILPOINT_APPLY_WRITE_DELAY: &str = "ETCDRS_FAILPOINT_APPLY_WRITE_DELAY_MS";
-
-fn apply_write_delay() -> Option<Duration> {
-    let ms = std::env::var(FAILPOINT_APPLY_WRITE_DELAY).ok()?;
-    match ms.parse::<u64>() {
-        Ok(ms) => {
-            warn!("failpoint {FAILPOINT_APPLY_WRITE_DELAY}={ms}: every apply pauses {ms} ms");
-            Some(Duration::from_millis(ms))
-        }
-        Err(_) => {
-            warn!("ignoring {FAILPOINT_APPLY_WRITE_DELAY}={ms:?}: not a number of milliseconds");
-            None
-        }
-    }
-}
-
 impl Shared {
     /// Whether every answered write is in RocksDB, so that a read now sees all of them.
     pub fn settled(&self) -> bool {
@@ -186,9 +169,17 @@ pub struct RaftLoop {
     /// they hear of the commit at once (an append carrying it); the others learn it from the next
     /// append or heartbeat (raft-rs `skip_bcast_commit`).
     forwarded: Vec<(u64, u64)>,
-    /// Test-only failpoint (`FAILPOINT_APPLY_WRITE_DELAY`): a pause between answering applied
+    /// As leader: how far its log is durable, as announced to forwarders; as follower: as the
+    /// leader announced it (`leader_ack`).
+    leader_acks: LeaderAcks,
+    follower_acks: FollowerAcks,
+    /// Test-only failpoint (`schema::failpoint::APPLY_WRITE_DELAY`): a pause between answering applied
     /// writes and handing their batch to RocksDB, to make that window wide.
     apply_write_delay: Option<Duration>,
+    /// Test-only failpoint (`schema::failpoint::APPEND_ACK_DELAY`): how long a follower holds its
+    /// append acknowledgements, and those held with when they are due.
+    append_ack_delay: Option<Duration>,
+    held_acks: VecDeque<(Instant, Message)>,
     /// Committed entries raft handed out that are not applied yet (see `FOLLOWER_APPLY_BATCH`),
     /// and since when the oldest waits.
     unapplied: Vec<Entry>,
@@ -232,7 +223,11 @@ impl RaftLoop {
             published,
             last_publish: None,
             forwarded: Vec::new(),
-            apply_write_delay: apply_write_delay(),
+            leader_acks: LeaderAcks::default(),
+            follower_acks: FollowerAcks::default(),
+            apply_write_delay: schema::failpoint::pause(schema::failpoint::APPLY_WRITE_DELAY),
+            append_ack_delay: schema::failpoint::pause(schema::failpoint::APPEND_ACK_DELAY),
+            held_acks: VecDeque::new(),
             unapplied: Vec::new(),
             unapplied_since: None,
         }
@@ -249,9 +244,12 @@ impl RaftLoop {
         let tick = self.settings.tick;
         let mut next_tick = Instant::now() + tick;
         loop {
-            let wake_at = self
+            let mut wake_at = self
                 .unapplied_since
                 .map_or(next_tick, |t| next_tick.min(t + FOLLOWER_APPLY_DELAY));
+            if let Some((due, _)) = self.held_acks.front() {
+                wake_at = wake_at.min(*due);
+            }
             let wait = wake_at.saturating_duration_since(Instant::now());
             let (peer_ready, writes_ready) = {
                 let mut streams = Vec::with_capacity(2);
@@ -286,6 +284,7 @@ impl RaftLoop {
                 self.pump_write_stream();
             }
             self.send_read_index();
+            self.release_held_acks();
             if Instant::now() >= next_tick {
                 next_tick += tick;
                 if next_tick < Instant::now() {
@@ -454,6 +453,11 @@ impl RaftLoop {
         for event in events.drain(..) {
             match event {
                 Event::Step(m) => {
+                    if self.follower_acks.receive(&self.node.raft, &m) {
+                        let durable = self.node.raft.raft_log.persisted;
+                        self.commit_ahead(durable);
+                        continue;
+                    }
                     let forwarded_by =
                         (m.get_msg_type() == MessageType::MsgPropose).then_some(m.from);
                     if let Err(e) = self.node.step(m) {
@@ -499,17 +503,11 @@ impl RaftLoop {
         }
         self.read_ctx += 1;
         let ctx = self.read_ctx;
-        // A follower's read index travels to the leader with its context, and raft-rs keys the
-        // leader's pending reads by context: a context must be unique across members, not only
-        // here (a bare counter collided with the leader's own and the read was dropped).
-        let mut context = Vec::with_capacity(16);
-        context.extend_from_slice(&self.me.id.to_be_bytes());
-        context.extend_from_slice(&ctx.to_be_bytes());
         self.shared.read_indexes.fetch_add(1, Ordering::Relaxed);
         self.shared
             .linearizable_reads
             .fetch_add(self.reads_unsent.len() as u64, Ordering::Relaxed);
-        self.node.read_index(context);
+        self.node.read_index(read_context_bytes(self.me.id, ctx));
         self.reads_in_raft.insert(
             ctx,
             (Instant::now(), std::mem::take(&mut self.reads_unsent)),
@@ -517,22 +515,21 @@ impl RaftLoop {
     }
 
     /// A read index can be lost with a message or a leader change; like etcd, ask again for reads
-    /// that got no answer within `READ_INDEX_RETRY`, under a new context.
+    /// that got no answer within `READ_INDEX_RETRY`. Under the same context, so that the first
+    /// answer still counts when it is only slow (a round trip between members above the retry
+    /// interval would otherwise never answer a read); raft-rs's leader ignores a context it is
+    /// already confirming.
     fn retry_lost_reads(&mut self) {
-        let lost: Vec<u64> = self
-            .reads_in_raft
-            .iter()
-            .filter(|(_, (sent, _))| sent.elapsed() >= READ_INDEX_RETRY)
-            .map(|(ctx, _)| *ctx)
-            .collect();
-        for ctx in lost {
-            if let Some((_, replies)) = self.reads_in_raft.remove(&ctx) {
+        let now = Instant::now();
+        for (ctx, (sent, replies)) in self.reads_in_raft.iter_mut() {
+            if now.duration_since(*sent) >= READ_INDEX_RETRY {
                 debug!(
                     ctx,
                     reads = replies.len(),
                     "read index unanswered; asking again"
                 );
-                self.reads_unsent.extend(replies);
+                *sent = now;
+                self.node.read_index(read_context_bytes(self.me.id, *ctx));
             }
         }
     }
@@ -602,6 +599,26 @@ impl RaftLoop {
 
     /// Hands messages to the peer gateway; without it they are dropped and raft resends.
     fn send(&mut self, mut msgs: Vec<Message>) {
+        for m in msgs
+            .iter_mut()
+            .filter(|m| m.get_msg_type() == MessageType::MsgReadIndexResp)
+        {
+            m.index = self.leader_acks.read_index(m.term, m.index);
+        }
+        if let Some(delay) = self.append_ack_delay
+            && self.node.raft.state == StateRole::Follower
+        {
+            let (acks, rest): (Vec<Message>, Vec<Message>) = msgs
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgAppendResponse);
+            let due = Instant::now() + delay;
+            self.held_acks.extend(acks.into_iter().map(|m| (due, m)));
+            msgs = rest;
+        }
+        self.ship(msgs);
+    }
+
+    fn ship(&mut self, mut msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
         }
@@ -614,6 +631,18 @@ impl RaftLoop {
             && let Err(why) = peer.send(&msgs)
         {
             self.lose_peer_stream(&why);
+        }
+    }
+
+    /// Sends the append acknowledgements the `APPEND_ACK_DELAY` failpoint held that are due.
+    fn release_held_acks(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some((_, m)) = self.held_acks.pop_front_if(|(at, _)| *at <= now) {
+            due.push(m);
+        }
+        if !due.is_empty() {
+            self.ship(due);
         }
     }
 
@@ -673,16 +702,30 @@ impl RaftLoop {
         // A follower's acknowledgements gate every write's commit: they leave as soon as the
         // entries are durable.
         self.send(rd.take_persisted_messages());
+        let durable = rd.entries().last().map(|e| e.index);
+        match self.node.raft.state {
+            StateRole::Leader => {
+                if let Some(durable) = durable {
+                    self.announce_durable(durable);
+                }
+            }
+            // Before `advance_append`, so that its committed entries include these.
+            StateRole::Follower => {
+                self.commit_ahead(durable.unwrap_or(self.node.raft.raft_log.persisted));
+            }
+            _ => {}
+        }
         if self.node.raft.state == StateRole::Leader {
             self.prefetch(rd.entries())?;
         }
         for rs in rd.take_read_states() {
+            let index = self.leader_acks.read_index(self.node.raft.term, rs.index);
             let Some(ctx) = read_context(&rs.request_ctx, self.me.id) else {
                 continue;
             };
             if let Some((_, replies)) = self.reads_in_raft.remove(&ctx) {
                 self.reads_applying
-                    .extend(replies.into_iter().map(|r| (rs.index, r)));
+                    .extend(replies.into_iter().map(|r| (index, r)));
             }
         }
 
@@ -728,6 +771,36 @@ impl RaftLoop {
             if self.node.raft.prs().get(peer).is_some() {
                 self.node.raft.send_append(peer);
             }
+        }
+    }
+
+    /// As leader, once its log is durable through `durable`: tells each follower whose forwarded
+    /// proposal is in it (`leader_ack`), instead of telling it of the commit later.
+    fn announce_durable(&mut self, durable: u64) {
+        let (raft, acks) = (&self.node.raft, &mut self.leader_acks);
+        let mut notices = Vec::new();
+        self.forwarded.retain(|&(peer, last)| {
+            let notice = (last <= durable)
+                .then(|| acks.announce(raft, peer, durable))
+                .flatten();
+            let told = notice.is_some();
+            notices.extend(notice);
+            !told
+        });
+        self.send(notices);
+    }
+
+    /// As follower, with its log durable through `durable`: commits what the leader's log also
+    /// has durable (`leader_ack`).
+    fn commit_ahead(&mut self, durable: u64) {
+        if let Some(index) = self.follower_acks.commit_index(&self.node.raft, durable) {
+            if self.follower_acks.used() {
+                info!(
+                    term = self.node.raft.term,
+                    "committing on the leader's notice that its log is durable (this member and the leader are a quorum)"
+                );
+            }
+            self.node.raft.raft_log.commit_to(index);
         }
     }
 
@@ -974,6 +1047,14 @@ fn apply_proposal(applier: &mut Applier, p: Proposal) -> Result<Applied, EtcdErr
     })
 }
 
+/// A read-index context: this member's ID, then its counter. A follower's read index travels to
+/// the leader with its context, and raft-rs keys the leader's pending reads by context, so it must
+/// be unique across members (a bare counter collided with the leader's own and the read was
+/// dropped).
+fn read_context_bytes(me: u64, counter: u64) -> Vec<u8> {
+    [me.to_be_bytes(), counter.to_be_bytes()].concat()
+}
+
 /// The counter of a read-index context this member made (member ID ++ counter), if it made it.
 fn read_context(ctx: &[u8], me: u64) -> Option<u64> {
     let (member, counter) = ctx.split_at_checked(8)?;
@@ -987,11 +1068,11 @@ pub fn is_snapshot(m: &Message) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::read_context;
+    use super::{read_context, read_context_bytes};
 
     #[test]
     fn read_contexts_are_told_apart_by_member() {
-        let ctx = [7u64.to_be_bytes(), 42u64.to_be_bytes()].concat();
+        let ctx = read_context_bytes(7, 42);
         assert_eq!(read_context(&ctx, 7), Some(42));
         assert_eq!(read_context(&ctx, 8), None);
         assert_eq!(read_context(&ctx[..12], 7), None);

@@ -128,6 +128,9 @@ struct Shared {
     reports: mpsc::UnboundedSender<Report>,
     /// When we last logged a failed inbound connection, per remote address.
     accept_log: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Test-only failpoint (`schema::failpoint::PEER_SEND_DELAY`): how long each batch of
+    /// messages waits before it leaves.
+    send_delay: Option<Duration>,
 }
 
 struct PeerHandle {
@@ -226,6 +229,7 @@ impl Transport {
             inbound: inbound_tx,
             reports: reports_tx,
             accept_log: Mutex::new(HashMap::new()),
+            send_delay: schema::failpoint::pause(schema::failpoint::PEER_SEND_DELAY),
         });
         let accept_tasks = shared
             .endpoints
@@ -621,6 +625,7 @@ async fn pump(
             e = conn.closed() => return e.to_string(),
             () = &mut kicked => return "the member restarted".to_string(),
         };
+        let queued = Instant::now();
         buf.clear();
         let mut next = Some(first);
         while let Some(m) = next {
@@ -635,6 +640,9 @@ async fn pump(
             } else {
                 None
             };
+        }
+        if let Some(delay) = shared.send_delay {
+            tokio::time::sleep_until((queued + delay).into()).await;
         }
         if !buf.is_empty()
             && let Err(e) =

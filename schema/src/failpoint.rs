@@ -1,0 +1,31 @@
+//! Test-only failpoints, in the spirit of etcd's gofail: environment variables that widen a window
+//! a test must hit, and that nobody sets in production.
+
+use std::time::Duration;
+
+use tracing::warn;
+
+/// consensus: milliseconds to pause between answering applied writes and writing them to RocksDB.
+pub const APPLY_WRITE_DELAY: &str = "ETCDRS_FAILPOINT_APPLY_WRITE_DELAY_MS";
+/// consensus: milliseconds a follower holds each append acknowledgement before sending it (its
+/// heartbeat responses still leave at once).
+pub const APPEND_ACK_DELAY: &str = "ETCDRS_FAILPOINT_APPEND_ACK_DELAY_MS";
+/// peer gateway: milliseconds every batch of raft messages waits before it leaves, as if the
+/// network between members were that slow.
+pub const PEER_SEND_DELAY: &str = "ETCDRS_FAILPOINT_PEER_SEND_DELAY_MS";
+
+/// The pause failpoint `name` asks for, if it is set; a value that is not a whole number of
+/// milliseconds is ignored with a warning.
+pub fn pause(name: &str) -> Option<Duration> {
+    let ms = std::env::var(name).ok()?;
+    match ms.parse::<u64>() {
+        Ok(ms) => {
+            warn!("failpoint {name}={ms}: pausing {ms} ms");
+            Some(Duration::from_millis(ms))
+        }
+        Err(_) => {
+            warn!("ignoring {name}={ms:?}: not a number of milliseconds");
+            None
+        }
+    }
+}
