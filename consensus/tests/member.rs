@@ -102,19 +102,6 @@ fn http_cluster(
         .collect()
 }
 
-fn leader_index(members: &[Member], asking: &[usize]) -> usize {
-    let leader = eventually(Duration::from_secs(15), "a leader", || {
-        asking
-            .iter()
-            .find_map(|&i| members[i].leader_and_term().map(|(l, _)| l))
-            .filter(|l| *l != 0)
-    });
-    members
-        .iter()
-        .position(|m| m.member_id() == Some(leader))
-        .unwrap_or_else(|| panic!("leader {leader:x} is none of the members"))
-}
-
 #[test]
 fn three_member_cluster_from_seed_configs() {
     let _port = PORT_2379.lock().unwrap_or_else(|e| e.into_inner());

@@ -357,3 +357,17 @@ pub fn single_http_member(dir: &Path, name: &str, host: &str, extra: &str) -> Me
         extra,
     )
 }
+
+/// The index in `members` of the leader, as the members at `asking` report it.
+pub fn leader_index(members: &[Member], asking: &[usize]) -> usize {
+    let leader = eventually(Duration::from_secs(15), "a leader", || {
+        asking
+            .iter()
+            .find_map(|&i| members[i].leader_and_term().map(|(l, _)| l))
+            .filter(|l| *l != 0)
+    });
+    members
+        .iter()
+        .position(|m| m.member_id() == Some(leader))
+        .unwrap_or_else(|| panic!("leader {leader:x} is none of the members"))
+}
