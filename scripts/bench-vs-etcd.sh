@@ -262,10 +262,22 @@ table=$(awk -F'\t' -v rounds="$rounds" '
   {
     if (!($3 in seen)) { seen[$3] = 1; order[++nrows] = $3 }
     rps[$2, $3] = rps[$2, $3] " " $4; p99[$2, $3] = p99[$2, $3] " " $5; errs[$2, $3] += $6
+    in_round[$1, $2, $3] = $4
+  }
+  # Each round ran both systems back to back, so the ratio within a round cancels the drift of
+  # the machine between rounds: the median of those ratios, and in how many rounds ours was ahead.
+  function paired(n,   k, list, ahead, count) {
+    list = ""; ahead = 0; count = 0
+    for (k = 1; k <= rounds; k++) {
+      if (!((k, "etcd", n) in in_round) || !((k, "ours", n) in in_round) || in_round[k, "etcd", n] <= 0) continue
+      list = list " " in_round[k, "ours", n] / in_round[k, "etcd", n]; count++
+      if (in_round[k, "ours", n] > in_round[k, "etcd", n]) ahead++
+    }
+    return (count == 0) ? "n/a" : sprintf("%.2fx (%d of %d)", median(list), ahead, count)
   }
   END {
-    print "| workload | etcd req/s | ours req/s | ours/etcd | etcd p99 ms | ours p99 ms | ours/etcd p99 | spread etcd / ours |"
-    print "|---|---:|---:|---:|---:|---:|---:|---:|"
+    print "| workload | etcd req/s | ours req/s | ours/etcd | per round (ours ahead) | etcd p99 ms | ours p99 ms | ours/etcd p99 | spread etcd / ours |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for (r = 1; r <= nrows; r++) {
       n = order[r]
       er = median(rps["etcd", n]); orr = median(rps["ours", n])
@@ -273,13 +285,13 @@ table=$(awk -F'\t' -v rounds="$rounds" '
       note = ""
       if (errs["etcd", n] > 0) note = note sprintf(" (etcd: %d errors)", errs["etcd", n])
       if (errs["ours", n] > 0) note = note sprintf(" (ours: %d errors)", errs["ours", n])
-      printf "| %s%s | %s | %s | %s | %s | %s | %s | %s / %s |\n", n, note, num(er, "%.0f"), num(orr, "%.0f"), ratio(orr, er), num(ep, "%.2f"), num(op, "%.2f"), ratio(op, ep), spread(rps["etcd", n]), spread(rps["ours", n])
+      printf "| %s%s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", n, note, num(er, "%.0f"), num(orr, "%.0f"), ratio(orr, er), paired(n), num(ep, "%.2f"), num(op, "%.2f"), ratio(op, ep), spread(rps["etcd", n]), spread(rps["ours", n])
     }
   }' "$results")
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
-header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes'). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Spread: (max-min)/median of req/s over the rounds."
+header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes'). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
 echo
 echo "$header"
 echo
