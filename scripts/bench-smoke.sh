@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proves that every benchmark still runs, at a tiny size (speed is not checked here): the three
 # per-process benchmarks with --quick, then etcd-bench against one member of ours (127.0.0.35) for
-# a few hundred requests of each workload. Exits non-zero on the first failure.
+# a few hundred requests of each workload, then scripts/bench-vs-etcd.sh at a tiny size (127.0.0.31-33
+# and .36-38). Exits non-zero on the first failure.
 #
 #   scripts/bench-smoke.sh              # debug builds (what scripts/test.sh builds anyway)
 #   scripts/bench-smoke.sh --release    # release builds
@@ -88,5 +89,16 @@ grep -q 'error (1x): InvalidArgument: etcdserver: request is too large' <<<"$out
   || { log "etcd-bench did not report the gRPC status of a refused put: $out"; exit 1; }
 if bench watch-latency >/dev/null 2>&1; then
   log "etcd-bench watch-latency should say it is not supported yet"; exit 1
+fi
+# The side-by-side script itself, at a tiny size: every row of both tables, with figures for both.
+log "scripts/bench-vs-etcd.sh at a tiny size"
+scripts/bench-vs-etcd.sh --bin-dir "$bin" --rounds 1 --bursts 2 --scale 0.02 --out "$work/vs.md" >/dev/null
+for row in "put 1 conn / 1 client, via the leader" "put 1 conn / 1 client, via a follower" \
+  "put 10 conns / 100 clients" "range linearizable 10 / 100" "range serializable 10 / 100" \
+  "txn-put 10 / 100" "via the leader" "via a follower"; do
+  grep -qF "| $row |" "$work/vs.md" || { log "bench-vs-etcd.sh: no row '$row':"; cat "$work/vs.md" >&2; exit 1; }
+done
+if grep -q 'n/a' "$work/vs.md"; then
+  log "bench-vs-etcd.sh: a run failed:"; cat "$work/vs.md" >&2; exit 1
 fi
 log "all benchmarks ran"

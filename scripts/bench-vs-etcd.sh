@@ -3,40 +3,52 @@
 # machine, one after the other with the same topology (127.0.0.31/.32/.33, client port 2379, peer
 # port 2380), the same workloads driven by the same load generator (etcd-bench, which speaks etcd's
 # v3 gRPC API), several rounds with the order of the two systems alternating, and the median of
-# each figure. Prints a side-by-side table with the ratio ours/etcd per row.
+# each figure. Prints a side-by-side table with the ratio ours/etcd per row. Then, since a lone put
+# is the noisiest row (the machine drifts more between two runs 40 s apart than the two systems
+# differ), both clusters run at once (etcd on 127.0.0.36-38) and short bursts of lone puts
+# alternate between them, and a second table gives the ratio within each pair of bursts.
 #
-#   scripts/bench-vs-etcd.sh [--out table.md] [--rounds 3] [--scale 1.0] [--no-build] [--keep]
+#   scripts/bench-vs-etcd.sh [--out table.md] [--rounds 3] [--bursts 16] [--scale 1.0] [--no-build]
+#                            [--bin-dir DIR] [--keep]
 #
-#   --out FILE   also write the table as markdown to FILE
+#   --out FILE   also write the tables as markdown to FILE
 #   --rounds N   rounds (each starts both clusters afresh and runs every workload on each)
+#   --bursts N   pairs of lone-put bursts (1000 puts each) with both clusters up; 0 skips them
 #   --scale F    multiply every --total by F (the defaults aim at 5-10 s per run on 2 cores)
 #   --no-build   use the release binaries as they are
+#   --bin-dir D  take our binaries from D instead (implies --no-build; bench-smoke.sh runs this
+#                script at a tiny size on the debug build)
 #   --keep       keep the work dir (data dirs, logs, raw results) instead of deleting it
 #
 # Everything it starts is stopped by PID (also on Ctrl-C or failure). Binaries come from
-# $CARGO_TARGET_DIR/release (or target/release); etcd and etcdctl from PATH.
+# $CARGO_TARGET_DIR/release (or target/release) unless --bin-dir; etcd and etcdctl from PATH.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '%s bench-vs-etcd: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-out='' rounds=3 scale=1 build=1 keep=0
+out='' rounds=3 bursts=16 scale=1 build=1 keep=0 bin=
 while (($#)); do
   case $1 in
     --out) out=${2:?--out needs a file}; shift 2 ;;
     --out=*) out=${1#--out=}; shift ;;
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
     --rounds=*) rounds=${1#--rounds=}; shift ;;
+    --bursts) bursts=${2:?--bursts needs a number}; shift 2 ;;
+    --bursts=*) bursts=${1#--bursts=}; shift ;;
     --scale) scale=${2:?--scale needs a number}; shift 2 ;;
     --scale=*) scale=${1#--scale=}; shift ;;
     --no-build) build=0; shift ;;
+    --bin-dir) bin=${2:?--bin-dir needs a directory}; build=0; shift 2 ;;
+    --bin-dir=*) bin=${1#--bin-dir=}; build=0; shift ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, not $rounds"
+[[ $bursts =~ ^[0-9]+$ ]] || die "--bursts must be a number, not $bursts"
 [[ $scale =~ ^[0-9]*\.?[0-9]+$ ]] || die "--scale must be a positive number, not $scale"
 if [[ -n $out ]]; then
   : >"$out" 2>/dev/null || die "cannot write $out"
@@ -45,7 +57,7 @@ fi
 command -v etcd >/dev/null || die "etcd is not installed (apt-get install etcd-server)"
 command -v etcdctl >/dev/null || die "etcdctl is not installed (apt-get install etcd-client)"
 target=${CARGO_TARGET_DIR:-$repo/target}
-bin=$target/release
+[[ -n $bin ]] || bin=$target/release
 if ((build)); then
   log "building release binaries in $target"
   (cd "$repo" && cargo build --release --bins) || die "the release build failed"
@@ -55,16 +67,17 @@ for b in consensus peer-gateway client-gateway etcd-bench; do
 done
 
 hosts=(127.0.0.31 127.0.0.32 127.0.0.33)
+# Where etcd runs while both clusters are up, for the bursts.
+burst_hosts=(127.0.0.36 127.0.0.37 127.0.0.38)
 names=(b1 b2 b3)
-initial_cluster=''
-endpoints=''
-for i in 0 1 2; do
-  initial_cluster+="${initial_cluster:+,}${names[i]}=http://${hosts[i]}:2380"
-  endpoints+="${endpoints:+,}${hosts[i]}:2379"
-done
+client_endpoints() { local h out=''; for h in "$@"; do out+="${out:+,}$h:2379"; done; echo "$out"; }
+endpoints=$(client_endpoints "${hosts[@]}")
+burst_endpoints=$(client_endpoints "${burst_hosts[@]}")
 
 # Nothing may hold our addresses already (a leftover cluster would be measured instead).
-for h in "${hosts[@]}"; do
+checked=("${hosts[@]}")
+((bursts)) && checked+=("${burst_hosts[@]}")
+for h in "${checked[@]}"; do
   for p in 2379 2380; do
     if command -v ss >/dev/null; then
       # TCP (etcd, client gateways) and UDP (our peer gateways' QUIC).
@@ -124,10 +137,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
+# The initial cluster of three members on the given hosts.
+initial_cluster() { echo "${names[0]}=http://$1:2380,${names[1]}=http://$2:2380,${names[2]}=http://$3:2380"; }
+
+# start_etcd|start_ours DIR [HOST HOST HOST]: a cluster on the hosts (default: hosts).
 start_etcd() {
-  local dir=$1 i
+  local dir=$1 i on=("${@:2}")
+  ((${#on[@]})) || on=("${hosts[@]}")
+  local initial_cluster
+  initial_cluster=$(initial_cluster "${on[@]}")
   for i in 0 1 2; do
-    local h=${hosts[i]}
+    local h=${on[i]}
     mkdir -p "$dir"
     etcd --name "${names[i]}" --data-dir "$dir/${names[i]}" \
       --listen-client-urls "http://$h:2379" --advertise-client-urls "http://$h:2379" \
@@ -139,9 +159,12 @@ start_etcd() {
 }
 
 start_ours() {
-  local dir=$1 i
+  local dir=$1 i on=("${@:2}")
+  ((${#on[@]})) || on=("${hosts[@]}")
+  local initial_cluster
+  initial_cluster=$(initial_cluster "${on[@]}")
   for i in 0 1 2; do
-    local h=${hosts[i]}
+    local h=${on[i]}
     mkdir -p "$dir"
     ETCDRS_BIN_DIR=$bin "$repo/scripts/start-node.sh" --name "${names[i]}" --data-dir "$dir/${names[i]}" \
       --listen-client-urls "http://$h:2379" --advertise-client-urls "http://$h:2379" \
@@ -153,9 +176,10 @@ start_ours() {
   done
 }
 
-# Every member answers, and a write goes through (so there is a leader).
+# wait_ready SYSTEM DIR [ENDPOINTS]: every member answers, and a write goes through (so there is
+# a leader).
 wait_ready() {
-  local system=$1 dir=$2
+  local system=$1 dir=$2 endpoints=${3:-$endpoints}
   for _ in $(seq 1 300); do
     for p in "${cluster_pids[@]}"; do
       kill -0 "$p" 2>/dev/null || { tail -n 20 "$dir"/*.log >&2; die "$system: a member exited while starting"; }
@@ -187,6 +211,31 @@ rows=(
   "txn-put 10 / 100|all|--conns 10 --clients 100 --total $(total 50000) txn-put"
 )
 
+# bench ENDPOINTS FLAGS...: one etcd-bench run (8-byte keys, 256-byte values, 10000 keys); its
+# JSON line goes to $json. Fails if it printed none.
+bench() {
+  local eps=$1
+  shift
+  # In the background, so that a signal to this script is handled at once (wait returns).
+  "$bin/etcd-bench" --endpoints "$eps" --key-size 8 --val-size 256 --key-space 10000 "$@" \
+    >"$work/bench.out" 2>&1 &
+  bench_pid=$!
+  wait "$bench_pid"
+  bench_pid=''
+  json=$(grep '^{' "$work/bench.out" | tail -n 1)
+  grep -h '  error' "$work/bench.out" >&2
+  [[ $json == '{'* ]]
+}
+
+# roles ENDPOINTS: sets leader and follower to one client endpoint each (empty if none).
+roles() {
+  local status
+  status=$(ETCDCTL_API=3 etcdctl --endpoints="$1" --dial-timeout=1s --command-timeout=2s \
+    endpoint status 2>/dev/null)
+  leader=$(awk -F', ' '$5 == "true" {print $1; exit}' <<<"$status")
+  follower=$(awk -F', ' '$5 == "false" {print $1; exit}' <<<"$status")
+}
+
 json_field() { sed -n "s/.*\"$2\":\([-0-9.]*\).*/\1/p" <<<"$1"; }
 
 run_system() {
@@ -194,11 +243,8 @@ run_system() {
   log "round $round: starting $system"
   if [[ $system == etcd ]]; then start_etcd "$dir"; else start_ours "$dir"; fi
   wait_ready "$system" "$dir"
-  local status leader follower
-  status=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
-    endpoint status 2>/dev/null)
-  leader=$(awk -F', ' '$5 == "true" {print $1; exit}' <<<"$status")
-  follower=$(awk -F', ' '$5 == "false" {print $1; exit}' <<<"$status")
+  local leader follower
+  roles "$endpoints"
   log "round $round $system: leader ${leader:-unknown}, follower ${follower:-unknown}"
   for row in "${rows[@]}"; do
     local name=${row%%|*} rest=${row#*|} json
@@ -212,16 +258,8 @@ run_system() {
       continue
     fi
     # shellcheck disable=SC2086 # flags are words on purpose
-    # In the background, so that a signal to this script is handled at once (wait returns).
-    "$bin/etcd-bench" --endpoints "$eps" --key-size 8 --val-size 256 --key-space 10000 \
-      $flags >"$dir/bench.out" 2>&1 &
-    bench_pid=$!
-    wait "$bench_pid"
-    bench_pid=''
-    json=$(grep '^{' "$dir/bench.out" | tail -n 1)
-    grep -h '  error' "$dir/bench.out" >&2
-    if [[ $json != '{'* ]]; then
-      log "round $round $system '$name': etcd-bench failed: $(tail -n 3 "$dir/bench.out")"
+    if ! bench "$eps" $flags; then
+      log "round $round $system '$name': etcd-bench failed: $(tail -n 3 "$work/bench.out")"
       continue
     fi
     local rps p99 errors
@@ -243,6 +281,48 @@ for round in $(seq 1 "$rounds"); do
   if ((round % 2)); then order=(etcd ours); else order=(ours etcd); fi
   for system in "${order[@]}"; do run_system "$system" "$round"; done
 done
+
+# Lone puts in bursts, both clusters up: pairs of bursts seconds apart, not rounds a minute apart.
+bursts_results=$work/bursts.tsv
+: >"$bursts_results"
+burst_size=$(total 1000)
+if ((bursts)); then
+  dir=$work/bursts
+  log "bursts: ours on ${hosts[*]} and etcd on ${burst_hosts[*]} at once; $bursts pairs of $burst_size lone puts"
+  start_ours "$dir/ours"
+  start_etcd "$dir/etcd" "${burst_hosts[@]}"
+  wait_ready ours "$dir/ours" "$endpoints"
+  wait_ready etcd "$dir/etcd" "$burst_endpoints"
+  declare -A burst_to=()
+  roles "$endpoints"
+  burst_to[ours,leader]=$leader burst_to[ours,follower]=$follower
+  roles "$burst_endpoints"
+  burst_to[etcd,leader]=$leader burst_to[etcd,follower]=$follower
+  log "bursts: ours leader ${burst_to[ours,leader]:-unknown}, etcd leader ${burst_to[etcd,leader]:-unknown}"
+  # A warm-up, so that neither system's first burst writes into an empty key space.
+  for system in ours etcd; do
+    [[ -n ${burst_to[$system,leader]} ]] &&
+      bench "${burst_to[$system,leader]}" --total "$(total 5000)" --conns 10 --clients 10 put
+  done
+  for b in $(seq 1 "$bursts"); do
+    if ((b % 2)); then order=(etcd ours); else order=(ours etcd); fi
+    for to in leader follower; do
+      for system in "${order[@]}"; do
+        eps=${burst_to[$system,$to]}
+        [[ -n $eps ]] || continue
+        if bench "$eps" --conns 1 --clients 1 --total "$burst_size" put; then
+          printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$system" "$to" "$(json_field "$json" rps)" \
+            "$(json_field "$json" p99_ms)" >>"$bursts_results"
+        else
+          log "burst $b $system via the $to: etcd-bench failed: $(tail -n 3 "$work/bench.out")"
+        fi
+      done
+    done
+  done
+  log "bursts: done"
+  stop_cluster
+  ((keep)) || rm -rf "$dir"
+fi
 
 # Medians per system and row, the spread (max-min over the median, for req/s), and the table.
 table=$(awk -F'\t' -v rounds="$rounds" '
@@ -289,14 +369,48 @@ table=$(awk -F'\t' -v rounds="$rounds" '
     }
   }' "$results")
 
+# The bursts: medians per system, and the ratio within each pair of bursts.
+bursts_table=$(awk -F'\t' -v size="$burst_size" '
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    if (n == 0) return ""
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  function num(x, f) { return (x == "") ? "n/a" : sprintf(f, x) }
+  {
+    rps[$2, $3] = rps[$2, $3] " " $4; p99[$2, $3] = p99[$2, $3] " " $5; in_pair[$1, $2, $3] = $4
+    if ($1 > last) last = $1
+  }
+  END {
+    print "| lone put (" size " per burst) | etcd req/s | ours req/s | ours/etcd per pair | lowest / highest pair | ours ahead | etcd p99 ms | ours p99 ms |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|"
+    split("leader follower", paths, " ")
+    for (k = 1; k <= 2; k++) {
+      to = paths[k]; list = ""; ahead = 0; count = 0; lo = ""; hi = ""
+      for (b = 1; b <= last; b++) {
+        if (!((b, "etcd", to) in in_pair) || !((b, "ours", to) in in_pair) || in_pair[b, "etcd", to] <= 0) continue
+        r = in_pair[b, "ours", to] / in_pair[b, "etcd", to]; list = list " " r; count++
+        if (r > 1) ahead++
+        if (lo == "" || r < lo) lo = r
+        if (hi == "" || r > hi) hi = r
+      }
+      if (count == 0) continue
+      printf "| via %s | %s | %s | %.3fx | %.2fx / %.2fx | %d of %d | %s | %s |\n", (to == "leader") ? "the leader" : "a follower", num(median(rps["etcd", to]), "%.0f"), num(median(rps["ours", to]), "%.0f"), median(list), lo, hi, ahead, count, num(median(p99["etcd", to]), "%.2f"), num(median(p99["ours", to]), "%.2f")
+    }
+  }' "$bursts_results")
+
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
-header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes'). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
+header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
+bursts_header="Lone puts with both clusters up (ours on ${hosts[*]}, etcd on ${burst_hosts[*]}; the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/etcd req/s within each pair of bursts, which run seconds apart."
+report=$(printf '%s\n\n%s\n' "$header" "$table")
+if [[ -n $bursts_table && $bursts_table == *'| via '* ]]; then
+  report+=$(printf '\n\n%s\n\n%s\n' "$bursts_header" "$bursts_table")
+fi
 echo
-echo "$header"
-echo
-echo "$table"
+echo "$report"
 if [[ -n $out ]]; then
-  printf '%s\n\n%s\n' "$header" "$table" >"$out"
-  log "table written to $out"
+  echo "$report" >"$out"
+  log "tables written to $out"
 fi
