@@ -9,15 +9,17 @@
 # alternate between them, and a second table gives the ratio within each pair of bursts.
 #
 #   scripts/bench-vs-etcd.sh [--out table.md] [--rounds 3] [--bursts 16] [--scale 1.0] [--no-build]
-#                            [--bin-dir DIR] [--keep]
+#                            [--bin-dir DIR] [--against DIR] [--keep]
 #
 #   --out FILE   also write the tables as markdown to FILE
-#   --rounds N   rounds (each starts both clusters afresh and runs every workload on each)
+#   --rounds N   rounds (each starts both clusters afresh and runs every workload on each); 0 skips
 #   --bursts N   pairs of lone-put bursts (1000 puts each) with both clusters up; 0 skips them
 #   --scale F    multiply every --total by F (the defaults aim at 5-10 s per run on 2 cores)
 #   --no-build   use the release binaries as they are
 #   --bin-dir D  take our binaries from D instead (implies --no-build; bench-smoke.sh runs this
 #                script at a tiny size on the debug build)
+#   --against D  an A/B test of ours: the bursts only, against ours built earlier (binaries in D,
+#                e.g. a copy of target/release) in etcd's place, labelled "base"
 #   --keep       keep the work dir (data dirs, logs, raw results) instead of deleting it
 #
 # Everything it starts is stopped by PID (also on Ctrl-C or failure). Binaries come from
@@ -28,7 +30,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '%s bench-vs-etcd: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-out='' rounds=3 bursts=16 scale=1 build=1 keep=0 bin=
+out='' rounds=3 bursts=16 scale=1 build=1 keep=0 bin='' against=
 while (($#)); do
   case $1 in
     --out) out=${2:?--out needs a file}; shift 2 ;;
@@ -42,19 +44,28 @@ while (($#)); do
     --no-build) build=0; shift ;;
     --bin-dir) bin=${2:?--bin-dir needs a directory}; build=0; shift 2 ;;
     --bin-dir=*) bin=${1#--bin-dir=}; build=0; shift ;;
+    --against) against=${2:?--against needs a directory}; shift 2 ;;
+    --against=*) against=${1#--against=}; shift ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, not $rounds"
+[[ $rounds =~ ^[0-9]+$ ]] || die "--rounds must be a number, not $rounds"
 [[ $bursts =~ ^[0-9]+$ ]] || die "--bursts must be a number, not $bursts"
+# What ours is compared with: etcd, or with --against an earlier build of ours (bursts only).
+other=etcd
+if [[ -n $against ]]; then
+  other=base rounds=0
+  ((bursts)) || die "--against compares in bursts: --bursts must not be 0"
+fi
+((rounds + bursts)) || die "nothing to run: --rounds and --bursts are both 0"
 [[ $scale =~ ^[0-9]*\.?[0-9]+$ ]] || die "--scale must be a positive number, not $scale"
 if [[ -n $out ]]; then
   : >"$out" 2>/dev/null || die "cannot write $out"
 fi
 
-command -v etcd >/dev/null || die "etcd is not installed (apt-get install etcd-server)"
+[[ $other != etcd ]] || command -v etcd >/dev/null || die "etcd is not installed (apt-get install etcd-server)"
 command -v etcdctl >/dev/null || die "etcdctl is not installed (apt-get install etcd-client)"
 target=${CARGO_TARGET_DIR:-$repo/target}
 [[ -n $bin ]] || bin=$target/release
@@ -64,10 +75,11 @@ if ((build)); then
 fi
 for b in consensus peer-gateway client-gateway etcd-bench; do
   [[ -x $bin/$b ]] || die "missing $bin/$b: run cargo build --release --bins"
+  [[ -z $against || -x $against/$b ]] || die "missing $against/$b (--against)"
 done
 
 hosts=(127.0.0.31 127.0.0.32 127.0.0.33)
-# Where etcd runs while both clusters are up, for the bursts.
+# Where etcd (or the --against build) runs while both clusters are up, for the bursts.
 burst_hosts=(127.0.0.36 127.0.0.37 127.0.0.38)
 names=(b1 b2 b3)
 client_endpoints() { local h out=''; for h in "$@"; do out+="${out:+,}$h:2379"; done; echo "$out"; }
@@ -140,7 +152,8 @@ trap 'log "interrupted"; exit 130' INT TERM
 # The initial cluster of three members on the given hosts.
 initial_cluster() { echo "${names[0]}=http://$1:2380,${names[1]}=http://$2:2380,${names[2]}=http://$3:2380"; }
 
-# start_etcd|start_ours DIR [HOST HOST HOST]: a cluster on the hosts (default: hosts).
+# start_etcd|start_ours DIR [HOST HOST HOST]: a cluster on the hosts (default: hosts). start_ours
+# takes its binaries from $start_bin if set, else $bin.
 start_etcd() {
   local dir=$1 i on=("${@:2}")
   ((${#on[@]})) || on=("${hosts[@]}")
@@ -166,7 +179,7 @@ start_ours() {
   for i in 0 1 2; do
     local h=${on[i]}
     mkdir -p "$dir"
-    ETCDRS_BIN_DIR=$bin "$repo/scripts/start-node.sh" --name "${names[i]}" --data-dir "$dir/${names[i]}" \
+    ETCDRS_BIN_DIR=${start_bin:-$bin} "$repo/scripts/start-node.sh" --name "${names[i]}" --data-dir "$dir/${names[i]}" \
       --listen-client-urls "http://$h:2379" --advertise-client-urls "http://$h:2379" \
       --listen-peer-urls "http://$h:2380" --initial-advertise-peer-urls "http://$h:2380" \
       --initial-cluster "$initial_cluster" --initial-cluster-token bench-vs-etcd \
@@ -288,24 +301,28 @@ bursts_results=$work/bursts.tsv
 burst_size=$(total 1000)
 if ((bursts)); then
   dir=$work/bursts
-  log "bursts: ours on ${hosts[*]} and etcd on ${burst_hosts[*]} at once; $bursts pairs of $burst_size lone puts"
+  log "bursts: ours on ${hosts[*]} and $other on ${burst_hosts[*]} at once; $bursts pairs of $burst_size lone puts"
   start_ours "$dir/ours"
-  start_etcd "$dir/etcd" "${burst_hosts[@]}"
+  if [[ $other == etcd ]]; then
+    start_etcd "$dir/etcd" "${burst_hosts[@]}"
+  else
+    start_bin=$against start_ours "$dir/$other" "${burst_hosts[@]}"
+  fi
   wait_ready ours "$dir/ours" "$endpoints"
-  wait_ready etcd "$dir/etcd" "$burst_endpoints"
+  wait_ready "$other" "$dir/$other" "$burst_endpoints"
   declare -A burst_to=()
   roles "$endpoints"
   burst_to[ours,leader]=$leader burst_to[ours,follower]=$follower
   roles "$burst_endpoints"
-  burst_to[etcd,leader]=$leader burst_to[etcd,follower]=$follower
-  log "bursts: ours leader ${burst_to[ours,leader]:-unknown}, etcd leader ${burst_to[etcd,leader]:-unknown}"
+  burst_to[$other,leader]=$leader burst_to[$other,follower]=$follower
+  log "bursts: ours leader ${burst_to[ours,leader]:-unknown}, $other leader ${burst_to[$other,leader]:-unknown}"
   # A warm-up, so that neither system's first burst writes into an empty key space.
-  for system in ours etcd; do
+  for system in ours "$other"; do
     [[ -n ${burst_to[$system,leader]} ]] &&
       bench "${burst_to[$system,leader]}" --total "$(total 5000)" --conns 10 --clients 10 put
   done
   for b in $(seq 1 "$bursts"); do
-    if ((b % 2)); then order=(etcd ours); else order=(ours etcd); fi
+    if ((b % 2)); then order=("$other" ours); else order=(ours "$other"); fi
     for to in leader follower; do
       for system in "${order[@]}"; do
         eps=${burst_to[$system,$to]}
@@ -370,7 +387,7 @@ table=$(awk -F'\t' -v rounds="$rounds" '
   }' "$results")
 
 # The bursts: medians per system, and the ratio within each pair of bursts.
-bursts_table=$(awk -F'\t' -v size="$burst_size" '
+bursts_table=$(awk -F'\t' -v size="$burst_size" -v other="$other" '
   function median(list,   a, n, i, j, t) {
     n = split(list, a, " ")
     for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -383,30 +400,31 @@ bursts_table=$(awk -F'\t' -v size="$burst_size" '
     if ($1 > last) last = $1
   }
   END {
-    print "| lone put (" size " per burst) | etcd req/s | ours req/s | ours/etcd per pair | lowest / highest pair | ours ahead | etcd p99 ms | ours p99 ms |"
+    print "| lone put (" size " per burst) | " other " req/s | ours req/s | ours/" other " per pair | lowest / highest pair | ours ahead | " other " p99 ms | ours p99 ms |"
     print "|---|---:|---:|---:|---:|---:|---:|---:|"
     split("leader follower", paths, " ")
     for (k = 1; k <= 2; k++) {
       to = paths[k]; list = ""; ahead = 0; count = 0; lo = ""; hi = ""
       for (b = 1; b <= last; b++) {
-        if (!((b, "etcd", to) in in_pair) || !((b, "ours", to) in in_pair) || in_pair[b, "etcd", to] <= 0) continue
-        r = in_pair[b, "ours", to] / in_pair[b, "etcd", to]; list = list " " r; count++
+        if (!((b, other, to) in in_pair) || !((b, "ours", to) in in_pair) || in_pair[b, other, to] <= 0) continue
+        r = in_pair[b, "ours", to] / in_pair[b, other, to]; list = list " " r; count++
         if (r > 1) ahead++
         if (lo == "" || r < lo) lo = r
         if (hi == "" || r > hi) hi = r
       }
       if (count == 0) continue
-      printf "| via %s | %s | %s | %.3fx | %.2fx / %.2fx | %d of %d | %s | %s |\n", (to == "leader") ? "the leader" : "a follower", num(median(rps["etcd", to]), "%.0f"), num(median(rps["ours", to]), "%.0f"), median(list), lo, hi, ahead, count, num(median(p99["etcd", to]), "%.2f"), num(median(p99["ours", to]), "%.2f")
+      printf "| via %s | %s | %s | %.3fx | %.2fx / %.2fx | %d of %d | %s | %s |\n", (to == "leader") ? "the leader" : "a follower", num(median(rps[other, to]), "%.0f"), num(median(rps["ours", to]), "%.0f"), median(list), lo, hi, ahead, count, num(median(p99[other, to]), "%.2f"), num(median(p99["ours", to]), "%.2f")
     }
   }' "$bursts_results")
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
 header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
-bursts_header="Lone puts with both clusters up (ours on ${hosts[*]}, etcd on ${burst_hosts[*]}; the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/etcd req/s within each pair of bursts, which run seconds apart."
-report=$(printf '%s\n\n%s\n' "$header" "$table")
+bursts_header="Lone puts with both clusters up (ours on ${hosts[*]}, $other on ${burst_hosts[*]}$([[ $other == etcd ]] || echo ", binaries from $against"); the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/$other req/s within each pair of bursts, which run seconds apart."
+report=''
+((rounds)) && report=$(printf '%s\n\n%s\n' "$header" "$table")
 if [[ -n $bursts_table && $bursts_table == *'| via '* ]]; then
-  report+=$(printf '\n\n%s\n\n%s\n' "$bursts_header" "$bursts_table")
+  report+=$(printf '%s%s\n\n%s\n' "${report:+$'\n\n'}" "$bursts_header" "$bursts_table")
 fi
 echo
 echo "$report"
