@@ -341,21 +341,25 @@ if ((bursts)); then
   ((keep)) || rm -rf "$dir"
 fi
 
-# Medians per system and row, the spread (max-min over the median, for req/s), and the table.
-table=$(awk -F'\t' -v rounds="$rounds" '
+# Helpers both tables use: the median of a space-separated list, a number or n/a.
+awk_lib='
   function median(list,   a, n, i, j, t) {
     n = split(list, a, " ")
     for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
     if (n == 0) return ""
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
+  function num(x, f) { return (x == "") ? "n/a" : sprintf(f, x) }
+'
+
+# Medians per system and row, the spread (max-min over the median, for req/s), and the table.
+table=$(awk -F'\t' -v rounds="$rounds" "$awk_lib"'
   function spread(list,   a, n, i, lo, hi, m) {
     n = split(list, a, " "); if (n < 2) return ""
     lo = hi = a[1]; for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
     m = median(list); return (m > 0) ? sprintf("%.0f%%", 100 * (hi - lo) / m) : ""
   }
   function ratio(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.2fx", a / b) : "n/a" }
-  function num(x, f) { return (x == "") ? "n/a" : sprintf(f, x) }
   {
     if (!($3 in seen)) { seen[$3] = 1; order[++nrows] = $3 }
     rps[$2, $3] = rps[$2, $3] " " $4; p99[$2, $3] = p99[$2, $3] " " $5; errs[$2, $3] += $6
@@ -387,14 +391,7 @@ table=$(awk -F'\t' -v rounds="$rounds" '
   }' "$results")
 
 # The bursts: medians per system, and the ratio within each pair of bursts.
-bursts_table=$(awk -F'\t' -v size="$burst_size" -v other="$other" '
-  function median(list,   a, n, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    if (n == 0) return ""
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
-  function num(x, f) { return (x == "") ? "n/a" : sprintf(f, x) }
+bursts_table=$(awk -F'\t' -v size="$burst_size" -v other="$other" "$awk_lib"'
   {
     rps[$2, $3] = rps[$2, $3] " " $4; p99[$2, $3] = p99[$2, $3] " " $5; in_pair[$1, $2, $3] = $4
     if ($1 > last) last = $1
