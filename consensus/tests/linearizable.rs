@@ -225,28 +225,9 @@ async fn client(id: usize, endpoint: String, start: Instant, until: Instant) -> 
 #[test]
 fn histories_under_process_kills_are_linearizable() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = HOSTS
-        .iter()
-        .enumerate()
-        .map(|(i, h)| format!("lin{i}=http://{h}:2380"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members: Vec<Member> = HOSTS
-        .iter()
-        .enumerate()
-        .map(|(i, h)| http_member(tmp.path(), &format!("lin{i}"), h, &cluster, ""))
-        .collect();
+    let mut members = http_cluster(tmp.path(), "lin", &HOSTS, "", &[]);
     for m in &members {
-        eventually(
-            Duration::from_secs(60),
-            &format!("{} healthy", m.name),
-            || {
-                m.etcdctl(&["endpoint", "health"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
-        );
+        wait_healthy(m, Duration::from_secs(60));
     }
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
 
@@ -295,16 +276,7 @@ fn histories_under_process_kills_are_linearizable() {
 
     // Everyone back, then one more read of every key through every member.
     for m in &members {
-        eventually(
-            Duration::from_secs(60),
-            &format!("{} healthy again", m.name),
-            || {
-                m.etcdctl(&["endpoint", "health"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
-        );
+        wait_healthy(m, Duration::from_secs(60));
     }
     let last: Vec<Op> = runtime.block_on(async {
         let mut last = Vec::new();

@@ -56,15 +56,6 @@ ETCD_PEER_CLIENT_CERT_AUTH="true"
     )
 }
 
-fn wait_healthy(m: &Member, timeout: Duration) {
-    eventually(timeout, &format!("{} to be healthy", m.name), || {
-        m.etcdctl(&["endpoint", "health"])
-            .status
-            .success()
-            .then_some(())
-    });
-}
-
 fn value_of(m: &Member, key: &str, extra: &[&str]) -> Option<String> {
     let mut args = vec!["get", key, "--print-value-only"];
     args.extend_from_slice(extra);
@@ -72,34 +63,6 @@ fn value_of(m: &Member, key: &str, extra: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Started plain-http members named `{prefix}0`, `{prefix}1`, ... on `hosts`, one cluster, each
-/// with `extra` in its etcd.conf and `env` (failpoints) in its environment.
-fn http_cluster(
-    dir: &std::path::Path,
-    prefix: &str,
-    hosts: &[&str],
-    extra: &str,
-    env: &[(&str, &str)],
-) -> Vec<Member> {
-    let cluster = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| format!("{prefix}{i}=http://{h}:2380"))
-        .collect::<Vec<_>>()
-        .join(",");
-    hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let mut m = unstarted_http_member(dir, &format!("{prefix}{i}"), h, &cluster, extra);
-            m.env
-                .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            m.start();
-            m
-        })
-        .collect()
 }
 
 #[test]

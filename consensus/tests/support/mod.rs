@@ -347,6 +347,44 @@ pub fn unstarted_http_member(
     Member::new(name, conf, data, format!("http://{host}:2379"), vec![])
 }
 
+/// Started plain-http members named `{prefix}0`, `{prefix}1`, ... on `hosts`, one cluster, each
+/// with `extra` in its etcd.conf and `env` (failpoints) in its environment.
+pub fn http_cluster(
+    dir: &Path,
+    prefix: &str,
+    hosts: &[&str],
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Vec<Member> {
+    let cluster = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{prefix}{i}=http://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut m = unstarted_http_member(dir, &format!("{prefix}{i}"), h, &cluster, extra);
+            m.env
+                .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            m.start();
+            m
+        })
+        .collect()
+}
+
+/// Waits until `etcdctl endpoint health` through the member succeeds.
+pub fn wait_healthy(m: &Member, timeout: Duration) {
+    eventually(timeout, &format!("{} to be healthy", m.name), || {
+        m.etcdctl(&["endpoint", "health"])
+            .status
+            .success()
+            .then_some(())
+    });
+}
+
 /// `http_member` alone in its cluster.
 pub fn single_http_member(dir: &Path, name: &str, host: &str, extra: &str) -> Member {
     http_member(
