@@ -299,29 +299,34 @@ done
 bursts_results=$work/bursts.tsv
 : >"$bursts_results"
 burst_size=$(total 1000)
-if ((bursts)); then
-  dir=$work/bursts
-  log "bursts: ours on ${hosts[*]} and $other on ${burst_hosts[*]} at once; $bursts pairs of $burst_size lone puts"
-  start_ours "$dir/ours"
+# burst_half FIRST LAST OURS_HOSTS OTHER_HOSTS: both clusters up on those hosts (3 each, space
+# separated), then pairs FIRST..LAST. The second half swaps the hosts, so that neither system keeps
+# whatever the addresses or the leaders' placement are worth.
+burst_half() {
+  local first=$1 last=$2 ours_on=($3) other_on=($4) b to system eps order
+  local ours_eps other_eps dir
+  ours_eps=$(client_endpoints "${ours_on[@]}") other_eps=$(client_endpoints "${other_on[@]}")
+  dir=$work/bursts-$first
+  start_ours "$dir/ours" "${ours_on[@]}"
   if [[ $other == etcd ]]; then
-    start_etcd "$dir/etcd" "${burst_hosts[@]}"
+    start_etcd "$dir/etcd" "${other_on[@]}"
   else
-    start_bin=$against start_ours "$dir/$other" "${burst_hosts[@]}"
+    start_bin=$against start_ours "$dir/$other" "${other_on[@]}"
   fi
-  wait_ready ours "$dir/ours" "$endpoints"
-  wait_ready "$other" "$dir/$other" "$burst_endpoints"
+  wait_ready ours "$dir/ours" "$ours_eps"
+  wait_ready "$other" "$dir/$other" "$other_eps"
   declare -A burst_to=()
-  roles "$endpoints"
+  roles "$ours_eps"
   burst_to[ours,leader]=$leader burst_to[ours,follower]=$follower
-  roles "$burst_endpoints"
+  roles "$other_eps"
   burst_to[$other,leader]=$leader burst_to[$other,follower]=$follower
-  log "bursts: ours leader ${burst_to[ours,leader]:-unknown}, $other leader ${burst_to[$other,leader]:-unknown}"
+  log "bursts $first-$last: ours on ${ours_on[*]} (leader ${burst_to[ours,leader]:-unknown}), $other on ${other_on[*]} (leader ${burst_to[$other,leader]:-unknown})"
   # A warm-up, so that neither system's first burst writes into an empty key space.
   for system in ours "$other"; do
     [[ -n ${burst_to[$system,leader]} ]] &&
       bench "${burst_to[$system,leader]}" --total "$(total 5000)" --conns 10 --clients 10 put
   done
-  for b in $(seq 1 "$bursts"); do
+  for b in $(seq "$first" "$last"); do
     if ((b % 2)); then order=("$other" ours); else order=(ours "$other"); fi
     for to in leader follower; do
       for system in "${order[@]}"; do
@@ -336,9 +341,16 @@ if ((bursts)); then
       done
     done
   done
-  log "bursts: done"
   stop_cluster
   ((keep)) || rm -rf "$dir"
+}
+
+if ((bursts)); then
+  log "bursts: $bursts pairs of $burst_size lone puts with both clusters up, ours and $other swapping hosts halfway"
+  half=$(((bursts + 1) / 2))
+  burst_half 1 "$half" "${hosts[*]}" "${burst_hosts[*]}"
+  ((bursts > half)) && burst_half $((half + 1)) "$bursts" "${burst_hosts[*]}" "${hosts[*]}"
+  log "bursts: done"
 fi
 
 # Helpers both tables use: the median of a space-separated list, a number or n/a.
@@ -392,13 +404,20 @@ table=$(awk -F'\t' -v rounds="$rounds" "$awk_lib"'
 
 # The bursts: medians per system, and the ratio within each pair of bursts.
 bursts_table=$(awk -F'\t' -v size="$burst_size" -v other="$other" "$awk_lib"'
+  # The sign test: the chance that ours leads in `ahead` or more of `n` pairs if both systems were
+  # equally fast, so that each pair is a coin toss (one-sided binomial tail).
+  function sign_test(ahead, n,   k, pk, tail) {
+    pk = 2 ^ -n; tail = 0
+    for (k = 0; k <= n; k++) { if (k >= ahead) tail += pk; pk = pk * (n - k) / (k + 1) }
+    return tail
+  }
   {
     rps[$2, $3] = rps[$2, $3] " " $4; p99[$2, $3] = p99[$2, $3] " " $5; in_pair[$1, $2, $3] = $4
     if ($1 > last) last = $1
   }
   END {
-    print "| lone put (" size " per burst) | " other " req/s | ours req/s | ours/" other " per pair | lowest / highest pair | ours ahead | " other " p99 ms | ours p99 ms |"
-    print "|---|---:|---:|---:|---:|---:|---:|---:|"
+    print "| lone put (" size " per burst) | " other " req/s | ours req/s | ours/" other " per pair | lowest / highest pair | ours ahead | p | " other " p99 ms | ours p99 ms |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     split("leader follower", paths, " ")
     for (k = 1; k <= 2; k++) {
       to = paths[k]; list = ""; ahead = 0; count = 0; lo = ""; hi = ""
@@ -410,14 +429,14 @@ bursts_table=$(awk -F'\t' -v size="$burst_size" -v other="$other" "$awk_lib"'
         if (hi == "" || r > hi) hi = r
       }
       if (count == 0) continue
-      printf "| via %s | %s | %s | %.3fx | %.2fx / %.2fx | %d of %d | %s | %s |\n", (to == "leader") ? "the leader" : "a follower", num(median(rps[other, to]), "%.0f"), num(median(rps["ours", to]), "%.0f"), median(list), lo, hi, ahead, count, num(median(p99[other, to]), "%.2f"), num(median(p99["ours", to]), "%.2f")
+      printf "| via %s | %s | %s | %.3fx | %.2fx / %.2fx | %d of %d | %.2g | %s | %s |\n", (to == "leader") ? "the leader" : "a follower", num(median(rps[other, to]), "%.0f"), num(median(rps["ours", to]), "%.0f"), median(list), lo, hi, ahead, count, sign_test(ahead, count), num(median(p99[other, to]), "%.2f"), num(median(p99["ours", to]), "%.2f")
     }
   }' "$bursts_results")
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
 header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
-bursts_header="Lone puts with both clusters up (ours on ${hosts[*]}, $other on ${burst_hosts[*]}$([[ $other == etcd ]] || echo ", binaries from $against"); the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/$other req/s within each pair of bursts, which run seconds apart."
+bursts_header="Lone puts with both clusters up (ours on ${hosts[*]} and $other on ${burst_hosts[*]}, then both restarted on each other's hosts halfway$([[ $other == etcd ]] || echo "; $other: binaries from $against"); the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/$other req/s within each pair of bursts, which run seconds apart. p: the chance that ours leads in that many pairs or more if both were equally fast (sign test); below 0.05, ours is faster."
 report=''
 ((rounds)) && report=$(printf '%s\n\n%s\n' "$header" "$table")
 if [[ -n $bursts_table && $bursts_table == *'| via '* ]]; then
