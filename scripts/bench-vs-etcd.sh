@@ -9,7 +9,7 @@
 # alternate between them, and a second table gives the ratio within each pair of bursts.
 #
 #   scripts/bench-vs-etcd.sh [--out table.md] [--rounds 3] [--bursts 16] [--scale 1.0] [--no-build]
-#                            [--bin-dir DIR] [--against DIR] [--keep]
+#                            [--bin-dir DIR] [--against DIR] [--halt-poll-ns N] [--keep]
 #
 #   --out FILE   also write the tables as markdown to FILE
 #   --rounds N   rounds (each starts both clusters afresh and runs every workload on each); 0 skips
@@ -20,6 +20,10 @@
 #                script at a tiny size on the debug build)
 #   --against D  an A/B test of ours: the bursts only, against ours built earlier (binaries in D,
 #                e.g. a copy of target/release) in etcd's place, labelled "base"
+#   --halt-poll-ns N  for this run, let an idle vCPU of this (KVM guest) machine poll up to N ns
+#                before it halts (cpuidle-haltpoll's guest_halt_poll_ns; upstream's default is
+#                200000, some hosts boot with 0), restored afterwards. Both systems run under it.
+#                Needs root and the haltpoll cpuidle driver. Without it the machine is measured as is.
 #   --keep       keep the work dir (data dirs, logs, raw results) instead of deleting it
 #
 # Everything it starts is stopped by PID (also on Ctrl-C or failure). Binaries come from
@@ -30,7 +34,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '%s bench-vs-etcd: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-out='' rounds=3 bursts=16 scale=1 build=1 keep=0 bin='' against=
+out='' rounds=3 bursts=16 scale=1 build=1 keep=0 bin='' against= halt_poll=''
 while (($#)); do
   case $1 in
     --out) out=${2:?--out needs a file}; shift 2 ;;
@@ -46,6 +50,8 @@ while (($#)); do
     --bin-dir=*) bin=${1#--bin-dir=}; build=0; shift ;;
     --against) against=${2:?--against needs a directory}; shift 2 ;;
     --against=*) against=${1#--against=}; shift ;;
+    --halt-poll-ns) halt_poll=${2:?--halt-poll-ns needs a number}; shift 2 ;;
+    --halt-poll-ns=*) halt_poll=${1#--halt-poll-ns=}; shift ;;
     --keep) keep=1; shift ;;
     -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -61,6 +67,12 @@ if [[ -n $against ]]; then
 fi
 ((rounds + bursts)) || die "nothing to run: --rounds and --bursts are both 0"
 [[ $scale =~ ^[0-9]*\.?[0-9]+$ ]] || die "--scale must be a positive number, not $scale"
+halt_poll_file=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+halt_poll_was=''
+if [[ -n $halt_poll ]]; then
+  [[ $halt_poll =~ ^[0-9]+$ ]] || die "--halt-poll-ns must be a number of nanoseconds, not $halt_poll"
+  [[ -w $halt_poll_file ]] || die "--halt-poll-ns: cannot write $halt_poll_file (needs root and the haltpoll cpuidle driver)"
+fi
 if [[ -n $out ]]; then
   : >"$out" 2>/dev/null || die "cannot write $out"
 fi
@@ -139,6 +151,9 @@ cleanup() {
     wait "$bench_pid" 2>/dev/null
   fi
   stop_cluster
+  if [[ -n $halt_poll_was ]]; then
+    echo "$halt_poll_was" >"$halt_poll_file" && log "guest_halt_poll_ns back to $halt_poll_was"
+  fi
   if ((keep)); then
     log "kept $work"
   else
@@ -148,6 +163,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
+if [[ -n $halt_poll ]]; then
+  halt_poll_was=$(<"$halt_poll_file")
+  echo "$halt_poll" >"$halt_poll_file" || die "could not write $halt_poll_file"
+  log "guest_halt_poll_ns $halt_poll_was -> $halt_poll for this run"
+fi
 
 # The initial cluster of three members on the given hosts.
 initial_cluster() { echo "${names[0]}=http://$1:2380,${names[1]}=http://$2:2380,${names[2]}=http://$3:2380"; }
@@ -435,8 +455,11 @@ bursts_table=$(awk -F'\t' -v size="$burst_size" -v other="$other" "$awk_lib"'
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
-header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
-bursts_header="Lone puts with both clusters up (ours on ${hosts[*]} and $other on ${burst_hosts[*]}, then both restarted on each other's hosts halfway$([[ $other == etcd ]] || echo "; $other: binaries from $against"); the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/$other req/s within each pair of bursts, which run seconds apart. p: the chance that ours leads in that many pairs or more if both were equally fast (sign test); below 0.05, ours is faster."
+# An idle vCPU that halts takes tens of microseconds to wake; what it may poll first matters.
+halt_note=''
+[[ -r $halt_poll_file ]] && halt_note=", guest_halt_poll_ns $(<"$halt_poll_file")$([[ -n $halt_poll ]] && echo " for this run")"
+header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu$halt_note), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
+bursts_header="Lone puts$([[ -n $halt_poll ]] && echo " (guest_halt_poll_ns $halt_poll for this run)") with both clusters up (ours on ${hosts[*]} and $other on ${burst_hosts[*]}, then both restarted on each other's hosts halfway$([[ $other == etcd ]] || echo "; $other: binaries from $against"); the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/$other req/s within each pair of bursts, which run seconds apart. p: the chance that ours leads in that many pairs or more if both were equally fast (sign test); below 0.05, ours is faster."
 report=''
 ((rounds)) && report=$(printf '%s\n\n%s\n' "$header" "$table")
 if [[ -n $bursts_table && $bursts_table == *'| via '* ]]; then
