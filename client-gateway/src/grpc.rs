@@ -9,7 +9,9 @@ use prost::Message as _;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic::{Request, Response, Status};
+use tower::layer::util::{Identity, Stack};
 
+use crate::http_api::HttpApiLayer;
 use crate::link::Link;
 use crate::plane;
 use crate::proto::etcdserverpb::{
@@ -61,8 +63,11 @@ fn message_too_large(len: usize, max_message: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// The gRPC router for one listener.
-pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Router {
+/// The gRPC services of one listener, behind etcd's plain HTTP endpoints.
+pub type ClientRouter = Router<Stack<HttpApiLayer, Identity>>;
+
+/// The router for one listener: `/health` and `/version` (HTTP/1.1 or HTTP/2), then gRPC.
+pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> ClientRouter {
     let max_message = usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES))
         .unwrap_or(usize::MAX);
     let kv = KvService {
@@ -72,6 +77,8 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Rout
         max_message,
     };
     Server::builder()
+        .accept_http1(true)
+        .layer(HttpApiLayer::new(link.clone()))
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(max_message.saturating_mul(OVERSIZE_READ_FACTOR)),

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, Router};
+use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use crate::authority::RepairAuthority;
@@ -268,7 +268,7 @@ pub async fn serve(
     listener: Listener,
     url: String,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    router: crate::grpc::ClientRouter,
 ) -> Result<(), Error> {
     let (conns_tx, mut conns_rx) = mpsc::channel::<Conn>(128);
     // Dropped with this future (also when its task is aborted), which closes the listener.

@@ -10,6 +10,7 @@ mod from_capnp;
 mod gateway;
 mod grpc;
 mod hpack;
+mod http_api;
 mod link;
 mod listen;
 mod plane;

@@ -76,8 +76,8 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(format!("cert-file and key-file: {e}")))?;
-    // gRPC clients insist on negotiating HTTP/2.
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC clients insist on negotiating HTTP/2; HTTP/1.1 is for `/health` and `/version`.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -150,11 +150,13 @@ mod tests {
         }
     }
 
-    /// Handshakes over an in-memory pipe; returns the ALPN protocol the client saw.
-    async fn handshake(
+    /// Handshakes over an in-memory pipe, the client offering `alpn`; returns the ALPN protocol
+    /// the client saw.
+    async fn handshake_offering(
         acceptor: TlsAcceptor,
         p: &Pki,
         with_client_cert: bool,
+        alpn: &[&[u8]],
     ) -> Result<Option<Vec<u8>>, String> {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(p.ca_pem.as_bytes()) {
@@ -170,7 +172,7 @@ mod tests {
         } else {
             builder.with_no_client_auth()
         };
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let (a, b) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move { acceptor.accept(b).await.map(|_| ()) });
         let name = ServerName::try_from("localhost").unwrap();
@@ -182,6 +184,15 @@ mod tests {
         }
     }
 
+    /// As a gRPC client: HTTP/2 only.
+    async fn handshake(
+        acceptor: TlsAcceptor,
+        p: &Pki,
+        with_client_cert: bool,
+    ) -> Result<Option<Vec<u8>>, String> {
+        handshake_offering(acceptor, p, with_client_cert, &[b"h2"]).await
+    }
+
     #[tokio::test]
     async fn serves_h2_over_tls_without_client_auth() {
         let p = pki();
@@ -189,6 +200,26 @@ mod tests {
         assert_eq!(
             handshake(acceptor, &p, false).await.unwrap(),
             Some(b"h2".to_vec())
+        );
+    }
+
+    /// A browser or `curl --http1.1` asking for `/health` over https.
+    #[tokio::test]
+    async fn prefers_h2_and_accepts_http1_clients() {
+        let p = pki();
+        let acceptor = acceptor(&files(&p, false)).unwrap();
+        let both: &[&[u8]] = &[b"http/1.1", b"h2"];
+        assert_eq!(
+            handshake_offering(acceptor.clone(), &p, false, both)
+                .await
+                .unwrap(),
+            Some(b"h2".to_vec())
+        );
+        assert_eq!(
+            handshake_offering(acceptor, &p, false, &[b"http/1.1"])
+                .await
+                .unwrap(),
+            Some(b"http/1.1".to_vec())
         );
     }
 
