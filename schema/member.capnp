@@ -310,6 +310,13 @@ struct Metrics {
   isLeader @7 :Bool;
   leaderChanges @8 :UInt64;        # etcd_server_leader_changes_seen_total
   revision @9 :Int64;
+  hasLeader @10 :Bool;             # etcd_server_has_leader
+  committedIndex @11 :UInt64;      # etcd_server_proposals_committed_total (etcd: the commit index)
+  dbSize @12 :Int64;               # etcd_mvcc_db_total_size_in_bytes
+  # fsyncs by duration, one count per bucket (not cumulative): bucket i holds those of at most
+  # 1 ms * 2^i (etcd's etcd_disk_wal_fsync_duration_seconds buckets, 1 ms to 8.192 s), and the last,
+  # one more, those above. Absent from an older consensus.
+  fsyncBuckets @13 :List(UInt64);
 }
 
 # ---------------------------------------------------------------- the raft log

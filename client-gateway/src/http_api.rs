@@ -1,10 +1,14 @@
 //! The plain HTTP endpoints etcd serves beside gRPC on its client URLs, over HTTP/1.1 or HTTP/2:
 //! `/health` (healthy: the member knows a leader and serves a linearizable read within a second,
-//! as etcd 3.4 checks with a quorum read) and `/version`. Every other path goes on to the gRPC
-//! services untouched. Status codes, headers and bodies are etcd 3.4.23's.
+//! as etcd 3.4 checks with a quorum read), `/version`, and `/metrics` (Prometheus text, under
+//! etcd's names for what consensus counts). Every other path goes on to the gRPC services
+//! untouched. Status codes, headers and bodies are etcd 3.4.23's.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use tower::{Layer, Service};
 use tracing::warn;
 
 use crate::link::Link;
-use crate::plane;
+use crate::plane::{self, MemberMetrics};
 use crate::proto::etcdserverpb::RangeRequest;
 
 /// How long `/health` waits for its read (etcd: one second).
@@ -26,16 +30,31 @@ const VERSION_JSON: &str = r#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#;
 const HEALTHY: &str = r#"{"health":"true"}"#;
 const UNHEALTHY: &str = r#"{"health":"false"}"#;
 const TEXT: &str = "text/plain; charset=utf-8";
+/// Prometheus's text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The cluster version `/metrics` reports (etcd: major.minor).
+const CLUSTER_VERSION: &str = "3.4";
+
+/// `/health` answers so far (etcd_server_health_success and _failures).
+#[derive(Default)]
+struct HealthCounts {
+    success: AtomicU64,
+    failures: AtomicU64,
+}
 
 /// Puts [`HttpApi`] in front of the gRPC routes.
 #[derive(Clone)]
 pub struct HttpApiLayer {
     link: Link,
+    health: Arc<HealthCounts>,
 }
 
 impl HttpApiLayer {
     pub fn new(link: Link) -> Self {
-        HttpApiLayer { link }
+        HttpApiLayer {
+            link,
+            health: Arc::default(),
+        }
     }
 }
 
@@ -45,6 +64,7 @@ impl<S> Layer<S> for HttpApiLayer {
     fn layer(&self, inner: S) -> HttpApi<S> {
         HttpApi {
             link: self.link.clone(),
+            health: self.health.clone(),
             inner,
         }
     }
@@ -53,6 +73,7 @@ impl<S> Layer<S> for HttpApiLayer {
 #[derive(Clone)]
 pub struct HttpApi<S> {
     link: Link,
+    health: Arc<HealthCounts>,
     inner: S,
 }
 
@@ -60,6 +81,7 @@ pub struct HttpApi<S> {
 enum Endpoint {
     Health,
     Version,
+    Metrics,
 }
 
 type Answer<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
@@ -82,31 +104,46 @@ where
         let endpoint = match req.uri().path() {
             "/health" => Endpoint::Health,
             "/version" => Endpoint::Version,
+            "/metrics" => Endpoint::Metrics,
             _ => return Either::Left(self.inner.call(req)),
         };
-        if req.method() != Method::GET {
+        // etcd's Prometheus handler takes any method; its own handlers only GET.
+        if req.method() != Method::GET && !matches!(endpoint, Endpoint::Metrics) {
             let mut resp = http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
             return Either::Right(Box::pin(async move { Ok(resp) }));
         }
         let link = self.link.clone();
+        let health = self.health.clone();
         Either::Right(Box::pin(async move {
             Ok(match endpoint {
                 Endpoint::Version => respond(StatusCode::OK, "application/json", VERSION_JSON),
                 Endpoint::Health => {
-                    match tokio::time::timeout(HEALTH_TIMEOUT, check(&link)).await {
-                        Ok(Ok(())) => respond(StatusCode::OK, TEXT, HEALTHY),
-                        Ok(Err(why)) => {
-                            warn!("/health: {why}");
-                            http_error(StatusCode::SERVICE_UNAVAILABLE, UNHEALTHY)
+                    let checked = tokio::time::timeout(HEALTH_TIMEOUT, check(&link))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!("no linearizable read within {HEALTH_TIMEOUT:?}"))
+                        });
+                    match checked {
+                        Ok(()) => {
+                            health.success.fetch_add(1, Ordering::Relaxed);
+                            respond(StatusCode::OK, TEXT, HEALTHY)
                         }
-                        Err(_) => {
-                            warn!("/health: no linearizable read within {HEALTH_TIMEOUT:?}");
+                        Err(why) => {
+                            health.failures.fetch_add(1, Ordering::Relaxed);
+                            warn!("/health: {why}");
                             http_error(StatusCode::SERVICE_UNAVAILABLE, UNHEALTHY)
                         }
                     }
                 }
+                Endpoint::Metrics => match link.call(plane::metrics).await {
+                    Ok(m) => respond(StatusCode::OK, PROMETHEUS_TEXT, &exposition(&m, &health)),
+                    Err(s) => {
+                        warn!("/metrics: {}", s.message());
+                        http_error(StatusCode::SERVICE_UNAVAILABLE, s.message())
+                    }
+                },
             })
         }))
     }
@@ -129,6 +166,125 @@ async fn check(link: &Link) -> Result<(), String> {
         .await
         .map(drop)
         .map_err(|s| s.message().to_string())
+}
+
+/// Prometheus text under etcd's metric names and types (help texts are ours).
+fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (suffix, value) in samples {
+            let _ = writeln!(out, "{name}{suffix} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v.to_string())];
+    metric(
+        "etcd_cluster_version",
+        "gauge",
+        "The cluster version, as a label; always 1.",
+        &[(
+            format!("{{cluster_version=\"{CLUSTER_VERSION}\"}}"),
+            "1".into(),
+        )],
+    );
+    metric(
+        "etcd_debugging_mvcc_current_revision",
+        "gauge",
+        "The key space's current revision.",
+        &[(String::new(), m.revision.to_string())],
+    );
+    let mut buckets = Vec::with_capacity(m.fsync_buckets.len() + 3);
+    let mut cumulative = 0u64;
+    let bounded = m.fsync_buckets.len().saturating_sub(1);
+    for (i, n) in m.fsync_buckets.iter().take(bounded).enumerate() {
+        cumulative += n;
+        let bound = (1u64 << i) as f64 / 1000.0;
+        buckets.push((format!("_bucket{{le=\"{bound}\"}}"), cumulative.to_string()));
+    }
+    buckets.push(("_bucket{le=\"+Inf\"}".into(), m.fsyncs.to_string()));
+    buckets.push(("_sum".into(), (m.fsync_nanos as f64 / 1e9).to_string()));
+    buckets.push(("_count".into(), m.fsyncs.to_string()));
+    metric(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "histogram",
+        "How long the raft log's fsyncs took.",
+        &buckets,
+    );
+    metric(
+        "etcd_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "The state machine's size on disk.",
+        &[(String::new(), m.db_size.to_string())],
+    );
+    metric(
+        "etcd_server_has_leader",
+        "gauge",
+        "1 while this member knows a leader.",
+        &one(m.has_leader.into()),
+    );
+    metric(
+        "etcd_server_health_failures",
+        "counter",
+        "/health answers that were not healthy.",
+        &one(health.failures.load(Ordering::Relaxed)),
+    );
+    metric(
+        "etcd_server_health_success",
+        "counter",
+        "/health answers that were healthy.",
+        &one(health.success.load(Ordering::Relaxed)),
+    );
+    metric(
+        "etcd_server_id",
+        "gauge",
+        "This member's ID, as a label; always 1.",
+        &[(format!("{{server_id=\"{:x}\"}}", m.member_id), "1".into())],
+    );
+    metric(
+        "etcd_server_is_leader",
+        "gauge",
+        "1 while this member leads.",
+        &one(m.is_leader.into()),
+    );
+    metric(
+        "etcd_server_leader_changes_seen_total",
+        "counter",
+        "Leader changes this member saw.",
+        &one(m.leader_changes),
+    );
+    metric(
+        "etcd_server_proposals_applied_total",
+        "gauge",
+        "The raft index this member applied up to.",
+        &one(m.applied_index),
+    );
+    metric(
+        "etcd_server_proposals_committed_total",
+        "gauge",
+        "The raft index this member knows committed.",
+        &one(m.committed_index),
+    );
+    metric(
+        "etcd_server_proposals_failed_total",
+        "counter",
+        "Proposals answered with an error before they committed.",
+        &one(m.proposals_failed),
+    );
+    metric(
+        "etcd_server_version",
+        "gauge",
+        "The etcd release whose API this member speaks, as a label; always 1.",
+        &[(
+            format!("{{server_version=\"{}\"}}", etcd_server_version()),
+            "1".into(),
+        )],
+    );
+    out
+}
+
+/// The `etcdserver` field of [`VERSION_JSON`].
+fn etcd_server_version() -> &'static str {
+    VERSION_JSON.split('"').nth(3).unwrap_or_default()
 }
 
 /// What etcd's HTTP handlers add to every answer.
@@ -157,4 +313,74 @@ fn http_error(code: StatusCode, message: &str) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fsync_histogram_is_cumulative_and_ends_at_the_count() {
+        let m = MemberMetrics {
+            member_id: 0x23f4f53b3b084538,
+            fsyncs: 6,
+            fsync_nanos: 5_458_484,
+            // 4 at most 1 ms, 1 at most 4 ms, then none until 1 above 8.192 s.
+            fsync_buckets: [vec![4, 0, 1], vec![0; 11], vec![1]].concat(),
+            revision: 2,
+            ..Default::default()
+        };
+        let text = exposition(&m, &HealthCounts::default());
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .to_string()
+        };
+        let fsync = "etcd_disk_wal_fsync_duration_seconds";
+        assert_eq!(
+            line(&format!("{fsync}_bucket{{le=\"0.001\"}}")),
+            format!("{fsync}_bucket{{le=\"0.001\"}} 4")
+        );
+        assert_eq!(
+            line(&format!("{fsync}_bucket{{le=\"0.004\"}}")),
+            format!("{fsync}_bucket{{le=\"0.004\"}} 5")
+        );
+        assert_eq!(
+            line(&format!("{fsync}_bucket{{le=\"8.192\"}}")),
+            format!("{fsync}_bucket{{le=\"8.192\"}} 5")
+        );
+        assert_eq!(
+            line(&format!("{fsync}_bucket{{le=\"+Inf\"}}")),
+            format!("{fsync}_bucket{{le=\"+Inf\"}} 6")
+        );
+        assert_eq!(
+            line(&format!("{fsync}_sum")),
+            format!("{fsync}_sum 0.005458484")
+        );
+        assert_eq!(text.matches("_bucket{").count(), 15);
+        assert_eq!(
+            line("etcd_server_id{"),
+            "etcd_server_id{server_id=\"23f4f53b3b084538\"} 1"
+        );
+        assert_eq!(
+            line("etcd_server_version{"),
+            "etcd_server_version{server_version=\"3.4.23\"} 1"
+        );
+        assert_eq!(
+            line("etcd_debugging_mvcc_current_revision "),
+            "etcd_debugging_mvcc_current_revision 2"
+        );
+    }
+
+    #[test]
+    fn without_buckets_from_an_older_consensus_only_inf_remains() {
+        let m = MemberMetrics {
+            fsyncs: 3,
+            ..Default::default()
+        };
+        let text = exposition(&m, &HealthCounts::default());
+        assert_eq!(text.matches("_bucket{").count(), 1);
+        assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 3"));
+    }
 }

@@ -115,6 +115,60 @@ pub async fn status(s: Session) -> Result<StatusResponse, Status> {
     Ok(resp)
 }
 
+/// What `/metrics` shows of consensus (`Metrics` in the schema).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemberMetrics {
+    pub member_id: u64,
+    pub has_leader: bool,
+    pub is_leader: bool,
+    pub leader_changes: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub proposals_failed: u64,
+    pub revision: i64,
+    pub db_size: i64,
+    pub fsyncs: u64,
+    pub fsync_nanos: u64,
+    /// Per bucket, not cumulative; empty from a consensus that does not count them.
+    pub fsync_buckets: Vec<u64>,
+}
+
+pub async fn metrics(s: Session) -> Result<MemberMetrics, Status> {
+    let reply = s
+        .plane
+        .metrics_request()
+        .send()
+        .promise
+        .await
+        .map_err(from_capnp::call_failed)?;
+    let m = reply
+        .get()
+        .and_then(|r| r.get_metrics())
+        .map_err(from_capnp::malformed)?;
+    let fsync_buckets = if m.has_fsync_buckets() {
+        m.get_fsync_buckets()
+            .map_err(from_capnp::malformed)?
+            .iter()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MemberMetrics {
+        member_id: s.member_id,
+        has_leader: m.get_has_leader(),
+        is_leader: m.get_is_leader(),
+        leader_changes: m.get_leader_changes(),
+        committed_index: m.get_committed_index(),
+        applied_index: m.get_applied_index(),
+        proposals_failed: m.get_proposals_failed(),
+        revision: m.get_revision(),
+        db_size: m.get_db_size(),
+        fsyncs: m.get_fsyncs(),
+        fsync_nanos: m.get_fsync_nanos(),
+        fsync_buckets,
+    })
+}
+
 /// The contract has no alarms yet, so there is never an active one. A GET still asks consensus
 /// (for a live header, and so an unreachable member does not look healthy); `etcdctl endpoint
 /// health` needs this to answer. Raising or clearing alarms is refused.

@@ -434,6 +434,13 @@ impl client_plane::Server for ClientPlane {
         m.set_is_leader(load(&s.leader) == self.0.ctx.identity.member_id);
         m.set_leader_changes(load(&s.leader_changes));
         m.set_revision(s.revision.load(Ordering::Acquire));
+        m.set_has_leader(load(&s.leader) != 0);
+        m.set_committed_index(load(&s.commit));
+        m.set_db_size(self.0.ctx.db.size());
+        let mut buckets = m.init_fsync_buckets(s.fsync_buckets.len() as u32);
+        for (i, b) in s.fsync_buckets.iter().enumerate() {
+            buckets.set(i as u32, load(b));
+        }
         Ok(())
     }
 }

@@ -108,6 +108,8 @@ pub struct Shared {
     pub proposals_failed: AtomicU64,
     pub fsyncs: AtomicU64,
     pub fsync_nanos: AtomicU64,
+    /// fsyncs by duration, as `Metrics.fsyncBuckets` in the schema.
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS + 1],
     pub read_indexes: AtomicU64,
     pub linearizable_reads: AtomicU64,
     pub leader_changes: AtomicU64,
@@ -115,7 +117,25 @@ pub struct Shared {
     pub next_request: AtomicU64,
 }
 
+/// etcd's buckets for `etcd_disk_wal_fsync_duration_seconds`: 1 ms doubling up to 8.192 s.
+pub const FSYNC_BUCKETS: usize = 14;
+
+/// The bucket of an fsync that took `took`: the first whose bound (1 ms * 2^i) it does not
+/// exceed, or `FSYNC_BUCKETS` when it exceeds them all.
+pub fn fsync_bucket(took: Duration) -> usize {
+    (0..FSYNC_BUCKETS)
+        .find(|&i| took <= Duration::from_millis(1 << i))
+        .unwrap_or(FSYNC_BUCKETS)
+}
+
 impl Shared {
+    fn record_fsync(&self, took: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.fsync_buckets[fsync_bucket(took)].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether every answered write is in RocksDB, so that a read now sees all of them.
     pub fn settled(&self) -> bool {
         self.answered.load(Ordering::Acquire) <= self.applied.load(Ordering::Acquire)
@@ -694,10 +714,7 @@ impl RaftLoop {
             }
         }
         if self.node.mut_store().finish_persist()? {
-            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.shared
-                .fsync_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.shared.record_fsync(started.elapsed());
         }
         // A follower's acknowledgements gate every write's commit: they leave as soon as the
         // entries are durable.
@@ -1068,7 +1085,25 @@ pub fn is_snapshot(m: &Message) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{read_context, read_context_bytes};
+    use super::{FSYNC_BUCKETS, Shared, fsync_bucket, read_context, read_context_bytes};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[test]
+    fn fsyncs_fall_in_etcds_buckets() {
+        assert_eq!(fsync_bucket(Duration::from_micros(80)), 0);
+        assert_eq!(fsync_bucket(Duration::from_millis(1)), 0);
+        assert_eq!(fsync_bucket(Duration::from_micros(1001)), 1);
+        assert_eq!(fsync_bucket(Duration::from_millis(3)), 2);
+        assert_eq!(fsync_bucket(Duration::from_millis(8192)), FSYNC_BUCKETS - 1);
+        assert_eq!(fsync_bucket(Duration::from_secs(9)), FSYNC_BUCKETS);
+        let shared = Shared::default();
+        shared.record_fsync(Duration::from_millis(3));
+        shared.record_fsync(Duration::from_millis(4));
+        assert_eq!(shared.fsync_buckets[2].load(Ordering::Relaxed), 2);
+        assert_eq!(shared.fsyncs.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.fsync_nanos.load(Ordering::Relaxed), 7_000_000);
+    }
 
     #[test]
     fn read_contexts_are_told_apart_by_member() {

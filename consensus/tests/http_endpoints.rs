@@ -1,6 +1,7 @@
 //! etcd's plain HTTP endpoints on the client port, beside gRPC: `/health` and `/version` answer
-//! as a real etcd 3.4.23 does (status, the headers its handlers set, body), and `/health` turns
-//! 503 when the member has lost its quorum.
+//! as a real etcd 3.4.23 does (status, the headers its handlers set, body), `/metrics` uses
+//! etcd's names and types for what it exports, and `/health` turns 503 when the member has lost
+//! its quorum.
 
 mod support;
 
@@ -64,7 +65,7 @@ fn http(host: &str, method: &str, path: &str) -> Answer {
 }
 
 #[test]
-fn health_and_version_answer_as_real_etcd() {
+fn health_version_and_metrics_answer_as_real_etcd() {
     let tmp = tempfile::tempdir().unwrap();
     let _etcd = start_etcd(tmp.path(), ETCD);
     let ours = single_http_member(tmp.path(), "ours", OURS, "");
@@ -100,6 +101,41 @@ fn health_and_version_answer_as_real_etcd() {
     // gRPC still works on the same port, after HTTP/1.1 connections.
     ours.ctl_ok(&["put", "k", "v"]);
     assert!(ours.ctl_ok(&["get", "k"]).contains('v'));
+
+    // Every metric we export is one of etcd's, of the same type.
+    let theirs = http(ETCD, "GET", "/metrics");
+    let mine = http(OURS, "GET", "/metrics");
+    assert_eq!((mine.code, &mine.headers), (theirs.code, &theirs.headers));
+    let types = |a: &Answer| -> Vec<String> {
+        a.body
+            .lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .map(str::to_string)
+            .collect()
+    };
+    let etcd_types = types(&theirs);
+    let our_types = types(&mine);
+    assert!(our_types.len() >= 14, "{}", mine.body);
+    for t in &our_types {
+        assert!(etcd_types.contains(t), "etcd 3.4.23 has no '{t}'");
+    }
+    let sample = |name: &str| -> f64 {
+        mine.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{}", mine.body))
+    };
+    assert_eq!(sample("etcd_server_has_leader"), 1.0);
+    assert_eq!(sample("etcd_server_is_leader"), 1.0);
+    // The put above and the member's publish, at least, were synced and applied.
+    assert!(sample("etcd_disk_wal_fsync_duration_seconds_count") >= 2.0);
+    assert!(sample("etcd_server_proposals_applied_total") >= 2.0);
+    assert!(sample("etcd_debugging_mvcc_current_revision") >= 2.0);
+    assert!(sample("etcd_server_health_success") >= 1.0);
+    assert_eq!(
+        http(OURS, "POST", "/metrics").code,
+        http(ETCD, "POST", "/metrics").code
+    );
 }
 
 #[test]
