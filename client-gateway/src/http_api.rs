@@ -331,46 +331,32 @@ mod tests {
             ..Default::default()
         };
         let text = exposition(&m, &HealthCounts::default());
-        let line = |prefix: &str| {
+        // The value of the sample named exactly `sample` (name and labels).
+        let value = |sample: &str| {
             text.lines()
-                .find(|l| l.starts_with(prefix))
-                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
                 .to_string()
         };
         let fsync = "etcd_disk_wal_fsync_duration_seconds";
-        assert_eq!(
-            line(&format!("{fsync}_bucket{{le=\"0.001\"}}")),
-            format!("{fsync}_bucket{{le=\"0.001\"}} 4")
-        );
-        assert_eq!(
-            line(&format!("{fsync}_bucket{{le=\"0.004\"}}")),
-            format!("{fsync}_bucket{{le=\"0.004\"}} 5")
-        );
-        assert_eq!(
-            line(&format!("{fsync}_bucket{{le=\"8.192\"}}")),
-            format!("{fsync}_bucket{{le=\"8.192\"}} 5")
-        );
-        assert_eq!(
-            line(&format!("{fsync}_bucket{{le=\"+Inf\"}}")),
-            format!("{fsync}_bucket{{le=\"+Inf\"}} 6")
-        );
-        assert_eq!(
-            line(&format!("{fsync}_sum")),
-            format!("{fsync}_sum 0.005458484")
-        );
+        for (le, cumulative) in [
+            ("0.001", "4"),
+            ("0.004", "5"),
+            ("8.192", "5"),
+            ("+Inf", "6"),
+        ] {
+            assert_eq!(value(&format!("{fsync}_bucket{{le=\"{le}\"}}")), cumulative);
+        }
+        assert_eq!(value(&format!("{fsync}_sum")), "0.005458484");
+        assert_eq!(value(&format!("{fsync}_count")), "6");
         assert_eq!(text.matches("_bucket{").count(), 15);
-        assert_eq!(
-            line("etcd_server_id{"),
-            "etcd_server_id{server_id=\"23f4f53b3b084538\"} 1"
-        );
-        assert_eq!(
-            line("etcd_server_version{"),
-            "etcd_server_version{server_version=\"3.4.23\"} 1"
-        );
-        assert_eq!(
-            line("etcd_debugging_mvcc_current_revision "),
-            "etcd_debugging_mvcc_current_revision 2"
-        );
+        for (sample, v) in [
+            ("etcd_server_id{server_id=\"23f4f53b3b084538\"}", "1"),
+            ("etcd_server_version{server_version=\"3.4.23\"}", "1"),
+            ("etcd_debugging_mvcc_current_revision", "2"),
+        ] {
+            assert_eq!(value(sample), v, "{sample}");
+        }
     }
 
     #[test]

@@ -226,9 +226,6 @@ async fn client(id: usize, endpoint: String, start: Instant, until: Instant) -> 
 fn histories_under_process_kills_are_linearizable() {
     let tmp = tempfile::tempdir().unwrap();
     let mut members = http_cluster(tmp.path(), "lin", &HOSTS, "", &[]);
-    for m in &members {
-        wait_healthy(m, Duration::from_secs(60));
-    }
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -506,9 +506,6 @@ fn followers_apply_in_batches_without_reads_seeing_it() {
         "",
         &[],
     );
-    for m in &members {
-        wait_healthy(m, Duration::from_secs(60));
-    }
     let leader = leader_index(&members, &[0, 1, 2]);
     let follower = (0..3).find(|i| *i != leader).unwrap();
     let (l, f) = (&members[leader], &members[follower]);
@@ -609,9 +606,6 @@ fn a_write_without_quorum_gets_etcds_timeout() {
         extra,
         &[],
     );
-    for m in &members {
-        wait_healthy(m, Duration::from_secs(60));
-    }
     members[0].ctl_ok(&["put", "k", "kept"]);
     let leader = leader_index(&members, &[0, 1, 2]);
     for (i, m) in members.iter_mut().enumerate() {
@@ -652,9 +646,6 @@ fn reads_after_a_write_committed_ahead_of_the_leader_see_it() {
         "",
         &[(schema::failpoint::APPEND_ACK_DELAY, "1000")],
     );
-    for m in &members {
-        wait_healthy(m, Duration::from_secs(60));
-    }
     let leader = leader_index(&members, &[0, 1, 2]);
     let follower = (0..3).find(|i| *i != leader).unwrap();
     let other = (0..3).find(|i| *i != leader && *i != follower).unwrap();
@@ -697,9 +688,6 @@ fn linearizable_reads_work_over_a_slow_network() {
         "",
         &[(schema::failpoint::PEER_SEND_DELAY, "300")],
     );
-    for m in &members {
-        wait_healthy(m, Duration::from_secs(60));
-    }
     let leader = leader_index(&members, &[0, 1, 2]);
     let follower = (0..3).find(|i| *i != leader).unwrap();
     members[follower].ctl_ok(&["put", "k", "v"]);

@@ -348,7 +348,8 @@ pub fn unstarted_http_member(
 }
 
 /// Started plain-http members named `{prefix}0`, `{prefix}1`, ... on `hosts`, one cluster, each
-/// with `extra` in its etcd.conf and `env` (failpoints) in its environment.
+/// with `extra` in its etcd.conf and `env` (failpoints) in its environment; returns once every
+/// member is healthy.
 pub fn http_cluster(
     dir: &Path,
     prefix: &str,
@@ -362,7 +363,7 @@ pub fn http_cluster(
         .map(|(i, h)| format!("{prefix}{i}=http://{h}:2380"))
         .collect::<Vec<_>>()
         .join(",");
-    hosts
+    let members: Vec<Member> = hosts
         .iter()
         .enumerate()
         .map(|(i, h)| {
@@ -372,7 +373,11 @@ pub fn http_cluster(
             m.start();
             m
         })
-        .collect()
+        .collect();
+    for m in &members {
+        wait_healthy(m, Duration::from_secs(60));
+    }
+    members
 }
 
 /// Waits until `etcdctl endpoint health` through the member succeeds.
