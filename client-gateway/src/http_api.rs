@@ -168,117 +168,135 @@ async fn check(link: &Link) -> Result<(), String> {
         .map_err(|s| s.message().to_string())
 }
 
+/// One metric family: name, type, help, and its samples as (name suffix and labels, value).
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(String, String)>,
+);
+
+/// A family of one unlabelled sample.
+fn single(name: &'static str, kind: &'static str, help: &'static str, v: impl ToString) -> Family {
+    (name, kind, help, vec![(String::new(), v.to_string())])
+}
+
+/// etcd's way to export a string: a gauge of 1 with the string as a label.
+fn labelled(name: &'static str, help: &'static str, label: &str, v: &str) -> Family {
+    (
+        name,
+        "gauge",
+        help,
+        vec![(format!("{{{label}=\"{v}\"}}"), "1".into())],
+    )
+}
+
 /// Prometheus text under etcd's metric names and types (help texts are ours).
 fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
-    let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (suffix, value) in samples {
-            let _ = writeln!(out, "{name}{suffix} {value}");
-        }
-    };
-    let one = |v: u64| vec![(String::new(), v.to_string())];
-    metric(
-        "etcd_cluster_version",
-        "gauge",
-        "The cluster version, as a label; always 1.",
-        &[(
-            format!("{{cluster_version=\"{CLUSTER_VERSION}\"}}"),
-            "1".into(),
-        )],
-    );
-    metric(
-        "etcd_debugging_mvcc_current_revision",
-        "gauge",
-        "The key space's current revision.",
-        &[(String::new(), m.revision.to_string())],
-    );
-    let mut buckets = Vec::with_capacity(m.fsync_buckets.len() + 3);
+    let mut fsync = Vec::with_capacity(m.fsync_buckets.len() + 3);
     let mut cumulative = 0u64;
     let bounded = m.fsync_buckets.len().saturating_sub(1);
     for (i, n) in m.fsync_buckets.iter().take(bounded).enumerate() {
         cumulative += n;
         let bound = (1u64 << i) as f64 / 1000.0;
-        buckets.push((format!("_bucket{{le=\"{bound}\"}}"), cumulative.to_string()));
+        fsync.push((format!("_bucket{{le=\"{bound}\"}}"), cumulative.to_string()));
     }
-    buckets.push(("_bucket{le=\"+Inf\"}".into(), m.fsyncs.to_string()));
-    buckets.push(("_sum".into(), (m.fsync_nanos as f64 / 1e9).to_string()));
-    buckets.push(("_count".into(), m.fsyncs.to_string()));
-    metric(
-        "etcd_disk_wal_fsync_duration_seconds",
-        "histogram",
-        "How long the raft log's fsyncs took.",
-        &buckets,
-    );
-    metric(
-        "etcd_mvcc_db_total_size_in_bytes",
-        "gauge",
-        "The state machine's size on disk.",
-        &[(String::new(), m.db_size.to_string())],
-    );
-    metric(
-        "etcd_server_has_leader",
-        "gauge",
-        "1 while this member knows a leader.",
-        &one(m.has_leader.into()),
-    );
-    metric(
-        "etcd_server_health_failures",
-        "counter",
-        "/health answers that were not healthy.",
-        &one(health.failures.load(Ordering::Relaxed)),
-    );
-    metric(
-        "etcd_server_health_success",
-        "counter",
-        "/health answers that were healthy.",
-        &one(health.success.load(Ordering::Relaxed)),
-    );
-    metric(
-        "etcd_server_id",
-        "gauge",
-        "This member's ID, as a label; always 1.",
-        &[(format!("{{server_id=\"{:x}\"}}", m.member_id), "1".into())],
-    );
-    metric(
-        "etcd_server_is_leader",
-        "gauge",
-        "1 while this member leads.",
-        &one(m.is_leader.into()),
-    );
-    metric(
-        "etcd_server_leader_changes_seen_total",
-        "counter",
-        "Leader changes this member saw.",
-        &one(m.leader_changes),
-    );
-    metric(
-        "etcd_server_proposals_applied_total",
-        "gauge",
-        "The raft index this member applied up to.",
-        &one(m.applied_index),
-    );
-    metric(
-        "etcd_server_proposals_committed_total",
-        "gauge",
-        "The raft index this member knows committed.",
-        &one(m.committed_index),
-    );
-    metric(
-        "etcd_server_proposals_failed_total",
-        "counter",
-        "Proposals answered with an error before they committed.",
-        &one(m.proposals_failed),
-    );
-    metric(
-        "etcd_server_version",
-        "gauge",
-        "The etcd release whose API this member speaks, as a label; always 1.",
-        &[(
-            format!("{{server_version=\"{}\"}}", etcd_server_version()),
-            "1".into(),
-        )],
-    );
+    fsync.push(("_bucket{le=\"+Inf\"}".into(), m.fsyncs.to_string()));
+    fsync.push(("_sum".into(), (m.fsync_nanos as f64 / 1e9).to_string()));
+    fsync.push(("_count".into(), m.fsyncs.to_string()));
+    let families: [Family; 14] = [
+        labelled(
+            "etcd_cluster_version",
+            "The cluster version, as a label.",
+            "cluster_version",
+            CLUSTER_VERSION,
+        ),
+        single(
+            "etcd_debugging_mvcc_current_revision",
+            "gauge",
+            "The key space's current revision.",
+            m.revision,
+        ),
+        (
+            "etcd_disk_wal_fsync_duration_seconds",
+            "histogram",
+            "How long the raft log's fsyncs took.",
+            fsync,
+        ),
+        single(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "gauge",
+            "The state machine's size on disk.",
+            m.db_size,
+        ),
+        single(
+            "etcd_server_has_leader",
+            "gauge",
+            "1 while this member knows a leader.",
+            u8::from(m.has_leader),
+        ),
+        single(
+            "etcd_server_health_failures",
+            "counter",
+            "/health answers that were not healthy.",
+            health.failures.load(Ordering::Relaxed),
+        ),
+        single(
+            "etcd_server_health_success",
+            "counter",
+            "/health answers that were healthy.",
+            health.success.load(Ordering::Relaxed),
+        ),
+        labelled(
+            "etcd_server_id",
+            "This member's ID, as a label.",
+            "server_id",
+            &format!("{:x}", m.member_id),
+        ),
+        single(
+            "etcd_server_is_leader",
+            "gauge",
+            "1 while this member leads.",
+            u8::from(m.is_leader),
+        ),
+        single(
+            "etcd_server_leader_changes_seen_total",
+            "counter",
+            "Leader changes this member saw.",
+            m.leader_changes,
+        ),
+        single(
+            "etcd_server_proposals_applied_total",
+            "gauge",
+            "The raft index this member applied up to.",
+            m.applied_index,
+        ),
+        single(
+            "etcd_server_proposals_committed_total",
+            "gauge",
+            "The raft index this member knows committed.",
+            m.committed_index,
+        ),
+        single(
+            "etcd_server_proposals_failed_total",
+            "counter",
+            "Proposals answered with an error before they committed.",
+            m.proposals_failed,
+        ),
+        labelled(
+            "etcd_server_version",
+            "The etcd release whose API this member speaks, as a label.",
+            "server_version",
+            etcd_server_version(),
+        ),
+    ];
+    let mut out = String::with_capacity(2048);
+    for (name, kind, help, samples) in &families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (suffix, value) in samples {
+            let _ = writeln!(out, "{name}{suffix} {value}");
+        }
+    }
     out
 }
 
