@@ -231,6 +231,10 @@ struct MemberListResponse {
   members @1 :List(Member);
 }
 
+struct DefragmentResponse {
+  header @0 :ResponseHeader;
+}
+
 struct StatusResponse {
   header @0 :ResponseHeader;
   version @1 :Text;
@@ -261,6 +265,9 @@ interface ClientPlane {
   memberList @5 () -> (error :Status, response :MemberListResponse);
   status @6 () -> (error :Status, response :StatusResponse);
   metrics @7 () -> (metrics :Metrics);
+  # Rewrites this member's state machine on disk to reclaim the space of deleted and compacted
+  # data (etcd's defrag; local to the member, not through raft).
+  defragment @8 () -> (error :Status, response :DefragmentResponse);
 }
 
 # The write stream (protocol 3). Once registered on `client.sock`, the client gateway connects to

@@ -2,15 +2,16 @@
 //! into the gRPC status etcd would give, and RPC failures into UNAVAILABLE/UNKNOWN/INTERNAL.
 
 use schema::member_capnp::{
-    compaction_response, delete_range_response, key_value, member, member_list_response,
-    put_response, range_response, response_header, response_op, status, status_response,
-    txn_response,
+    compaction_response, defragment_response, delete_range_response, key_value, member,
+    member_list_response, put_response, range_response, response_header, response_op, status,
+    status_response, txn_response,
 };
 use tonic::{Code, Status};
 
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, Member, MemberListResponse, PutResponse,
-    RangeResponse, ResponseHeader, ResponseOp, StatusResponse, TxnResponse, response_op::Response,
+    CompactionResponse, DefragmentResponse, DeleteRangeResponse, Member, MemberListResponse,
+    PutResponse, RangeResponse, ResponseHeader, ResponseOp, StatusResponse, TxnResponse,
+    response_op::Response,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::registration::text_list;
@@ -170,6 +171,12 @@ pub fn member_list(r: member_list_response::Reader<'_>) -> capnp::Result<MemberL
             .iter()
             .map(member)
             .collect::<capnp::Result<_>>()?,
+    })
+}
+
+pub fn defragment(r: defragment_response::Reader<'_>) -> capnp::Result<DefragmentResponse> {
+    Ok(DefragmentResponse {
+        header: Some(header_of(r.has_header(), r.get_header())?),
     })
 }
 

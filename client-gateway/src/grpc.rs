@@ -15,9 +15,10 @@ use crate::http_api::HttpApiLayer;
 use crate::link::Link;
 use crate::plane;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentRequest,
+    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
+    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
     maintenance_server::{Maintenance, MaintenanceServer},
@@ -214,6 +215,13 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.link.call(plane::status).await.map(Response::new)
+    }
+
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.link.call(plane::defragment).await.map(Response::new)
     }
 }
 

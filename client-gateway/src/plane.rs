@@ -7,9 +7,9 @@ use tonic::Status;
 
 use crate::from_capnp;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
+    DeleteRangeRequest, DeleteRangeResponse, MemberListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::to_capnp;
 use crate::validate;
@@ -104,6 +104,13 @@ pub async fn compact(s: Session, req: CompactionRequest) -> Result<CompactionRes
 pub async fn member_list(s: Session) -> Result<MemberListResponse, Status> {
     let call = s.plane.member_list_request();
     let mut resp = answer!(call.send().promise.await, from_capnp::member_list);
+    s.fill(&mut resp.header);
+    Ok(resp)
+}
+
+pub async fn defragment(s: Session) -> Result<DefragmentResponse, Status> {
+    let call = s.plane.defragment_request();
+    let mut resp = answer!(call.send().promise.await, from_capnp::defragment);
     s.fill(&mut resp.header);
     Ok(resp)
 }

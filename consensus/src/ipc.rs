@@ -416,6 +416,37 @@ impl client_plane::Server for ClientPlane {
         Ok(())
     }
 
+    async fn defragment(
+        self: CapRc<Self>,
+        _: client_plane::DefragmentParams,
+        mut results: client_plane::DefragmentResults,
+    ) -> capnp::Result<()> {
+        // RocksDB's compaction blocks for seconds on a large database; this thread serves
+        // every other call meanwhile.
+        let db = self.0.ctx.db.clone();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("defragment".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                db.defragment();
+                let _ = done.send(started.elapsed());
+            })
+            .map_err(|e| capnp::Error::failed(format!("starting the defragment thread: {e}")))?;
+        let took = finished
+            .await
+            .map_err(|_| capnp::Error::failed("the defragment thread stopped".into()))?;
+        info!(
+            ?took,
+            size = self.0.ctx.db.size(),
+            "defragmented the state machine"
+        );
+        let revision = self.0.ctx.shared.revision.load(Ordering::Acquire);
+        let r = results.get().init_response();
+        codec::write_header(r.init_header(), &self.0.header(revision));
+        Ok(())
+    }
+
     async fn metrics(
         self: CapRc<Self>,
         _: client_plane::MetricsParams,
