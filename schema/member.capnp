@@ -235,6 +235,10 @@ struct DefragmentResponse {
   header @0 :ResponseHeader;
 }
 
+struct MoveLeaderResponse {
+  header @0 :ResponseHeader;
+}
+
 struct StatusResponse {
   header @0 :ResponseHeader;
   version @1 :Text;
@@ -268,6 +272,9 @@ interface ClientPlane {
   # Rewrites this member's state machine on disk to reclaim the space of deleted and compacted
   # data (etcd's defrag; local to the member, not through raft).
   defragment @8 () -> (error :Status, response :DefragmentResponse);
+  # Hands this member's leadership to `targetId` and answers once it leads (etcd's MoveLeader;
+  # only the leader takes it).
+  moveLeader @9 (targetId :UInt64) -> (error :Status, response :MoveLeaderResponse);
 }
 
 # The write stream (protocol 3). Once registered on `client.sock`, the client gateway connects to

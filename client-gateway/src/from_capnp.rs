@@ -3,15 +3,15 @@
 
 use schema::member_capnp::{
     compaction_response, defragment_response, delete_range_response, key_value, member,
-    member_list_response, put_response, range_response, response_header, response_op, status,
-    status_response, txn_response,
+    member_list_response, move_leader_response, put_response, range_response, response_header,
+    response_op, status, status_response, txn_response,
 };
 use tonic::{Code, Status};
 
 use crate::proto::etcdserverpb::{
     CompactionResponse, DefragmentResponse, DeleteRangeResponse, Member, MemberListResponse,
-    PutResponse, RangeResponse, ResponseHeader, ResponseOp, StatusResponse, TxnResponse,
-    response_op::Response,
+    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp, StatusResponse,
+    TxnResponse, response_op::Response,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::registration::text_list;
@@ -176,6 +176,12 @@ pub fn member_list(r: member_list_response::Reader<'_>) -> capnp::Result<MemberL
 
 pub fn defragment(r: defragment_response::Reader<'_>) -> capnp::Result<DefragmentResponse> {
     Ok(DefragmentResponse {
+        header: Some(header_of(r.has_header(), r.get_header())?),
+    })
+}
+
+pub fn move_leader(r: move_leader_response::Reader<'_>) -> capnp::Result<MoveLeaderResponse> {
+    Ok(MoveLeaderResponse {
         header: Some(header_of(r.has_header(), r.get_header())?),
     })
 }

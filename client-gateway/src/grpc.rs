@@ -17,8 +17,8 @@ use crate::plane;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentRequest,
     DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
-    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse,
+    MemberListResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
     maintenance_server::{Maintenance, MaintenanceServer},
@@ -222,6 +222,17 @@ impl Maintenance for MaintenanceService {
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.link.call(plane::defragment).await.map(Response::new)
+    }
+
+    async fn move_leader(
+        &self,
+        r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = r.into_inner().target_id;
+        self.link
+            .call(move |s| plane::move_leader(s, target))
+            .await
+            .map(Response::new)
     }
 }
 

@@ -8,8 +8,9 @@ use tonic::Status;
 use crate::from_capnp;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
-    DeleteRangeRequest, DeleteRangeResponse, MemberListResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, MemberListResponse, MoveLeaderResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 use crate::to_capnp;
 use crate::validate;
@@ -111,6 +112,14 @@ pub async fn member_list(s: Session) -> Result<MemberListResponse, Status> {
 pub async fn defragment(s: Session) -> Result<DefragmentResponse, Status> {
     let call = s.plane.defragment_request();
     let mut resp = answer!(call.send().promise.await, from_capnp::defragment);
+    s.fill(&mut resp.header);
+    Ok(resp)
+}
+
+pub async fn move_leader(s: Session, target_id: u64) -> Result<MoveLeaderResponse, Status> {
+    let mut call = s.plane.move_leader_request();
+    call.get().set_target_id(target_id);
+    let mut resp = answer!(call.send().promise.await, from_capnp::move_leader);
     s.fill(&mut resp.header);
     Ok(resp)
 }

@@ -42,6 +42,9 @@ etcd_errors! {
     future_rev => OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision";
     lease_not_found => NOT_FOUND, "etcdserver: requested lease not found";
     no_leader => UNAVAILABLE, "etcdserver: no leader";
+    not_leader => FAILED_PRECONDITION, "etcdserver: not leader";
+    bad_leader_transferee => FAILED_PRECONDITION, "etcdserver: bad leader transferee";
+    leader_transfer_timeout => UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long";
     timeout => UNAVAILABLE, "etcdserver: request timed out";
     stopped => UNAVAILABLE, "etcdserver: server stopped";
 }

@@ -254,6 +254,9 @@ impl client_registrar::Server for ClientRegistrar {
 
 struct ClientPlane(Rc<State>);
 
+/// How often MoveLeader looks whether its target leads yet (etcd: every tick, 100 ms by default).
+const LEADER_TRANSFER_POLL: Duration = Duration::from_millis(20);
+
 /// Writes `error` into a result that has an `error :Status` field.
 macro_rules! refuse {
     ($results:expr, $err:expr) => {{
@@ -442,6 +445,42 @@ impl client_plane::Server for ClientPlane {
             "defragmented the state machine"
         );
         let revision = self.0.ctx.shared.revision.load(Ordering::Acquire);
+        let r = results.get().init_response();
+        codec::write_header(r.init_header(), &self.0.header(revision));
+        Ok(())
+    }
+
+    async fn move_leader(
+        self: CapRc<Self>,
+        params: client_plane::MoveLeaderParams,
+        mut results: client_plane::MoveLeaderResults,
+    ) -> capnp::Result<()> {
+        let target = params.get()?.get_target_id();
+        let shared = &self.0.ctx.shared;
+        let me = self.0.ctx.identity.member_id;
+        if shared.leader.load(Ordering::Relaxed) != me {
+            refuse!(results, ee::not_leader());
+        }
+        if !shared
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
+            refuse!(results, ee::bad_leader_transferee());
+        }
+        if target != me {
+            or_refuse!(results, self.0.send(Command::TransferLeader { target }));
+            // As etcd: look again every so often until the target leads, up to the request
+            // timeout.
+            let deadline = tokio::time::Instant::now() + self.0.ctx.request_timeout;
+            while shared.leader.load(Ordering::Relaxed) != target {
+                if tokio::time::Instant::now() >= deadline {
+                    refuse!(results, ee::leader_transfer_timeout());
+                }
+                tokio::time::sleep(LEADER_TRANSFER_POLL).await;
+            }
+        }
+        let revision = shared.revision.load(Ordering::Acquire);
         let r = results.get().init_response();
         codec::write_header(r.init_header(), &self.0.header(revision));
         Ok(())

@@ -64,6 +64,8 @@ pub enum Command {
     ReadIndex {
         reply: oneshot::Sender<Result<(), EtcdError>>,
     },
+    /// Hand the leadership to this member (raft's leader transfer; a no-op unless leading).
+    TransferLeader { target: u64 },
     /// The peer gateway connected the raft stream (a newer one replaces the older).
     PeerStream(std::os::unix::net::UnixStream),
     /// The client gateway connected the write stream (a newer one replaces the older).
@@ -348,6 +350,10 @@ impl RaftLoop {
                 } else {
                     self.reads_unsent.push(reply);
                 }
+            }
+            Command::TransferLeader { target } => {
+                info!(to = format!("{target:x}"), "transferring the leadership");
+                self.node.transfer_leader(target);
             }
             Command::PeerStream(sock) => match PeerStream::new(sock, self.me.id) {
                 Ok(stream) => {

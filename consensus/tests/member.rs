@@ -698,3 +698,51 @@ fn linearizable_reads_work_over_a_slow_network() {
         m.stop();
     }
 }
+
+/// `etcdctl move-leader` hands the leadership to the member named, as with etcd; a follower
+/// refuses MoveLeader as etcd does, and so does the leader for an ID that is no member.
+#[test]
+fn move_leader_hands_the_leadership_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = http_cluster(
+        tmp.path(),
+        "ml",
+        &["127.0.0.66", "127.0.0.67", "127.0.0.68"],
+        "",
+        &[],
+    );
+    let leader = leader_index(&members, &[0, 1, 2]);
+    let target = (leader + 1) % 3;
+    let (from, to) = (
+        members[leader].member_id().unwrap(),
+        members[target].member_id().unwrap(),
+    );
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+    let all = endpoints.join(",");
+    let out = etcdctl(&all, &[], &["move-leader", &format!("{to:x}")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("Leadership transferred from {from:x} to {to:x}")
+    );
+    assert_eq!(leader_index(&members, &[0, 1, 2]), target);
+    // Still a working cluster under its new leader.
+    members[leader].ctl_ok(&["put", "after", "move"]);
+    assert!(members[target].ctl_ok(&["get", "after"]).contains("move"));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ask = |endpoint: String, id: u64| async move {
+            let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+            c.move_leader(id).await.map(drop).map_err(|e| e.to_string())
+        };
+        let follower = endpoints[leader].clone();
+        let err = ask(follower, to).await.unwrap_err();
+        assert!(err.contains("etcdserver: not leader"), "{err}");
+        let err = ask(endpoints[target].clone(), 0x1234).await.unwrap_err();
+        assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
+    });
+}
