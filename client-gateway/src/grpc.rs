@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use tower::layer::util::{Identity, Stack};
 
 use crate::http_api::HttpApiLayer;
+use crate::json_api;
 use crate::link::Link;
 use crate::plane;
 use crate::proto::etcdserverpb::{
@@ -67,7 +68,8 @@ fn message_too_large(len: usize, max_message: usize) -> Result<(), Status> {
 /// The gRPC services of one listener, behind etcd's plain HTTP endpoints.
 pub type ClientRouter = Router<Stack<HttpApiLayer, Identity>>;
 
-/// The router for one listener: `/health` and `/version` (HTTP/1.1 or HTTP/2), then gRPC.
+/// The router for one listener: `/health`, `/version`, `/metrics` and the JSON gateway under
+/// `/v3/` (HTTP/1.1 or HTTP/2), then gRPC.
 pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> ClientRouter {
     let max_message = usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES))
         .unwrap_or(usize::MAX);
@@ -77,9 +79,14 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Clie
         max_request_bytes,
         max_message,
     };
+    let maintenance = MaintenanceService { link: link.clone() };
+    let json = json_api::Services {
+        kv: kv.clone(),
+        maintenance: maintenance.clone(),
+    };
     Server::builder()
         .accept_http1(true)
-        .layer(HttpApiLayer::new(link.clone()))
+        .layer(HttpApiLayer::new(link.clone(), json, max_message))
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(max_message.saturating_mul(OVERSIZE_READ_FACTOR)),
@@ -88,12 +95,10 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Clie
             ClusterServer::new(ClusterService { link: link.clone() })
                 .max_decoding_message_size(max_message),
         )
-        .add_service(
-            MaintenanceServer::new(MaintenanceService { link: link.clone() })
-                .max_decoding_message_size(max_message),
-        )
+        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max_message))
 }
 
+#[derive(Clone)]
 pub struct KvService {
     link: Link,
     limits: Arc<Limits>,
@@ -199,6 +204,7 @@ impl Cluster for ClusterService {
     }
 }
 
+#[derive(Clone)]
 pub struct MaintenanceService {
     link: Link,
 }

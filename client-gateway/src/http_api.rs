@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use futures::future::Either;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::warn;
 
+use crate::json_api;
 use crate::link::Link;
 use crate::plane::{self, MemberMetrics};
 use crate::proto::etcdserverpb::RangeRequest;
@@ -47,13 +49,18 @@ struct HealthCounts {
 pub struct HttpApiLayer {
     link: Link,
     health: Arc<HealthCounts>,
+    json: json_api::Services,
+    /// The largest JSON body read (etcd's gRPC message limit).
+    max_body: usize,
 }
 
 impl HttpApiLayer {
-    pub fn new(link: Link) -> Self {
+    pub fn new(link: Link, json: json_api::Services, max_body: usize) -> Self {
         HttpApiLayer {
             link,
             health: Arc::default(),
+            json,
+            max_body,
         }
     }
 }
@@ -65,6 +72,8 @@ impl<S> Layer<S> for HttpApiLayer {
         HttpApi {
             link: self.link.clone(),
             health: self.health.clone(),
+            json: self.json.clone(),
+            max_body: self.max_body,
             inner,
         }
     }
@@ -74,6 +83,8 @@ impl<S> Layer<S> for HttpApiLayer {
 pub struct HttpApi<S> {
     link: Link,
     health: Arc<HealthCounts>,
+    json: json_api::Services,
+    max_body: usize,
     inner: S,
 }
 
@@ -82,6 +93,7 @@ enum Endpoint {
     Health,
     Version,
     Metrics,
+    Json(Option<json_api::Call>),
 }
 
 type Answer<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
@@ -105,17 +117,30 @@ where
             "/health" => Endpoint::Health,
             "/version" => Endpoint::Version,
             "/metrics" => Endpoint::Metrics,
+            p if json_api::is_gateway_path(p) => Endpoint::Json(json_api::route(p)),
             _ => return Either::Left(self.inner.call(req)),
         };
-        // etcd's Prometheus handler takes any method; its own handlers only GET.
-        if req.method() != Method::GET && !matches!(endpoint, Endpoint::Metrics) {
+        let allowed = match endpoint {
+            // etcd's Prometheus handler takes any method.
+            Endpoint::Metrics => true,
+            Endpoint::Json(_) => req.method() == Method::POST,
+            _ => req.method() == Method::GET,
+        };
+        if !allowed {
             let mut resp = http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            let allow = if matches!(endpoint, Endpoint::Json(_)) {
+                "POST"
+            } else {
+                "GET"
+            };
             resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
             return Either::Right(Box::pin(async move { Ok(resp) }));
         }
         let link = self.link.clone();
         let health = self.health.clone();
+        let json = self.json.clone();
+        let max_body = self.max_body;
         Either::Right(Box::pin(async move {
             Ok(match endpoint {
                 Endpoint::Version => respond(StatusCode::OK, "application/json", VERSION_JSON),
@@ -137,6 +162,7 @@ where
                         }
                     }
                 }
+                Endpoint::Json(call) => json_answer(&json, call, req.into_body(), max_body).await,
                 Endpoint::Metrics => match link.call(plane::metrics).await {
                     Ok(m) => respond(StatusCode::OK, PROMETHEUS_TEXT, &exposition(&m, &health)),
                     Err(s) => {
@@ -146,6 +172,35 @@ where
                 },
             })
         }))
+    }
+}
+
+/// A JSON gateway call: the body read (up to `max_body` bytes), the call made, the answer or the
+/// error written as etcd's gateway writes them.
+async fn json_answer(
+    services: &json_api::Services,
+    call: Option<json_api::Call>,
+    body: Body,
+    max_body: usize,
+) -> Response<Body> {
+    let answer = match call {
+        None => Err(Status::unimplemented(
+            "client gateway: this JSON gateway path is not served (see the README)",
+        )),
+        Some(call) => match Limited::new(body, max_body).collect().await {
+            Ok(bytes) => json_api::serve(services, call, &bytes.to_bytes()).await,
+            Err(e) => Err(Status::invalid_argument(format!(
+                "reading the request body: {e}"
+            ))),
+        },
+    };
+    match answer {
+        Ok(json) => respond(StatusCode::OK, "application/json", &json),
+        Err(s) => {
+            let code = StatusCode::from_u16(json_api::http_status(s.code()))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            respond(code, "application/json", &json_api::error_json(&s))
+        }
     }
 }
 

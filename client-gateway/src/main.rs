@@ -11,6 +11,7 @@ mod gateway;
 mod grpc;
 mod hpack;
 mod http_api;
+mod json_api;
 mod link;
 mod listen;
 mod plane;

@@ -5,7 +5,6 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -82,21 +81,7 @@ fn outcome(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (Option<i32>, 
 #[test]
 fn etcdctl_outputs_match_real_etcd() {
     let tmp = tempfile::tempdir().unwrap();
-    let _etcd = start_etcd(tmp.path(), ETCD);
-    let ours = single_http_member(tmp.path(), "ours", OURS, "");
-    let etcd_endpoint = format!("http://{ETCD}:2379");
-    for endpoint in [ours.endpoint.clone(), etcd_endpoint.clone()] {
-        eventually(
-            Duration::from_secs(30),
-            &format!("{endpoint} healthy"),
-            || {
-                etcdctl(&endpoint, &[], &["endpoint", "health"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
-        );
-    }
+    let (ours, _etcd, etcd_endpoint) = ours_and_etcd(tmp.path(), OURS, ETCD);
 
     let txn_ok = "mod(\"k1\") > \"0\"\n\nput k3 v3\nget k1\n\ndel k1\n\n";
     let txn_fail = "value(\"k1\") = \"nope\"\nversion(\"missing\") = \"0\"\n\nput k4 v4\n\nget k --prefix\nput k5 v5\n\n";

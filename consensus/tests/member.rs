@@ -736,7 +736,9 @@ fn move_leader_hands_the_leadership_over() {
         .unwrap();
     rt.block_on(async {
         let ask = |endpoint: String, id: u64| async move {
-            let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+            let mut c = etcd_client::Client::connect([endpoint], None)
+                .await
+                .unwrap();
             c.move_leader(id).await.map(drop).map_err(|e| e.to_string())
         };
         let follower = endpoints[leader].clone();

@@ -315,6 +315,27 @@ pub fn start_etcd(dir: &Path, host: &str) -> Etcd {
     Etcd(child)
 }
 
+/// A single-member etcd on `etcd_host` and one of ours on `ours_host`, both healthy; etcd's
+/// client endpoint comes with them.
+pub fn ours_and_etcd(dir: &Path, ours_host: &str, etcd_host: &str) -> (Member, Etcd, String) {
+    let etcd = start_etcd(dir, etcd_host);
+    let ours = single_http_member(dir, "ours", ours_host, "");
+    let etcd_endpoint = format!("http://{etcd_host}:2379");
+    for endpoint in [ours.endpoint.clone(), etcd_endpoint.clone()] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{endpoint} healthy"),
+            || {
+                etcdctl(&endpoint, &[], &["endpoint", "health"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+    (ours, etcd, etcd_endpoint)
+}
+
 /// A started member with plain-http URLs on `host` (ports 2379 and 2380), its etcd.conf and data
 /// dir in `dir`. `cluster` is its `ETCD_INITIAL_CLUSTER`; `extra` holds more `KEY="value"` lines.
 pub fn http_member(dir: &Path, name: &str, host: &str, cluster: &str, extra: &str) -> Member {
