@@ -79,9 +79,11 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Clie
         max_request_bytes,
         max_message,
     };
+    let cluster = ClusterService { link: link.clone() };
     let maintenance = MaintenanceService { link: link.clone() };
     let json = json_api::Services {
         kv: kv.clone(),
+        cluster: cluster.clone(),
         maintenance: maintenance.clone(),
     };
     Server::builder()
@@ -91,10 +93,7 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Clie
             KvServer::new(kv)
                 .max_decoding_message_size(max_message.saturating_mul(OVERSIZE_READ_FACTOR)),
         )
-        .add_service(
-            ClusterServer::new(ClusterService { link: link.clone() })
-                .max_decoding_message_size(max_message),
-        )
+        .add_service(ClusterServer::new(cluster).max_decoding_message_size(max_message))
         .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max_message))
 }
 
@@ -189,6 +188,7 @@ impl Kv for KvService {
     }
 }
 
+#[derive(Clone)]
 pub struct ClusterService {
     link: Link,
 }

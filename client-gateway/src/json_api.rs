@@ -3,19 +3,23 @@
 //! proto's field names, zero fields left out, 64-bit integers as strings, bytes in base64. A
 //! request may give field names as in the proto or in lowerCamelCase, integers as strings or
 //! numbers, enums by name or number (as Go's jsonpb reads them). Served: `kv/range`, `kv/put`,
-//! `kv/deleterange`, `kv/compaction` and `maintenance/status`; other paths answer 501.
+//! `kv/deleterange`, `kv/txn`, `kv/compaction`, `cluster/member/list` and `maintenance/status`;
+//! other paths answer 501.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use serde_json::Value;
 use tonic::{Code, Status};
 
-use crate::grpc::{KvService, MaintenanceService};
+use crate::grpc::{ClusterService, KvService, MaintenanceService};
+use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse,
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
+    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse, compare,
+    request_op, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -24,6 +28,7 @@ use crate::proto::mvccpb::KeyValue;
 #[derive(Clone)]
 pub struct Services {
     pub kv: KvService,
+    pub cluster: ClusterService,
     pub maintenance: MaintenanceService,
 }
 
@@ -33,7 +38,9 @@ pub enum Call {
     Range,
     Put,
     DeleteRange,
+    Txn,
     Compaction,
+    MemberList,
     Status,
 }
 
@@ -51,7 +58,9 @@ pub fn route(path: &str) -> Option<Call> {
         "kv/range" => Call::Range,
         "kv/put" => Call::Put,
         "kv/deleterange" => Call::DeleteRange,
+        "kv/txn" => Call::Txn,
         "kv/compaction" => Call::Compaction,
+        "cluster/member/list" => Call::MemberList,
         "maintenance/status" => Call::Status,
         _ => return None,
     })
@@ -60,32 +69,32 @@ pub fn route(path: &str) -> Option<Call> {
 /// Runs `call` with the JSON `body`; the answer's JSON, or the gRPC status it failed with.
 pub async fn serve(services: &Services, call: Call, body: &[u8]) -> Result<String, Status> {
     let req = Request::parse(body)?;
-    let (kv, maintenance) = (&services.kv, &services.maintenance);
+    let Services {
+        kv,
+        cluster,
+        maintenance,
+    } = services;
     Ok(match call {
         Call::Range => range_json(
             &kv.range(tonic::Request::new(range_request(&req)?))
                 .await?
                 .into_inner(),
         ),
-        Call::Put => {
-            let r = PutRequest {
-                key: req.bytes("key")?,
-                value: req.bytes("value")?,
-                lease: req.int("lease")?,
-                prev_kv: req.bool("prev_kv")?,
-                ignore_value: req.bool("ignore_value")?,
-                ignore_lease: req.bool("ignore_lease")?,
-            };
-            put_json(&kv.put(tonic::Request::new(r)).await?.into_inner())
-        }
-        Call::DeleteRange => {
-            let r = DeleteRangeRequest {
-                key: req.bytes("key")?,
-                range_end: req.bytes("range_end")?,
-                prev_kv: req.bool("prev_kv")?,
-            };
-            delete_range_json(&kv.delete_range(tonic::Request::new(r)).await?.into_inner())
-        }
+        Call::Put => put_json(
+            &kv.put(tonic::Request::new(put_request(&req)?))
+                .await?
+                .into_inner(),
+        ),
+        Call::DeleteRange => delete_range_json(
+            &kv.delete_range(tonic::Request::new(delete_range_request(&req)?))
+                .await?
+                .into_inner(),
+        ),
+        Call::Txn => txn_json(
+            &kv.txn(tonic::Request::new(txn_request(&req)?))
+                .await?
+                .into_inner(),
+        ),
         Call::Compaction => {
             let r = CompactionRequest {
                 revision: req.int("revision")?,
@@ -96,6 +105,14 @@ pub async fn serve(services: &Services, call: Call, body: &[u8]) -> Result<Strin
             o.header(&resp.header);
             o.end()
         }
+        Call::MemberList => member_list_json(
+            &cluster
+                .member_list(tonic::Request::new(MemberListRequest {
+                    linearizable: req.bool("linearizable")?,
+                }))
+                .await?
+                .into_inner(),
+        ),
         Call::Status => status_json(
             &maintenance
                 .status(tonic::Request::new(StatusRequest {}))
@@ -122,6 +139,81 @@ fn range_request(req: &Request) -> Result<RangeRequest, Status> {
         min_create_revision: req.int("min_create_revision")?,
         max_create_revision: req.int("max_create_revision")?,
     })
+}
+
+fn put_request(req: &Request) -> Result<PutRequest, Status> {
+    Ok(PutRequest {
+        key: req.bytes("key")?,
+        value: req.bytes("value")?,
+        lease: req.int("lease")?,
+        prev_kv: req.bool("prev_kv")?,
+        ignore_value: req.bool("ignore_value")?,
+        ignore_lease: req.bool("ignore_lease")?,
+    })
+}
+
+fn delete_range_request(req: &Request) -> Result<DeleteRangeRequest, Status> {
+    Ok(DeleteRangeRequest {
+        key: req.bytes("key")?,
+        range_end: req.bytes("range_end")?,
+        prev_kv: req.bool("prev_kv")?,
+    })
+}
+
+fn txn_request(req: &Request) -> Result<TxnRequest, Status> {
+    let ops = |name| -> Result<Vec<RequestOp>, Status> {
+        req.objects(name)?.iter().map(request_op).collect()
+    };
+    Ok(TxnRequest {
+        compare: req
+            .objects("compare")?
+            .iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
+        success: ops("success")?,
+        failure: ops("failure")?,
+    })
+}
+
+fn compare(c: &Request) -> Result<Compare, Status> {
+    use compare::TargetUnion;
+    // The target union is whichever of its fields is given.
+    let target_union = if c.get("version").is_some() {
+        Some(TargetUnion::Version(c.int("version")?))
+    } else if c.get("create_revision").is_some() {
+        Some(TargetUnion::CreateRevision(c.int("create_revision")?))
+    } else if c.get("mod_revision").is_some() {
+        Some(TargetUnion::ModRevision(c.int("mod_revision")?))
+    } else if c.get("value").is_some() {
+        Some(TargetUnion::Value(c.bytes("value")?))
+    } else if c.get("lease").is_some() {
+        Some(TargetUnion::Lease(c.int("lease")?))
+    } else {
+        None
+    };
+    Ok(Compare {
+        result: c.enumeration("result", &["EQUAL", "GREATER", "LESS", "NOT_EQUAL"])?,
+        target: c.enumeration("target", &["VERSION", "CREATE", "MOD", "VALUE", "LEASE"])?,
+        key: c.bytes("key")?,
+        range_end: c.bytes("range_end")?,
+        target_union,
+    })
+}
+
+fn request_op(op: &Request) -> Result<RequestOp, Status> {
+    use request_op::Request as Op;
+    let request = if let Some(r) = op.object("request_range")? {
+        Some(Op::RequestRange(range_request(&r)?))
+    } else if let Some(r) = op.object("request_put")? {
+        Some(Op::RequestPut(put_request(&r)?))
+    } else if let Some(r) = op.object("request_delete_range")? {
+        Some(Op::RequestDeleteRange(delete_range_request(&r)?))
+    } else if let Some(r) = op.object("request_txn")? {
+        Some(Op::RequestTxn(txn_request(&r)?))
+    } else {
+        None
+    };
+    Ok(RequestOp { request })
 }
 
 /// A request body: a JSON object whose fields are read by their proto names.
@@ -162,6 +254,32 @@ impl Request {
             }
         }
         self.0.get(&camel).filter(|v| !v.is_null())
+    }
+
+    /// A message field, read the same way.
+    fn object(&self, name: &str) -> Result<Option<Request>, Status> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Request(map.clone()))),
+            Some(v) => Err(invalid(format!(
+                "field {name}: expected an object, got {v}"
+            ))),
+        }
+    }
+
+    /// A repeated message field.
+    fn objects(&self, name: &str) -> Result<Vec<Request>, Status> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Object(map) => Ok(Request(map.clone())),
+                    v => Err(invalid(format!("field {name}: expected objects, got {v}"))),
+                })
+                .collect(),
+            Some(v) => Err(invalid(format!("field {name}: expected a list, got {v}"))),
+        }
     }
 
     fn bytes(&self, name: &str) -> Result<Vec<u8>, Status> {
@@ -333,6 +451,51 @@ fn delete_range_json(r: &DeleteRangeResponse) -> String {
     o.header(&r.header);
     o.int("deleted", r.deleted);
     o.list("prev_kvs", r.prev_kvs.iter().map(kv_json));
+    o.end()
+}
+
+fn txn_json(r: &TxnResponse) -> String {
+    let mut o = Obj::default();
+    o.header(&r.header);
+    o.bool("succeeded", r.succeeded);
+    o.list("responses", r.responses.iter().map(response_op_json));
+    o.end()
+}
+
+fn response_op_json(op: &ResponseOp) -> String {
+    use response_op::Response as Op;
+    let mut o = Obj::default();
+    match &op.response {
+        Some(Op::ResponseRange(r)) => o.raw("response_range", range_json(r)),
+        Some(Op::ResponsePut(r)) => o.raw("response_put", put_json(r)),
+        Some(Op::ResponseDeleteRange(r)) => o.raw("response_delete_range", delete_range_json(r)),
+        Some(Op::ResponseTxn(r)) => o.raw("response_txn", txn_json(r)),
+        None => {}
+    }
+    o.end()
+}
+
+/// etcd's Member fields are named `ID`, `peerURLs`, ... in its proto, and so in its JSON.
+fn member_list_json(r: &MemberListResponse) -> String {
+    let mut o = Obj::default();
+    o.header(&r.header);
+    o.list(
+        "members",
+        r.members.iter().map(|m| {
+            let urls = |list: &[String]| {
+                list.iter()
+                    .map(|u| Value::String(u.clone()).to_string())
+                    .collect::<Vec<_>>()
+            };
+            let mut member = Obj::default();
+            member.int("ID", m.id);
+            member.text("name", &m.name);
+            member.list("peerURLs", urls(&m.peer_urls).into_iter());
+            member.list("clientURLs", urls(&m.client_urls).into_iter());
+            member.bool("isLearner", m.is_learner);
+            member.end()
+        }),
+    );
     o.end()
 }
 
