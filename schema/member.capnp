@@ -239,6 +239,12 @@ struct MoveLeaderResponse {
   header @0 :ResponseHeader;
 }
 
+struct HashKvResponse {
+  header @0 :ResponseHeader;
+  hash @1 :UInt32;
+  compactRevision @2 :Int64;
+}
+
 struct StatusResponse {
   header @0 :ResponseHeader;
   version @1 :Text;
@@ -275,6 +281,9 @@ interface ClientPlane {
   # Hands this member's leadership to `targetId` and answers once it leads (etcd's MoveLeader;
   # only the leader takes it).
   moveLeader @9 (targetId :UInt64) -> (error :Status, response :MoveLeaderResponse);
+  # A hash of the key space's history up to `revision` (0: the current one), equal on members
+  # that applied the same entries (etcd's HashKV; the value is ours, not etcd's).
+  hashKv @10 (revision :Int64) -> (error :Status, response :HashKvResponse);
 }
 
 # The write stream (protocol 3). Once registered on `client.sock`, the client gateway connects to

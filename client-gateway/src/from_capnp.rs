@@ -2,16 +2,16 @@
 //! into the gRPC status etcd would give, and RPC failures into UNAVAILABLE/UNKNOWN/INTERNAL.
 
 use schema::member_capnp::{
-    compaction_response, defragment_response, delete_range_response, key_value, member,
-    member_list_response, move_leader_response, put_response, range_response, response_header,
-    response_op, status, status_response, txn_response,
+    compaction_response, defragment_response, delete_range_response, hash_kv_response, key_value,
+    member, member_list_response, move_leader_response, put_response, range_response,
+    response_header, response_op, status, status_response, txn_response,
 };
 use tonic::{Code, Status};
 
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DefragmentResponse, DeleteRangeResponse, Member, MemberListResponse,
-    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp, StatusResponse,
-    TxnResponse, response_op::Response,
+    CompactionResponse, DefragmentResponse, DeleteRangeResponse, HashKvResponse, Member,
+    MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp,
+    StatusResponse, TxnResponse, response_op::Response,
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::registration::text_list;
@@ -177,6 +177,14 @@ pub fn member_list(r: member_list_response::Reader<'_>) -> capnp::Result<MemberL
 pub fn defragment(r: defragment_response::Reader<'_>) -> capnp::Result<DefragmentResponse> {
     Ok(DefragmentResponse {
         header: Some(header_of(r.has_header(), r.get_header())?),
+    })
+}
+
+pub fn hash_kv(r: hash_kv_response::Reader<'_>) -> capnp::Result<HashKvResponse> {
+    Ok(HashKvResponse {
+        header: Some(header_of(r.has_header(), r.get_header())?),
+        hash: r.get_hash(),
+        compact_revision: r.get_compact_revision(),
     })
 }
 

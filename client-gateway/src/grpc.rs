@@ -17,9 +17,10 @@ use crate::link::Link;
 use crate::plane;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentRequest,
-    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
-    MemberListResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
+    MemberListRequest, MemberListResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
     maintenance_server::{Maintenance, MaintenanceServer},
@@ -228,6 +229,14 @@ impl Maintenance for MaintenanceService {
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.link.call(plane::defragment).await.map(Response::new)
+    }
+
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let revision = r.into_inner().revision;
+        self.link
+            .call(move |s| plane::hash_kv(s, revision))
+            .await
+            .map(Response::new)
     }
 
     async fn move_leader(

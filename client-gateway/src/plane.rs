@@ -8,9 +8,9 @@ use tonic::Status;
 use crate::from_capnp;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
-    DeleteRangeRequest, DeleteRangeResponse, MemberListResponse, MoveLeaderResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
-    TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MemberListResponse,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::to_capnp;
 use crate::validate;
@@ -112,6 +112,14 @@ pub async fn member_list(s: Session) -> Result<MemberListResponse, Status> {
 pub async fn defragment(s: Session) -> Result<DefragmentResponse, Status> {
     let call = s.plane.defragment_request();
     let mut resp = answer!(call.send().promise.await, from_capnp::defragment);
+    s.fill(&mut resp.header);
+    Ok(resp)
+}
+
+pub async fn hash_kv(s: Session, revision: i64) -> Result<HashKvResponse, Status> {
+    let mut call = s.plane.hash_kv_request();
+    call.get().set_revision(revision);
+    let mut resp = answer!(call.send().promise.await, from_capnp::hash_kv);
     s.fill(&mut resp.header);
     Ok(resp)
 }

@@ -424,21 +424,13 @@ impl client_plane::Server for ClientPlane {
         _: client_plane::DefragmentParams,
         mut results: client_plane::DefragmentResults,
     ) -> capnp::Result<()> {
-        // RocksDB's compaction blocks for seconds on a large database; this thread serves
-        // every other call meanwhile.
         let db = self.0.ctx.db.clone();
-        let (done, finished) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("defragment".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                db.defragment();
-                let _ = done.send(started.elapsed());
-            })
-            .map_err(|e| capnp::Error::failed(format!("starting the defragment thread: {e}")))?;
-        let took = finished
-            .await
-            .map_err(|_| capnp::Error::failed("the defragment thread stopped".into()))?;
+        let took = on_own_thread("defragment", move || {
+            let started = std::time::Instant::now();
+            db.defragment();
+            started.elapsed()
+        })
+        .await?;
         info!(
             ?took,
             size = self.0.ctx.db.size(),
@@ -486,6 +478,38 @@ impl client_plane::Server for ClientPlane {
         Ok(())
     }
 
+    async fn hash_kv(
+        self: CapRc<Self>,
+        params: client_plane::HashKvParams,
+        mut results: client_plane::HashKvResults,
+    ) -> capnp::Result<()> {
+        let asked = params.get()?.get_revision();
+        self.0.settled().await;
+        let db = self.0.ctx.db.clone();
+        let answer = on_own_thread("hash-kv", move || {
+            let view = mvcc::View::snapshot(&db);
+            let current = view.current_revision().map_err(ee::internal)?;
+            let compacted = view.compact_revision().map_err(ee::internal)?;
+            let rev = if asked <= 0 { current } else { asked };
+            if rev > current {
+                return Err(ee::future_rev());
+            }
+            if rev < compacted {
+                return Err(ee::compacted());
+            }
+            let hash = view.hash_kv(rev).map_err(ee::internal)?;
+            // -1 while never compacted, as etcd says it.
+            Ok((hash, compacted, current))
+        })
+        .await?;
+        let (hash, compact_revision, revision) = or_refuse!(results, answer);
+        let mut r = results.get().init_response();
+        codec::write_header(r.reborrow().init_header(), &self.0.header(revision));
+        r.set_hash(hash);
+        r.set_compact_revision(compact_revision);
+        Ok(())
+    }
+
     async fn metrics(
         self: CapRc<Self>,
         _: client_plane::MetricsParams,
@@ -513,6 +537,25 @@ impl client_plane::Server for ClientPlane {
         }
         Ok(())
     }
+}
+
+/// Runs `work` on a thread of its own and waits for it without blocking this thread, which
+/// serves every other call meanwhile: for passes over the whole database (RocksDB's compaction
+/// of all of it can take seconds).
+async fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> capnp::Result<T> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = done.send(work());
+        })
+        .map_err(|e| capnp::Error::failed(format!("starting the {name} thread: {e}")))?;
+    finished
+        .await
+        .map_err(|_| capnp::Error::failed(format!("the {name} thread stopped")))
 }
 
 /// A request's encoded size in bytes (0 when it cannot be told: the builder then just grows).

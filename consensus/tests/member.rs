@@ -748,3 +748,36 @@ fn move_leader_hands_the_leadership_over() {
         assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
     });
 }
+
+/// `etcdctl endpoint hashkv` gives the same hash on every member for the same revision, and
+/// another hash once the history differs.
+#[test]
+fn hash_kv_agrees_across_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let members = http_cluster(
+        tmp.path(),
+        "hk",
+        &["127.0.0.73", "127.0.0.74", "127.0.0.75"],
+        "",
+        &[],
+    );
+    for i in 0..20 {
+        members[i % 3].ctl_ok(&["put", &format!("k{i}"), &format!("v{i}")]);
+    }
+    members[1].ctl_ok(&["del", "k1"]);
+    let revision = members[0].status().unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let hash_at = |m: &Member, rev: i64| -> u64 {
+        eventually(Duration::from_secs(10), "a hash", || {
+            let out = m.etcdctl(&["endpoint", "hashkv", &format!("--rev={rev}"), "-w", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v[0]["HashKV"]["hash"].as_u64()
+        })
+    };
+    let hashes: Vec<u64> = members.iter().map(|m| hash_at(m, revision)).collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    let before: Vec<u64> = members.iter().map(|m| hash_at(m, revision - 1)).collect();
+    assert!(before.iter().all(|h| *h == before[0]), "{before:?}");
+    assert_ne!(hashes[0], before[0]);
+}
