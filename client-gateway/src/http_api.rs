@@ -27,14 +27,14 @@ use crate::proto::etcdserverpb::RangeRequest;
 
 /// How long `/health` waits for its read (etcd: one second).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-/// The etcd release whose API this member speaks, and the cluster version it reports.
-const VERSION_JSON: &str = r#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#;
+/// The etcd release whose API this member speaks (`/version`, `/metrics`).
+const SERVER_VERSION: &str = "3.4.23";
 const HEALTHY: &str = r#"{"health":"true"}"#;
 const UNHEALTHY: &str = r#"{"health":"false"}"#;
 const TEXT: &str = "text/plain; charset=utf-8";
 /// Prometheus's text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// The cluster version `/metrics` reports (etcd: major.minor).
+/// The cluster version: major.minor in `/metrics`, with `.0` in `/version`, as etcd reports it.
 const CLUSTER_VERSION: &str = "3.4";
 
 /// `/health` answers so far (etcd_server_health_success and _failures).
@@ -143,7 +143,13 @@ where
         let max_body = self.max_body;
         Either::Right(Box::pin(async move {
             Ok(match endpoint {
-                Endpoint::Version => respond(StatusCode::OK, "application/json", VERSION_JSON),
+                Endpoint::Version => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    &format!(
+                        r#"{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{CLUSTER_VERSION}.0"}}"#
+                    ),
+                ),
                 Endpoint::Health => {
                     let checked = tokio::time::timeout(HEALTH_TIMEOUT, check(&link))
                         .await
@@ -342,7 +348,7 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
             "etcd_server_version",
             "The etcd release whose API this member speaks, as a label.",
             "server_version",
-            etcd_server_version(),
+            SERVER_VERSION,
         ),
     ];
     let mut out = String::with_capacity(2048);
@@ -353,11 +359,6 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
         }
     }
     out
-}
-
-/// The `etcdserver` field of [`VERSION_JSON`].
-fn etcd_server_version() -> &'static str {
-    VERSION_JSON.split('"').nth(3).unwrap_or_default()
 }
 
 /// What etcd's HTTP handlers add to every answer.
