@@ -7,20 +7,11 @@ use schema::member_capnp::{
     raft_request, range_request, request_op, response_header, response_op, txn_request,
 };
 
+use crate::cluster::MemberInfo;
 use crate::mvcc::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
-
-/// A member as the cluster knows it (etcd's `membership.Member`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemberInfo {
-    pub id: u64,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-    pub is_learner: bool,
-}
 
 /// What consensus writes into every response header.
 #[derive(Clone, Copy, Debug, Default)]
@@ -308,153 +299,6 @@ fn write_txn(mut b: schema::member_capnp::txn_response::Builder, h: &Header, r: 
     }
 }
 
-// --------------------------------------------------------------------------------- etcd's size
-
-/// The size etcd gives a write request when it checks `--max-request-bytes`: its raft entry, an
-/// `InternalRaftRequest` holding a `RequestHeader` (field 100, with the request ID) and the
-/// request (Put 4, DeleteRange 5, Txn 6, Compaction 7), protobuf-encoded. The request ID's top
-/// 16 bits are the proposing member ID's low 16 bits (etcd's ID generator, and ours), so its
-/// varint length depends on the member. The client gateway checks the same size from the
-/// protobuf request it received; this computes it from a raft entry, for consensus.
-pub fn etcd_request_size(data: &[u8], member_id: u64) -> capnp::Result<u64> {
-    let msg = capnp::serialize::read_message_from_flat_slice(&mut &data[..], ReaderOptions::new())?;
-    let r = msg.get_root::<raft_request::Reader>()?;
-    use raft_request::Which;
-    let request = match r.which()? {
-        Which::Put(p) => pb::put(p?)?,
-        Which::DeleteRange(d) => pb::delete(d?)?,
-        Which::Txn(t) => pb::txn(t?)?,
-        Which::Compaction(c) => {
-            let c = c?;
-            pb::int(c.get_revision()) + pb::boolean(c.get_physical())
-        }
-        Which::Publish(_) => 0,
-    };
-    Ok(pb::raft_request(request, member_id))
-}
-
-/// Protobuf sizes of etcd's messages, field by field (proto3: zero values are left out).
-mod pb {
-    use schema::member_capnp::{
-        compare, delete_range_request, put_request, range_request, request_op, txn_request,
-    };
-
-    pub fn varint(v: u64) -> u64 {
-        u64::from((64 - v.leading_zeros()).max(1).div_ceil(7))
-    }
-
-    /// A length-delimited field with a one-byte tag, written whatever its length.
-    fn message(len: u64) -> u64 {
-        1 + varint(len) + len
-    }
-
-    fn bytes(b: &[u8]) -> u64 {
-        if b.is_empty() {
-            0
-        } else {
-            message(b.len() as u64)
-        }
-    }
-
-    /// An int64 or enum field: negative numbers take ten bytes.
-    pub fn int(v: i64) -> u64 {
-        if v == 0 { 0 } else { 1 + varint(v as u64) }
-    }
-
-    fn int32(v: i32) -> u64 {
-        int(i64::from(v))
-    }
-
-    pub fn boolean(b: bool) -> u64 {
-        if b { 2 } else { 0 }
-    }
-
-    pub fn raft_request(request: u64, member_id: u64) -> u64 {
-        let id = ((member_id & 0xffff) << 48) | (1 << 47);
-        let header = 1 + varint(id);
-        // Field 100 takes a two-byte tag.
-        (2 + varint(header) + header) + message(request)
-    }
-
-    pub fn put(p: put_request::Reader) -> capnp::Result<u64> {
-        Ok(bytes(p.get_key()?)
-            + bytes(p.get_value()?)
-            + int(p.get_lease())
-            + boolean(p.get_prev_kv())
-            + boolean(p.get_ignore_value())
-            + boolean(p.get_ignore_lease()))
-    }
-
-    pub fn delete(d: delete_range_request::Reader) -> capnp::Result<u64> {
-        Ok(bytes(d.get_key()?) + bytes(d.get_range_end()?) + boolean(d.get_prev_kv()))
-    }
-
-    fn range(r: range_request::Reader) -> capnp::Result<u64> {
-        Ok(bytes(r.get_key()?)
-            + bytes(r.get_range_end()?)
-            + int(r.get_limit())
-            + int(r.get_revision())
-            + int32(r.get_sort_order())
-            + int32(r.get_sort_target())
-            + boolean(r.get_serializable())
-            + boolean(r.get_keys_only())
-            + boolean(r.get_count_only())
-            + int(r.get_min_mod_revision())
-            + int(r.get_max_mod_revision())
-            + int(r.get_min_create_revision())
-            + int(r.get_max_create_revision()))
-    }
-
-    /// A compare's `target_union` is a oneof, written even when zero; the contract keeps only the
-    /// field its target names, so that one counts as set.
-    fn compare(c: compare::Reader) -> capnp::Result<u64> {
-        let union = |v: i64| 1 + varint(v as u64);
-        let target = match c.get_target() {
-            0 => union(c.get_version()),
-            1 => union(c.get_create_revision()),
-            2 => union(c.get_mod_revision()),
-            3 => message(c.get_value()?.len() as u64),
-            4 => union(c.get_lease()),
-            _ => 0,
-        };
-        let range_end = c.get_range_end()?;
-        // Field 64 takes a two-byte tag.
-        let range_end = if range_end.is_empty() {
-            0
-        } else {
-            1 + message(range_end.len() as u64)
-        };
-        Ok(
-            int32(c.get_result())
-                + int32(c.get_target())
-                + bytes(c.get_key()?)
-                + target
-                + range_end,
-        )
-    }
-
-    fn op(o: request_op::Reader) -> capnp::Result<u64> {
-        use request_op::Which;
-        Ok(message(match o.which()? {
-            Which::Range(r) => range(r?)?,
-            Which::Put(p) => put(p?)?,
-            Which::DeleteRange(d) => delete(d?)?,
-            Which::Txn(t) => txn(t?)?,
-        }))
-    }
-
-    pub fn txn(t: txn_request::Reader) -> capnp::Result<u64> {
-        let mut size = 0;
-        for c in t.get_compare()? {
-            size += message(compare(c)?);
-        }
-        for o in t.get_success()?.iter().chain(t.get_failure()?.iter()) {
-            size += message(op(o)?);
-        }
-        Ok(size)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,45 +419,5 @@ mod tests {
             panic!("expected a range")
         };
         assert_eq!(range.unwrap().get_header().unwrap().get_revision(), 7);
-    }
-
-    #[test]
-    fn etcd_request_size_matches_etcd() {
-        // Measured on etcd 3.4.23 (member ID 0x3556_..._729a): a put of key "k" is refused above
-        // a value of 1572840 bytes, where its raft entry reaches the 1.5 MiB default limit.
-        let member = 3843598605772092058;
-        let entry = |value_len: usize| {
-            let mut msg = capnp::message::Builder::new_default();
-            let mut p = msg.init_root::<put_request::Builder>();
-            p.set_key(b"k");
-            p.set_value(&vec![b'x'; value_len]);
-            let reader = p.into_reader();
-            encode_proposal(1, 0, |mut rr| rr.set_put(reader)).unwrap()
-        };
-        assert_eq!(etcd_request_size(&entry(1572840), member).unwrap(), 1572864);
-        assert_eq!(etcd_request_size(&entry(1572841), member).unwrap(), 1572865);
-        // A member whose low 16 bits are 0x8000 or more has a ten-byte request ID.
-        assert_eq!(etcd_request_size(&entry(1572840), 0xffff).unwrap(), 1572865);
-
-        let mut msg = capnp::message::Builder::new_default();
-        let mut t = msg.init_root::<txn_request::Builder>();
-        {
-            let mut c = t.reborrow().init_compare(1).get(0);
-            c.set_key(b"a");
-            c.set_target(0);
-            c.set_range_end(b"\0");
-        }
-        {
-            let mut r = t.reborrow().init_success(1).get(0).init_range();
-            r.set_key(b"a");
-            r.set_sort_order(-1);
-        }
-        t.reborrow().init_failure(1).get(0).init_txn();
-        let reader = t.into_reader();
-        let data = encode_proposal(1, 0, |mut rr| rr.set_txn(reader)).unwrap();
-        // compare: key 3 + version (set, 0) 2 + range_end 4 = 9 -> 11 in the txn;
-        // success: range key 3 + sort_order -1 (10-byte varint) 11 = 14 -> op 16 -> 18;
-        // failure: empty txn 0 -> op 2 -> 4; txn = 33; entry = header 13 + 35.
-        assert_eq!(etcd_request_size(&data, member).unwrap(), 48);
     }
 }

@@ -1,28 +1,31 @@
 //! consensus: the process of a member that owns raft and all durable state.
 //!
-//! The data's path through it: `config` (what the operator asked for) -> `ids` and `cluster` (who
-//! this member is, decided once) -> `ipc` (requests from the gateways) -> `raft_loop` (ordering,
-//! persistence, replication) -> `mvcc` over `storage` (the state machine in RocksDB).
+//! The data's path through it:
+//! - [`config`]: what the operator asked for;
+//! - [`cluster`]: who this member is and who the others are ([`ids`], the member table), decided
+//!   once at the first start ([`boot`] starts the threads);
+//! - `ipc`: the IPC thread, serving the gateways' Cap'n Proto planes (registration, KV reads,
+//!   maintenance, compaction);
+//! - `streams`: the raft stream and the write stream, read by the raft thread itself;
+//! - `raft`: the raft thread, a sans-IO core (`raft::core`) and the runtime around it, with
+//!   reads, forwarding and early commit, and apply dispatch to the features;
+//! - `mvcc` over `storage`: the key space's state machine in RocksDB, and the WAL.
 
-pub mod cluster;
-pub mod codec;
-pub mod compactor;
+pub mod boot;
+pub(crate) mod cluster;
+pub(crate) mod codec;
 pub mod config;
-pub mod error;
-pub mod etcd_error;
-pub mod frame_stream;
-pub mod ids;
-pub mod inbox;
-pub mod ipc;
-pub mod leader_ack;
-pub mod member;
-pub mod mvcc;
-pub mod peer_stream;
-pub mod raft_log_bridge;
-pub mod raft_loop;
-pub mod storage;
-pub mod wal;
-pub mod write_stream;
+pub(crate) mod error;
+pub(crate) mod etcd_error;
+pub(crate) mod ipc;
+pub(crate) mod mvcc;
+pub(crate) mod raft;
+pub(crate) mod storage;
+pub(crate) mod streams;
+pub(crate) mod wal;
+
+pub use cluster::ids;
+pub use error::{Error, Result};
 
 /// The etcd release whose API and behaviour this member matches, reported by `Status`.
 pub const ETCD_VERSION: &str = "3.4.23";

@@ -406,6 +406,7 @@ impl<'a> View<'a> {
     }
 
     /// Evaluates a read-only txn's compares on this view.
+    #[cfg(test)]
     pub fn evaluate(&self, compares: &[Compare]) -> Result<bool, EtcdError> {
         evaluate(self, None, compares)
     }
@@ -1101,6 +1102,7 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
+    #[cfg(test)]
     pub fn new(db: &'a Db) -> Result<Applier<'a>> {
         Ok(Applier::resume(db, MvccState::load(db)?))
     }

@@ -194,6 +194,11 @@ fn import_rocksdb_log(db: &Db, wal: &mut Wal) -> Result<()> {
     Ok(())
 }
 
+/// Stores raft's configuration in `batch`, beside the entry that changed it.
+pub fn put_conf_state(db: &Db, batch: &mut WriteBatch, cs: &ConfState) {
+    batch.put_cf(db.cf(CF_META), META_CONF_STATE, encode(cs));
+}
+
 /// raft-rs's view of the log: hard state, conf state and entries, with the bounds cached in memory.
 pub struct RaftLog {
     db: Arc<Db>,
@@ -253,10 +258,6 @@ impl RaftLog {
             META_CONF_STATE,
             encode(&self.conf_state),
         );
-    }
-
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
     }
 
     pub fn last_index_cached(&self) -> u64 {
@@ -355,8 +356,8 @@ impl RaftLog {
         self.wal.wait_durable()
     }
 
-    pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch) {
-        batch.put_cf(self.db.cf(CF_META), META_CONF_STATE, encode(&cs));
+    /// The configuration as applied; [`put_conf_state`] stores it with the apply batch.
+    pub fn remember_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
     }
 

@@ -9,11 +9,11 @@ use std::os::unix::net::UnixStream;
 use schema::member_capnp::{write_frame, write_request};
 use tracing::debug;
 
+use super::frame::{Frame, FrameStream, check_hello};
 use crate::codec::{self, Header};
 use crate::etcd_error::{self as ee, EtcdError};
-use crate::frame_stream::{Frame, FrameStream, check_hello};
 use crate::mvcc;
-use crate::raft_loop::Applied;
+use crate::raft::command::Applied;
 
 /// etcd's limits on a write, as configured.
 #[derive(Clone, Copy, Debug)]

@@ -4,6 +4,8 @@
 //! once the read index allows. It also accepts the raft stream (`raft.sock`) and hands the
 //! connection to the raft thread, which carries raft messages on it itself.
 
+pub(crate) mod compaction;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -26,9 +28,10 @@ use crate::cluster::Identity;
 use crate::codec::{self, Header};
 use crate::error::{Error, Result};
 use crate::etcd_error::{self as ee, EtcdError};
-use crate::inbox;
 use crate::mvcc::{self, View};
-use crate::raft_loop::{Applied, Command, Shared};
+use crate::raft::Shared;
+use crate::raft::command::{Applied, Command};
+use crate::raft::inbox;
 
 /// TLS files as the gateways receive them.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +56,7 @@ pub struct GatewayConfig {
 pub struct Context {
     pub identity: Identity,
     /// Auto-compaction, when `--auto-compaction-retention` is not zero.
-    pub compactor: Option<crate::compactor::Compactor>,
+    pub compactor: Option<compaction::Compactor>,
     pub gateways: GatewayConfig,
     pub db: Arc<Db>,
     pub shared: Arc<Shared>,
@@ -572,7 +575,7 @@ fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {
 }
 
 /// Proposes the compactions the compactor asks for, while this member leads.
-async fn auto_compact(state: Rc<State>, mut compactor: crate::compactor::Compactor) {
+async fn auto_compact(state: Rc<State>, mut compactor: compaction::Compactor) {
     let shared = &state.ctx.shared;
     loop {
         tokio::time::sleep(compactor.interval()).await;

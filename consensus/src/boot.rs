@@ -9,17 +9,19 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
-use raft::RawNode;
 use tracing::{error, info};
 
-use crate::codec::MemberInfo;
+use crate::cluster::MemberInfo;
+use crate::cluster::{self, ids};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ipc::{self, Context, GatewayConfig, Sockets, TlsFiles};
-use crate::raft_loop::{RaftLoop, Settings, Shared};
+use crate::mvcc;
+use crate::raft::apply::Machine;
+use crate::raft::core::Core;
+use crate::raft::{RaftLoop, Settings, Shared};
 use crate::storage::Db;
-use crate::write_stream::Limits;
-use crate::{cluster, ids, mvcc};
+use crate::streams::write::Limits;
 
 fn path_text(p: &Option<std::path::PathBuf>) -> String {
     p.as_ref()
@@ -154,9 +156,9 @@ pub fn run(config: Config) -> Result<()> {
         ..Default::default()
     };
     raft_config.validate()?;
-    let node = RawNode::new(&raft_config, log, &crate::raft_log_bridge::logger())?;
+    let node = crate::raft::raw_node(&raft_config, log)?;
 
-    let (commands_tx, inbox) = crate::inbox::channel()?;
+    let (commands_tx, inbox) = crate::raft::inbox::channel()?;
     let me = MemberInfo {
         id: identity.member_id,
         name: identity.name.clone(),
@@ -175,21 +177,33 @@ pub fn run(config: Config) -> Result<()> {
     let settings = Settings {
         tick,
         cluster_id: identity.cluster_id,
+        member_id: identity.member_id,
         limits: Limits {
             max_request_bytes: gateways.max_request_bytes,
             max_txn_ops: gateways.max_txn_ops,
         },
-        request_timeout,
     };
-    let raft_loop = RaftLoop::new(
+    let published = shared
+        .members()
+        .iter()
+        .any(|m| m.id == me.id && m.name == me.name && m.client_urls == me.client_urls);
+    let publish = crate::codec::encode_proposal(0, 0, |rr| {
+        crate::codec::write_member(rr.init_publish(), &me);
+        Ok(())
+    })
+    .map_err(|e| Error::Config(format!("encoding this member's attributes: {e}")))?;
+    // Read-index contexts of this run start above any an earlier run used (see `Reads::starting_at`).
+    let first_read = clock_ms << 20;
+    let core = Core::new(
         node,
-        db.clone(),
-        inbox,
         shared.clone(),
-        settings,
-        me,
         applied,
+        (publish, published),
+        first_read,
+        request_timeout,
     );
+    let machine = Machine::new(db.clone(), shared.clone());
+    let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -218,7 +232,7 @@ pub fn run(config: Config) -> Result<()> {
             retention = config.auto_compaction_retention,
             "auto compaction is on"
         );
-        crate::compactor::Compactor::new(retention, std::time::Instant::now(), revision)
+        crate::ipc::compaction::Compactor::new(retention, std::time::Instant::now(), revision)
     });
     let db_at_stop = db.clone();
     let ctx = Context {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::command::Command;
 use crate::error::{Error, Result};
-use crate::raft_loop::Command;
 
 struct Queue {
     commands: VecDeque<Command>,

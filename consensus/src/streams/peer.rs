@@ -11,8 +11,8 @@ use raft::eraftpb::Message;
 use schema::member_capnp::peer_frame;
 use tracing::{debug, warn};
 
-use crate::frame_stream::{Frame, FrameStream};
-use crate::raft_loop::is_snapshot;
+use super::frame::{Frame, FrameStream};
+use raft::eraftpb::MessageType;
 
 /// What the peer gateway told the raft thread.
 #[derive(Debug, PartialEq)]
@@ -99,6 +99,11 @@ impl PeerStream {
     }
 }
 
+/// Whether a raft message carries a snapshot (the peer gateway puts those on their own stream).
+fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgSnapshot
+}
+
 fn decode(
     frame: Frame<'_>,
     greeted: &mut bool,
@@ -119,7 +124,7 @@ fn decode(
     if !*greeted {
         return match which {
             peer_frame::Hello(v) => {
-                crate::frame_stream::check_hello(v)?;
+                super::frame::check_hello(v)?;
                 *greeted = true;
                 Ok(())
             }

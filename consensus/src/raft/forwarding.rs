@@ -11,15 +11,80 @@
 //! and each message costs three process hops here (consensus, two peer gateways).
 //!
 //! The leader then knows of fewer commits than its followers may, so a read index it hands out is
-//! raised to the highest index it has announced (`LeaderAcks::read_index`): a read that starts
+//! raised to the highest index it has announced ([`LeaderAcks::read_index`]): a read that starts
 //! after such a write was answered must see it, as etcd's linearizable reads do.
+//!
+//! [`Forwarders`] is the leader's list of followers with a forwarded proposal in flight: they hear
+//! of its durability or its commit first, and their appends leave first.
 
 use raft::eraftpb::{Message, MessageType};
 use raft::{Raft, StateRole, Storage};
 
+/// As leader: followers with a forwarded proposal not yet committed, and its last index. Only
+/// they hear of the commit at once (an append carrying it); the others learn it from the next
+/// append or heartbeat (raft-rs `skip_bcast_commit`).
+#[derive(Debug, Default)]
+pub(crate) struct Forwarders(Vec<(u64, u64)>);
+
+impl Forwarders {
+    /// Follower `from` forwarded a proposal that the leader appended at `last`.
+    pub(crate) fn note(&mut self, from: u64, last: u64) {
+        match self.0.iter_mut().find(|(peer, _)| *peer == from) {
+            Some(pending) => pending.1 = last,
+            None => self.0.push((from, last)),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The followers whose forwarded proposal is committed at `committed`, forgotten here.
+    pub(crate) fn take_committed(&mut self, committed: u64) -> Vec<u64> {
+        let mut due = Vec::new();
+        self.0.retain(|&(peer, last)| {
+            let now = last <= committed;
+            if now {
+                due.push(peer);
+            }
+            !now
+        });
+        due
+    }
+
+    /// With the leader's log durable through `durable`: the notices `notice` gives for followers
+    /// whose forwarded proposal is in it; those told are forgotten here.
+    pub(crate) fn announce(
+        &mut self,
+        durable: u64,
+        mut notice: impl FnMut(u64) -> Option<Message>,
+    ) -> Vec<Message> {
+        let mut notices = Vec::new();
+        self.0.retain(|&(peer, last)| {
+            let told = (last <= durable).then(|| notice(peer)).flatten();
+            let keep = told.is_none();
+            notices.extend(told);
+            keep
+        });
+        notices
+    }
+
+    /// Puts messages to forwarders first: a follower that forwarded a proposal has a client
+    /// waiting.
+    pub(crate) fn first(&self, msgs: &mut [Message]) {
+        if msgs.len() > 1 && !self.0.is_empty() {
+            msgs.sort_by_key(|m| !self.0.iter().any(|&(peer, _)| peer == m.to));
+        }
+    }
+}
+
 /// The leader's side: the highest durable index announced in its current term.
 #[derive(Debug, Default)]
-pub struct LeaderAcks {
+pub(crate) struct LeaderAcks {
     term: u64,
     announced: u64,
 }
@@ -27,7 +92,12 @@ pub struct LeaderAcks {
 impl LeaderAcks {
     /// The notice for follower `to` that this leader's log is durable through `index`, if the two
     /// of them are a quorum. It is then counted for `read_index`.
-    pub fn announce<T: Storage>(&mut self, raft: &Raft<T>, to: u64, index: u64) -> Option<Message> {
+    pub(crate) fn announce<T: Storage>(
+        &mut self,
+        raft: &Raft<T>,
+        to: u64,
+        index: u64,
+    ) -> Option<Message> {
         if raft.state != StateRole::Leader || !pair_is_quorum(raft, raft.id, to) {
             return None;
         }
@@ -50,7 +120,7 @@ impl LeaderAcks {
 
     /// A read index raft handed out, raised past every announced index of this term: a follower
     /// may have answered a write up to there before this leader learnt that it is committed.
-    pub fn read_index(&self, term: u64, index: u64) -> u64 {
+    pub(crate) fn read_index(&self, term: u64, index: u64) -> u64 {
         if term == self.term {
             index.max(self.announced)
         } else {
@@ -61,7 +131,7 @@ impl LeaderAcks {
 
 /// The follower's side: how far its leader's log is durable, as last announced.
 #[derive(Debug, Default)]
-pub struct FollowerAcks {
+pub(crate) struct FollowerAcks {
     term: u64,
     leader_durable: u64,
     /// Whether this term has seen a commit by the leader's notice yet (logged once per term).
@@ -71,7 +141,7 @@ pub struct FollowerAcks {
 impl FollowerAcks {
     /// Takes `m` if it is the current leader's notice; false for any other message, which raft
     /// steps as usual.
-    pub fn receive<T: Storage>(&mut self, raft: &Raft<T>, m: &Message) -> bool {
+    pub(crate) fn receive<T: Storage>(&mut self, raft: &Raft<T>, m: &Message) -> bool {
         let notice = m.get_msg_type() == MessageType::MsgAppendResponse
             && !m.reject
             && raft.state == StateRole::Follower
@@ -92,7 +162,7 @@ impl FollowerAcks {
 
     /// The index this follower may commit to now that its own log is durable through `durable`,
     /// when that is beyond what it knows is committed.
-    pub fn commit_index<T: Storage>(&self, raft: &Raft<T>, durable: u64) -> Option<u64> {
+    pub(crate) fn commit_index<T: Storage>(&self, raft: &Raft<T>, durable: u64) -> Option<u64> {
         if raft.state != StateRole::Follower || self.term != raft.term {
             return None;
         }
@@ -108,7 +178,7 @@ impl FollowerAcks {
     }
 
     /// Notes a commit made by `commit_index`; true for the first of the term.
-    pub fn used(&mut self) -> bool {
+    pub(crate) fn used(&mut self) -> bool {
         !std::mem::replace(&mut self.used, true)
     }
 }

@@ -9,11 +9,15 @@ use rocksdb::WriteBatch;
 use schema::member_capnp::identity;
 use tracing::{info, warn};
 
-use crate::codec::{self, MemberInfo};
+use crate::codec;
+
+pub mod ids;
+mod member;
+
 use crate::config::{ClusterState, Config};
 use crate::error::{Error, Result};
-use crate::ids;
 use crate::storage::{CF_META, Db, META_IDENTITY, META_MEMBER_PREFIX, RaftLog};
+pub(crate) use member::{MemberInfo, publish};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -100,6 +104,11 @@ pub fn load_or_bootstrap(
 
 pub fn member_key(id: u64) -> Vec<u8> {
     [META_MEMBER_PREFIX, &id.to_be_bytes()].concat()
+}
+
+/// Stores member `m` in `batch`.
+pub(crate) fn put_member(db: &Db, batch: &mut WriteBatch, m: &MemberInfo) {
+    batch.put_cf(db.cf(CF_META), member_key(m.id), codec::encode_member(m));
 }
 
 pub fn load_members(db: &Db) -> Result<Vec<MemberInfo>> {

@@ -1,0 +1,159 @@
+//! Applying committed entries: each raft request goes to its feature's applier (MVCC for the key
+//! space, [`crate::cluster`] for the member table; leases and auth next), all writing into the
+//! one batch that also carries the applied index, so a crash never applies an entry twice or
+//! loses one.
+//!
+//! The core drives this through [`StateMachine`]; [`ApplyHooks`] is how results go back to it
+//! while the batch is being built.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::eraftpb::{ConfState, Entry, EntryType};
+use tracing::error;
+
+use super::command::Applied;
+use super::shared::Shared;
+use crate::cluster::{self, MemberInfo};
+use crate::codec::{self, Proposal};
+use crate::error::Result;
+use crate::etcd_error::EtcdError;
+use crate::mvcc::{Applier, MvccState};
+use crate::storage::{self, Db};
+
+/// What the core needs of the state machine.
+pub(crate) trait StateMachine {
+    /// While new entries replicate, looks up what applying them will need.
+    fn prefetch(&mut self, entries: &[Entry]) -> Result<()>;
+    /// Applies `entries` in one batch with the applied index, and returns the revision after
+    /// them. Each request's result goes to [`ApplyHooks::applied`] as it is computed, every conf
+    /// change to [`ApplyHooks::conf_change`]; [`ApplyHooks::before_write`] runs once all results
+    /// are in and before the batch is written, so that answers overlap the write.
+    fn apply(&mut self, entries: &[Entry], hooks: &mut dyn ApplyHooks) -> Result<i64>;
+}
+
+/// The core's side of an apply.
+pub(crate) trait ApplyHooks {
+    /// Applies the conf change in `entry` to raft; the configuration to store, if it decoded.
+    fn conf_change(&mut self, entry: &Entry) -> Result<Option<ConfState>>;
+    /// The result of request `id` (0 for a member's own publish, which nobody waits for).
+    fn applied(&mut self, id: u64, result: Result<Applied, EtcdError>);
+    /// Every result is in; the batch goes to storage next.
+    fn before_write(&mut self);
+}
+
+/// The member's state machine: MVCC and the member table in RocksDB.
+pub(crate) struct Machine {
+    db: Arc<Db>,
+    /// The revisions and latest-version cache between batches; loaded lazily.
+    mvcc: Option<MvccState>,
+    shared: Arc<Shared>,
+    /// Test-only failpoint (`schema::failpoint::APPLY_WRITE_DELAY`): a pause between answering
+    /// applied writes and handing their batch to RocksDB, to make that window wide.
+    apply_write_delay: Option<Duration>,
+}
+
+impl Machine {
+    pub(crate) fn new(db: Arc<Db>, shared: Arc<Shared>) -> Machine {
+        Machine {
+            db,
+            mvcc: None,
+            shared,
+            apply_write_delay: schema::failpoint::pause(schema::failpoint::APPLY_WRITE_DELAY),
+        }
+    }
+
+    fn state(&mut self) -> Result<MvccState> {
+        match self.mvcc.take() {
+            Some(state) => Ok(state),
+            None => MvccState::load(&self.db),
+        }
+    }
+}
+
+impl StateMachine for Machine {
+    fn prefetch(&mut self, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state()?;
+        let result = entries.iter().try_for_each(|entry| {
+            match codec::put_key(&entry.data).filter(|_| is_request(entry)) {
+                Some(key) => state.prefetch(&self.db, &key),
+                None => Ok(()),
+            }
+        });
+        self.mvcc = Some(state);
+        result
+    }
+
+    fn apply(&mut self, entries: &[Entry], hooks: &mut dyn ApplyHooks) -> Result<i64> {
+        let db = self.db.clone();
+        let mut applier = Applier::resume(&db, self.state()?);
+        let mut members: Option<Vec<MemberInfo>> = None;
+        let mut members_changed = false;
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    match codec::decode_proposal(&entry.data) {
+                        Ok((id, proposal)) => {
+                            let result = match proposal {
+                                Proposal::Publish(m) => {
+                                    let known =
+                                        members.get_or_insert_with(|| self.shared.members());
+                                    if let Some(updated) = cluster::publish(known, &m) {
+                                        cluster::put_member(&db, applier.batch(), &updated);
+                                        members_changed = true;
+                                    }
+                                    Ok(Applied::Published { member: m.id })
+                                }
+                                p => apply_kv(&mut applier, p),
+                            };
+                            hooks.applied(id, result);
+                        }
+                        // Applied by every member alike, so skipping it keeps them equal.
+                        Err(e) => error!(index = entry.index, "skipping an undecodable entry: {e}"),
+                    }
+                }
+                EntryType::EntryNormal => {} // a new leader's empty entry
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    if let Some(cs) = hooks.conf_change(entry)? {
+                        storage::put_conf_state(&db, applier.batch(), &cs);
+                    }
+                }
+            }
+            applier.set_applied(entry.index);
+        }
+        let revision = applier.revision();
+        hooks.before_write();
+        if let Some(delay) = self.apply_write_delay {
+            std::thread::sleep(delay);
+        }
+        applier.flush()?;
+        self.mvcc = Some(applier.into_state());
+        if members_changed {
+            let members = cluster::load_members(&self.db)?;
+            if let Ok(mut m) = self.shared.members.lock() {
+                *m = members;
+            }
+        }
+        Ok(revision)
+    }
+}
+
+fn is_request(entry: &Entry) -> bool {
+    entry.get_entry_type() == EntryType::EntryNormal
+}
+
+/// The key space's requests, applied by MVCC.
+fn apply_kv(applier: &mut Applier, p: Proposal) -> Result<Applied, EtcdError> {
+    Ok(match p {
+        Proposal::Put(r) => Applied::Put(applier.put(&r)?),
+        Proposal::DeleteRange(r) => Applied::DeleteRange(applier.delete_range(&r)?),
+        Proposal::Txn(r) => Applied::Txn(applier.txn(&r)?),
+        Proposal::Compaction(r) => Applied::Compaction {
+            revision: applier.compact(&r)?,
+        },
+        Proposal::Publish(m) => Applied::Published { member: m.id },
+    })
+}

@@ -1,0 +1,684 @@
+//! The raft core: raft-rs's [`RawNode`] and every decision this member makes around it, with no
+//! sockets, threads or clocks of its own.
+//!
+//! The core takes events — a message stepped in ([`Core::step`]), a proposal
+//! ([`Core::propose_local`], [`Core::propose_stream`]), a read ([`Core::read_index`]), a tick
+//! ([`Core::tick`]) — each with the time it happened, and on [`Core::on_ready`] carries raft's
+//! `Ready` through in the order raft requires, handing what must leave the process to
+//! [`Effects`] (messages, answers on the write stream), the log to its [`LogStore`] and
+//! committed entries to the [`StateMachine`]. The runtime ([`super::RaftLoop`]) implements those
+//! against the streams, the WAL and RocksDB; the simulator (`super::sim`) against memory.
+//!
+//! # Where this departs from raft-rs's canonical `on_ready`
+//! raft-rs's order is: send messages, apply the snapshot, apply committed entries, persist
+//! entries and hard state, send persisted messages, `advance`, then the light ready. Here:
+//! - **The leader applies first.** Its committed entries are applied (and its clients answered)
+//!   before its own log write starts; a leader's messages may leave before its fsync.
+//! - **Followers apply while the log is written** (`begin_persist`, apply, `finish_persist`),
+//!   and batch their applies ([`FOLLOWER_APPLY_BATCH`], [`FOLLOWER_APPLY_DELAY`]) unless a
+//!   client or a read waits.
+//! - **Forwarded proposals** ([`super::forwarding`]): a follower that forwarded a write hears of
+//!   its commit first ([`Forwarders`]), or of the leader's durable log where the two are a
+//!   quorum, and then commits on its own ([`FollowerAcks`]); read indexes are raised to match.
+//! - **Answers before RocksDB**: write-stream answers leave once computed, before the apply
+//!   batch is written ([`ApplyHooks::before_write`]); reads on the IPC thread wait for
+//!   [`Shared::settled`].
+//! - `advance_append` and `advance_apply_to` instead of `advance`, as applies lag the log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use tracing::{debug, error, info};
+
+use super::apply::{ApplyHooks, StateMachine};
+use super::command::{Applied, ReadReply, Reply};
+use super::forwarding::{FollowerAcks, Forwarders, LeaderAcks};
+use super::log::LogStore;
+use super::reads::Reads;
+use super::shared::Shared;
+use crate::error::Result;
+use crate::etcd_error::{self as ee, EtcdError};
+
+/// A follower applies what it learnt is committed once this many entries wait, or the oldest has
+/// waited [`FOLLOWER_APPLY_DELAY`]; at once when a client of its own or a linearizable read waits
+/// for them, for a conf change, and in any other role. An apply per lone write cost a follower
+/// CPU next to the writes' critical path. Serializable reads on a follower may see its state up
+/// to this much behind.
+pub(crate) const FOLLOWER_APPLY_BATCH: usize = 8;
+pub(crate) const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(5);
+
+/// How often a member that has not yet published its attributes tries again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// What leaves the process: carried out by the runtime.
+pub(crate) trait Effects {
+    /// Raft messages for other members, in the order they should leave. `role` is this member's
+    /// role when they were made.
+    fn send(&mut self, msgs: Vec<Message>, role: StateRole);
+    /// Queues the answer to the client gateway's request `gateway_id` on the write stream.
+    fn answer_stream(&mut self, gateway_id: u64, term: u64, result: &Result<Applied, EtcdError>);
+    /// Sends the queued answers.
+    fn flush_answers(&mut self);
+    /// The time now, for the fsync histogram only (decisions take `now` as an argument).
+    fn clock(&self) -> Instant;
+}
+
+/// Who waits for a proposal to be applied.
+pub(crate) enum Waiter {
+    /// The IPC thread, for a ClientPlane call.
+    Local(Reply),
+    /// The client gateway, on the write stream of that generation, until `deadline`.
+    Stream {
+        gateway_id: u64,
+        generation: u64,
+        deadline: Instant,
+    },
+}
+
+/// This member's attributes, published through raft once a leader exists.
+struct Publish {
+    data: Vec<u8>,
+    done: bool,
+    last_try: Option<Instant>,
+}
+
+pub(crate) struct Core<L: LogStore> {
+    node: RawNode<L>,
+    me: u64,
+    shared: Arc<Shared>,
+    request_timeout: Duration,
+    /// Proposals waiting to be applied, by `RaftRequest.id`.
+    waiters: HashMap<u64, Waiter>,
+    /// The write stream's generation: a waiter belongs to the stream it came on.
+    write_generation: u64,
+    reads: Reads,
+    applied: u64,
+    publish: Publish,
+    forwarders: Forwarders,
+    leader_acks: LeaderAcks,
+    follower_acks: FollowerAcks,
+    /// Committed entries raft handed out that are not applied yet (see
+    /// [`FOLLOWER_APPLY_BATCH`]), and since when the oldest waits.
+    unapplied: Vec<Entry>,
+    unapplied_since: Option<Instant>,
+}
+
+impl<L: LogStore> Core<L> {
+    /// `publish` is this member's encoded publish proposal; `published` whether the member table
+    /// already has its attributes. Read-index contexts start after `first_read` (see
+    /// [`Reads::starting_at`]).
+    pub(crate) fn new(
+        node: RawNode<L>,
+        shared: Arc<Shared>,
+        applied: u64,
+        publish: (Vec<u8>, bool),
+        first_read: u64,
+        request_timeout: Duration,
+    ) -> Core<L> {
+        let (publish, published) = publish;
+        let me = node.raft.id;
+        Core {
+            node,
+            me,
+            shared,
+            request_timeout,
+            waiters: HashMap::new(),
+            write_generation: 0,
+            reads: Reads::starting_at(first_read),
+            applied,
+            publish: Publish {
+                data: publish,
+                done: published,
+                last_try: None,
+            },
+            forwarders: Forwarders::default(),
+            leader_acks: LeaderAcks::default(),
+            follower_acks: FollowerAcks::default(),
+            unapplied: Vec::new(),
+            unapplied_since: None,
+        }
+    }
+
+    /// A single voter needs no election timeout to know it wins.
+    pub(crate) fn campaign_if_alone(&mut self) {
+        let conf = self.node.raft.prs().conf().voters().ids();
+        if conf.len() == 1 && conf.contains(self.me) {
+            let _ = self.node.campaign();
+        }
+    }
+
+    pub(crate) fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    #[cfg(test)]
+    pub(crate) fn role(&self) -> StateRole {
+        self.node.raft.state
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raft(&self) -> &raft::Raft<L> {
+        &self.node.raft
+    }
+
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    fn has_leader(&self) -> bool {
+        self.node.raft.leader_id != raft::INVALID_ID
+    }
+
+    /// A proposal from the IPC thread, answered through `reply`.
+    pub(crate) fn propose_local(&mut self, id: u64, data: Vec<u8>, reply: Reply) {
+        match self.propose(data) {
+            Ok(()) => {
+                self.waiters.insert(id, Waiter::Local(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// A proposal from the write stream; an error is the answer to send at once.
+    pub(crate) fn propose_stream(
+        &mut self,
+        id: u64,
+        data: Vec<u8>,
+        gateway_id: u64,
+        now: Instant,
+    ) -> Result<(), EtcdError> {
+        self.propose(data)?;
+        self.waiters.insert(
+            id,
+            Waiter::Stream {
+                gateway_id,
+                generation: self.write_generation,
+                deadline: now + self.request_timeout,
+            },
+        );
+        Ok(())
+    }
+
+    fn propose(&mut self, data: Vec<u8>) -> Result<(), EtcdError> {
+        if !self.has_leader() {
+            self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(ee::no_leader());
+        }
+        self.node.propose(Vec::new(), data).map_err(|e| {
+            debug!("proposal dropped: {e}");
+            self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+            ee::no_leader()
+        })
+    }
+
+    /// A linearizable read: answered once this member has applied up to a read index.
+    pub(crate) fn read_index(&mut self, reply: ReadReply) {
+        if self.has_leader() {
+            self.reads.push(reply);
+        } else {
+            let _ = reply.send(Err(ee::no_leader()));
+        }
+    }
+
+    /// One read index for every read that arrived since the last call (etcd batches them too).
+    pub(crate) fn send_read_index(&mut self, now: Instant) {
+        if let Some((ctx, n)) = self.reads.take_unsent(self.me, now) {
+            self.shared.read_indexes.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .linearizable_reads
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.node.read_index(ctx);
+        }
+    }
+
+    pub(crate) fn transfer_leader(&mut self, target: u64) {
+        info!(to = format!("{target:x}"), "transferring the leadership");
+        self.node.transfer_leader(target);
+    }
+
+    /// A raft message from another member.
+    pub(crate) fn step(&mut self, m: Message) {
+        if self.follower_acks.receive(&self.node.raft, &m) {
+            let durable = self.node.raft.raft_log.persisted;
+            self.commit_ahead(durable);
+            return;
+        }
+        let forwarded_by = (m.get_msg_type() == MessageType::MsgPropose).then_some(m.from);
+        if let Err(e) = self.node.step(m) {
+            debug!("raft refused a message: {e}");
+        } else if let Some(from) = forwarded_by
+            && self.node.raft.state == StateRole::Leader
+        {
+            self.forwarders
+                .note(from, self.node.raft.raft_log.last_index());
+        }
+    }
+
+    pub(crate) fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    pub(crate) fn report_snapshot(&mut self, to: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
+    }
+
+    /// The write stream was replaced or lost: its waiters will never be answered on it.
+    pub(crate) fn new_write_stream(&mut self) {
+        self.write_generation += 1;
+    }
+
+    /// A raft tick (the heartbeat interval), and the timers that run with it.
+    pub(crate) fn tick(&mut self, now: Instant, fx: &mut impl Effects) {
+        self.node.tick();
+        self.maybe_publish(now);
+        self.forget_abandoned(now, fx);
+        for ctx in self.reads.due_for_retry(self.me, now) {
+            self.node.read_index(ctx);
+        }
+    }
+
+    /// When the core next needs the runtime, at the latest: the next tick, or the end of a
+    /// follower's apply delay.
+    pub(crate) fn wake_at(&self, next_tick: Instant) -> Instant {
+        self.unapplied_since
+            .map_or(next_tick, |t| next_tick.min(t + FOLLOWER_APPLY_DELAY))
+    }
+
+    /// Tries to publish this member's attributes once a leader exists, every
+    /// [`PUBLISH_RETRY`] until they are applied.
+    fn maybe_publish(&mut self, now: Instant) {
+        if self.publish.done || !self.has_leader() {
+            return;
+        }
+        if self
+            .publish
+            .last_try
+            .is_some_and(|t| now.duration_since(t) < PUBLISH_RETRY)
+        {
+            return;
+        }
+        self.publish.last_try = Some(now);
+        if let Err(e) = self.node.propose(Vec::new(), self.publish.data.clone()) {
+            debug!("publishing this member's attributes: {e}");
+        }
+    }
+
+    /// Drops waiters whose client gave up (the IPC side timed out) or whose write stream is
+    /// gone, and answers stream waiters past their deadline with etcd's timeout, so lost
+    /// proposals don't pile up.
+    fn forget_abandoned(&mut self, now: Instant, fx: &mut impl Effects) {
+        let generation = self.write_generation;
+        let mut timed_out = Vec::new();
+        self.waiters.retain(|_, w| match w {
+            Waiter::Local(r) => !r.is_closed(),
+            Waiter::Stream {
+                gateway_id,
+                generation: g,
+                deadline,
+            } => {
+                if *g != generation {
+                    false
+                } else if *deadline <= now {
+                    timed_out.push(*gateway_id);
+                    false
+                } else {
+                    true
+                }
+            }
+        });
+        if !timed_out.is_empty() {
+            let timeout = Err(ee::timeout());
+            for gateway_id in timed_out {
+                fx.answer_stream(gateway_id, self.node.raft.term, &timeout);
+            }
+            fx.flush_answers();
+        }
+        self.reads.forget_abandoned();
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
+    /// Carries raft's `Ready` through (see the module doc for the order).
+    pub(crate) fn on_ready(
+        &mut self,
+        now: Instant,
+        fx: &mut impl Effects,
+        sm: &mut impl StateMachine,
+    ) -> Result<()> {
+        // Goes out with this Ready's messages, before the leader's own apply.
+        self.tell_forwarders();
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            if ss.leader_id != self.shared.leader.load(Ordering::Relaxed) && ss.leader_id != 0 {
+                self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            let role = ss.raft_state;
+            info!(
+                leader = format!("{:x}", ss.leader_id),
+                term = self.node.raft.term,
+                "raft role is now {role:?}"
+            );
+            if role != StateRole::Leader {
+                debug!("reads in flight are answered by the new leader's read index or time out");
+            }
+        }
+        // A leader may send before its own fsync; followers' replies come from persisted_messages.
+        self.send(fx, rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            tracing::warn!("received a raft snapshot, which this version does not install yet");
+        }
+        let commit = rd.hs().map(|hs| hs.commit);
+        let mut committed = Some(rd.take_committed_entries());
+        // A leader answers its clients before it writes its log. Everyone else applies while the
+        // disk writes the new entries: raft only hands out entries that are durable already.
+        if self.node.raft.state == StateRole::Leader {
+            self.collect(committed.take().unwrap_or_default(), commit, now);
+            self.maybe_apply(now, fx, sm)?;
+        }
+
+        let log = self.node.mut_store();
+        log.append(rd.entries());
+        if let Some(hs) = rd.hs() {
+            log.set_hard_state(hs);
+        }
+        let started = fx.clock();
+        log.begin_persist(rd.must_sync())?;
+        if let Some(committed) = committed {
+            self.collect(committed, commit, now);
+            if self.must_apply(now) {
+                self.node.mut_store().start_writeback();
+                self.apply_collected(fx, sm)?;
+            }
+        }
+        if self.node.mut_store().finish_persist()? {
+            self.shared.record_fsync(fx.clock().duration_since(started));
+        }
+        // A follower's acknowledgements gate every write's commit: they leave as soon as the
+        // entries are durable.
+        self.send(fx, rd.take_persisted_messages());
+        let durable = rd.entries().last().map(|e| e.index);
+        match self.node.raft.state {
+            StateRole::Leader => {
+                if let Some(durable) = durable {
+                    self.announce_durable(fx, durable);
+                }
+            }
+            // Before `advance_append`, so that its committed entries include these.
+            StateRole::Follower => {
+                self.commit_ahead(durable.unwrap_or(self.node.raft.raft_log.persisted));
+            }
+            _ => {}
+        }
+        if self.node.raft.state == StateRole::Leader {
+            sm.prefetch(rd.entries())?;
+        }
+        for rs in rd.take_read_states() {
+            let index = self.leader_acks.read_index(self.node.raft.term, rs.index);
+            self.reads.answered(self.me, &rs.request_ctx, index);
+        }
+
+        // Not `advance`: that would tell raft everything handed out is applied.
+        let mut light = self.node.advance_append(rd);
+        self.send(fx, light.take_messages());
+        let commit = light.commit_index();
+        self.collect(light.take_committed_entries(), commit, now);
+        self.maybe_apply(now, fx, sm)?;
+        self.reads.answer(self.applied);
+        // A commit the leader's own fsync completed. Only a leader's messages may leave without
+        // a Ready (raft-rs holds a follower's until they are persisted).
+        self.tell_forwarders();
+        if self.node.raft.state == StateRole::Leader && !self.node.raft.msgs.is_empty() {
+            let msgs = std::mem::take(&mut self.node.raft.msgs);
+            self.send(fx, msgs);
+        }
+        Ok(())
+    }
+
+    /// Hands messages to the runtime, read indexes raised past what the leader announced and
+    /// forwarders' messages first.
+    fn send(&mut self, fx: &mut impl Effects, mut msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        for m in msgs
+            .iter_mut()
+            .filter(|m| m.get_msg_type() == MessageType::MsgReadIndexResp)
+        {
+            m.index = self.leader_acks.read_index(m.term, m.index);
+        }
+        self.forwarders.first(&mut msgs);
+        fx.send(msgs, self.node.raft.state);
+    }
+
+    /// Sends each follower whose forwarded proposal is now committed an append carrying the
+    /// commit index: it answers its client once it applies, and waiting for the next append or
+    /// heartbeat would cost a lone write up to a heartbeat interval. Sending it to every follower
+    /// (what raft-rs does without `skip_bcast_commit`) cost the others a round trip each.
+    fn tell_forwarders(&mut self) {
+        if self.forwarders.is_empty() {
+            return;
+        }
+        if self.node.raft.state != StateRole::Leader {
+            self.forwarders.clear();
+            return;
+        }
+        for peer in self
+            .forwarders
+            .take_committed(self.node.raft.raft_log.committed)
+        {
+            if self.node.raft.prs().get(peer).is_some() {
+                self.node.raft.send_append(peer);
+            }
+        }
+    }
+
+    /// As leader, once its log is durable through `durable`: tells each follower whose forwarded
+    /// proposal is in it ([`LeaderAcks`]), instead of telling it of the commit later.
+    fn announce_durable(&mut self, fx: &mut impl Effects, durable: u64) {
+        let (raft, acks) = (&self.node.raft, &mut self.leader_acks);
+        let notices = self
+            .forwarders
+            .announce(durable, |peer| acks.announce(raft, peer, durable));
+        self.send(fx, notices);
+    }
+
+    /// As follower, with its log durable through `durable`: commits what the leader's log also
+    /// has durable ([`FollowerAcks`]).
+    fn commit_ahead(&mut self, durable: u64) {
+        if let Some(index) = self.follower_acks.commit_index(&self.node.raft, durable) {
+            if self.follower_acks.used() {
+                info!(
+                    term = self.node.raft.term,
+                    "committing on the leader's notice that its log is durable (this member and the leader are a quorum)"
+                );
+            }
+            self.node.raft.raft_log.commit_to(index);
+        }
+    }
+
+    /// Takes committed entries for [`Core::maybe_apply`]. The commit index goes to the log at
+    /// once (kept in memory: at start the stored applied index raises the WAL's commit index).
+    fn collect(&mut self, entries: Vec<Entry>, commit: Option<u64>, now: Instant) {
+        if let Some(commit) = commit {
+            self.node.mut_store().set_commit(commit);
+        }
+        if !entries.is_empty() {
+            self.unapplied_since.get_or_insert(now);
+            self.unapplied.extend(entries);
+        }
+    }
+
+    /// Whether collected entries must be applied now (see [`FOLLOWER_APPLY_BATCH`]).
+    fn must_apply(&self, now: Instant) -> bool {
+        !self.unapplied.is_empty()
+            && (self.node.raft.state != StateRole::Follower
+                || self.unapplied.len() >= FOLLOWER_APPLY_BATCH
+                || self
+                    .unapplied_since
+                    .is_some_and(|t| now.duration_since(t) >= FOLLOWER_APPLY_DELAY)
+                || !self.waiters.is_empty()
+                || self.reads.wait_above(self.applied)
+                || self
+                    .unapplied
+                    .iter()
+                    .any(|e| e.get_entry_type() != EntryType::EntryNormal))
+    }
+
+    /// Applies what was collected if it must be now, and answers the reads that waited for it.
+    pub(crate) fn maybe_apply(
+        &mut self,
+        now: Instant,
+        fx: &mut impl Effects,
+        sm: &mut impl StateMachine,
+    ) -> Result<()> {
+        if self.must_apply(now) {
+            self.apply_collected(fx, sm)?;
+            self.reads.answer(self.applied);
+        }
+        Ok(())
+    }
+
+    /// Applies every collected entry and tells raft how far that got.
+    fn apply_collected(&mut self, fx: &mut impl Effects, sm: &mut impl StateMachine) -> Result<()> {
+        let entries = std::mem::take(&mut self.unapplied);
+        self.unapplied_since = None;
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut hooks = Hooks {
+            node: &mut self.node,
+            waiters: &mut self.waiters,
+            fx,
+            shared: &self.shared,
+            me: self.me,
+            generation: self.write_generation,
+            last,
+            local: Vec::new(),
+            streamed: false,
+            published: &mut self.publish.done,
+        };
+        let revision = sm.apply(&entries, &mut hooks)?;
+        let local = std::mem::take(&mut hooks.local);
+        self.shared
+            .proposals_committed
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.applied = last;
+        self.shared.revision.store(revision, Ordering::Release);
+        self.shared.applied.store(last, Ordering::Release);
+        for (reply, result) in local {
+            let _ = reply.send(result);
+        }
+        self.node.advance_apply_to(self.applied);
+        Ok(())
+    }
+
+    /// Raft's position, for the IPC thread.
+    pub(crate) fn publish_status(&self) {
+        let s = &self.shared;
+        s.term.store(self.node.raft.term, Ordering::Relaxed);
+        s.leader.store(self.node.raft.leader_id, Ordering::Relaxed);
+        s.commit
+            .store(self.node.raft.raft_log.committed, Ordering::Relaxed);
+        s.last_index
+            .store(self.node.store().last_index_cached(), Ordering::Relaxed);
+    }
+}
+
+/// The core's [`ApplyHooks`] for one apply.
+struct Hooks<'a, L: LogStore, F: Effects> {
+    node: &'a mut RawNode<L>,
+    waiters: &'a mut HashMap<u64, Waiter>,
+    fx: &'a mut F,
+    shared: &'a Shared,
+    me: u64,
+    generation: u64,
+    /// The last index of this apply.
+    last: u64,
+    /// Answers for the IPC thread, sent once the batch is written.
+    local: Vec<(Reply, Result<Applied, EtcdError>)>,
+    streamed: bool,
+    published: &'a mut bool,
+}
+
+impl<L: LogStore, F: Effects> ApplyHooks for Hooks<'_, L, F> {
+    fn conf_change(&mut self, entry: &Entry) -> Result<Option<ConfState>> {
+        let cs = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            let mut cc = ConfChangeV2::default();
+            if let Err(e) = cc.merge_from_bytes(&entry.data) {
+                error!(
+                    index = entry.index,
+                    "skipping an undecodable conf change: {e}"
+                );
+                return Ok(None);
+            }
+            self.node.apply_conf_change(&cc)?
+        } else {
+            let mut cc = ConfChange::default();
+            if let Err(e) = cc.merge_from_bytes(&entry.data) {
+                error!(
+                    index = entry.index,
+                    "skipping an undecodable conf change: {e}"
+                );
+                return Ok(None);
+            }
+            self.node.apply_conf_change(&cc)?
+        };
+        self.node.mut_store().set_conf_state(&cs);
+        Ok(Some(cs))
+    }
+
+    fn applied(&mut self, id: u64, result: Result<Applied, EtcdError>) {
+        if let Ok(Applied::Published { member }) = &result
+            && *member == self.me
+        {
+            *self.published = true;
+        }
+        if id == 0 {
+            return;
+        }
+        match self.waiters.remove(&id) {
+            Some(Waiter::Stream {
+                gateway_id,
+                generation,
+                ..
+            }) => {
+                if generation != self.generation {
+                    return;
+                }
+                // The client gateway's answers leave before RocksDB gets the batch: the entries
+                // are committed (a crash applies them again from the log) and the answers are
+                // computed. Reads on the IPC thread wait until `applied` catches up with
+                // `answered`, so none misses a write already answered.
+                if !self.streamed {
+                    self.shared.answered.store(self.last, Ordering::Release);
+                    self.streamed = true;
+                }
+                self.fx
+                    .answer_stream(gateway_id, self.node.raft.term, &result);
+            }
+            Some(Waiter::Local(reply)) => self.local.push((reply, result)),
+            None => {}
+        }
+    }
+
+    fn before_write(&mut self) {
+        if self.streamed {
+            self.fx.flush_answers();
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! What the IPC thread reads without asking the raft thread: raft's position, the member table
+//! and the counters behind `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::cluster::MemberInfo;
+
+/// State the IPC thread reads without asking the raft thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    /// The last index whose answers left before RocksDB had its batch (see
+    /// [`super::apply::StateMachine::apply`]). While it is above `applied`, the IPC thread holds
+    /// its reads back ([`Shared::settled`]).
+    pub answered: AtomicU64,
+    pub last_index: AtomicU64,
+    pub revision: AtomicI64,
+    pub members: Mutex<Vec<MemberInfo>>,
+    pub proposals_committed: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub fsync_nanos: AtomicU64,
+    /// fsyncs by duration, as `Metrics.fsyncBuckets` in the schema.
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS + 1],
+    pub read_indexes: AtomicU64,
+    pub linearizable_reads: AtomicU64,
+    pub leader_changes: AtomicU64,
+    /// The counter behind request IDs (the IPC and raft threads both hand them out).
+    pub next_request: AtomicU64,
+}
+
+/// etcd's buckets for `etcd_disk_wal_fsync_duration_seconds`: 1 ms doubling up to 8.192 s.
+pub(crate) const FSYNC_BUCKETS: usize = 14;
+
+/// The bucket of an fsync that took `took`: the first whose bound (1 ms * 2^i) it does not
+/// exceed, or [`FSYNC_BUCKETS`] when it exceeds them all.
+pub(crate) fn fsync_bucket(took: Duration) -> usize {
+    (0..FSYNC_BUCKETS)
+        .find(|&i| took <= Duration::from_millis(1 << i))
+        .unwrap_or(FSYNC_BUCKETS)
+}
+
+impl Shared {
+    pub(crate) fn record_fsync(&self, took: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.fsync_buckets[fsync_bucket(took)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether every answered write is in RocksDB, so that a read now sees all of them.
+    pub(crate) fn settled(&self) -> bool {
+        self.answered.load(Ordering::Acquire) <= self.applied.load(Ordering::Acquire)
+    }
+
+    /// Request IDs unique across members (as etcd's idutil): the member ID's low 16 bits, then a
+    /// counter seeded from the clock at start, so a restarted member does not reuse its old IDs.
+    pub(crate) fn request_id(&self, member_id: u64) -> u64 {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        (member_id << 48) | (id & ((1 << 48) - 1))
+    }
+
+    pub(crate) fn members(&self) -> Vec<MemberInfo> {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FSYNC_BUCKETS, Shared, fsync_bucket};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[test]
+    fn fsyncs_fall_in_etcds_buckets() {
+        assert_eq!(fsync_bucket(Duration::from_micros(80)), 0);
+        assert_eq!(fsync_bucket(Duration::from_millis(1)), 0);
+        assert_eq!(fsync_bucket(Duration::from_micros(1001)), 1);
+        assert_eq!(fsync_bucket(Duration::from_millis(3)), 2);
+        assert_eq!(fsync_bucket(Duration::from_millis(8192)), FSYNC_BUCKETS - 1);
+        assert_eq!(fsync_bucket(Duration::from_secs(9)), FSYNC_BUCKETS);
+        let shared = Shared::default();
+        shared.record_fsync(Duration::from_millis(3));
+        shared.record_fsync(Duration::from_millis(4));
+        assert_eq!(shared.fsync_buckets[2].load(Ordering::Relaxed), 2);
+        assert_eq!(shared.fsyncs.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.fsync_nanos.load(Ordering::Relaxed), 7_000_000);
+    }
+}
