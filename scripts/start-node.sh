@@ -9,8 +9,10 @@
 #   scripts/start-node.sh /opt/etcd/cfg/etcd.conf  # etcd.conf KEY="value" lines (the seed's format)
 #   scripts/start-node.sh [conf] --name n1 ...     # etcd-style flags; ETCD_* variables work too
 #
-# Flags override ETCD_* variables, which override the file. Binaries come from $ETCDRS_BIN_DIR, or
-# the workspace's release build, which is built first when missing. The PIDs of the three processes
+# Flags override ETCD_* variables, which override the file. Binaries come from $ETCDRS_BIN_DIR as
+# they are (tests and benchmarks point it at their builds), or else from the workspace's release
+# build, which `cargo build --release` brings up to date at every start (a no-op when nothing
+# changed; without cargo, a warning when the sources are newer). The PIDs of the three processes
 # are kept in <data-dir>/member.pids ("consensus PID" lines), for operators and tests.
 set -uo pipefail
 
@@ -28,16 +30,53 @@ if [[ $# -gt 0 && $1 != -* ]]; then
 fi
 args+=("$@")
 
+bins=(consensus peer-gateway client-gateway)
+
+# cargo's output, except the lone "Finished" line of a build that had nothing to do.
+quiet_when_fresh() {
+  local line shown=0
+  while IFS= read -r line; do
+    if ((!shown)) && [[ $line =~ ^[[:space:]]*Finished ]]; then continue; fi
+    shown=1
+    printf '%s\n' "$line" >&2
+  done
+}
+
+# Whether a source the binaries are built from is newer than $1.
+sources_newer_than() {
+  [[ -n $(find "$repo"/{schema,consensus,peer-gateway,client-gateway} "$repo"/Cargo.toml "$repo"/Cargo.lock \
+    -newer "$1" \( -name '*.rs' -o -name '*.capnp' -o -name '*.proto' -o -name Cargo.toml -o -name Cargo.lock \) \
+    -print -quit 2>/dev/null) ]]
+}
+
 bin_dir=${ETCDRS_BIN_DIR:-}
 if [[ -z $bin_dir ]]; then
   target=${CARGO_TARGET_DIR:-$repo/target}
   bin_dir=$target/release
-  if [[ ! -x $bin_dir/consensus || ! -x $bin_dir/peer-gateway || ! -x $bin_dir/client-gateway ]]; then
-    log "setting up and building release binaries in $target (first start only)"
-    (cd "$repo" && scripts/setup.sh && cargo build --release --bins) || exit 1
+  for b in "${bins[@]}"; do
+    if [[ ! -x $bin_dir/$b ]]; then
+      log "setting up and building release binaries in $target (first start only)"
+      (cd "$repo" && scripts/setup.sh) || exit 1
+      break
+    fi
+  done
+  # Built on every start, so that a `git pull` never leaves the old binaries running; a no-op (and
+  # silent) when they are up to date.
+  if command -v cargo >/dev/null; then
+    (cd "$repo" && cargo build --release "${bins[@]/#/--bin=}" 2>&1) | quiet_when_fresh || {
+      log "building the release binaries failed"
+      exit 1
+    }
+  else
+    for b in "${bins[@]}"; do
+      if [[ -x $bin_dir/$b ]] && sources_newer_than "$bin_dir/$b"; then
+        log "warning: the sources are newer than $bin_dir/$b and cargo is not on PATH to rebuild it; starting the old binaries"
+        break
+      fi
+    done
   fi
 fi
-for b in consensus peer-gateway client-gateway; do
+for b in "${bins[@]}"; do
   [[ -x $bin_dir/$b ]] || { log "missing $bin_dir/$b"; exit 1; }
 done
 

@@ -2,16 +2,12 @@
 //! outputs (`-w json`, error lines, exit codes) must agree, except for what names the cluster
 //! (cluster and member IDs, raft term) and the database's size.
 
-mod support;
-
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::*;
 
-/// Ports of this test only: ours on 127.0.0.4, etcd on 127.0.0.5.
-const OURS: &str = "127.0.0.4";
-const ETCD: &str = "127.0.0.5";
+use crate::support::addresses::{ETCDCTL_ETCD as ETCD, ETCDCTL_OURS as OURS};
+use crate::support::*;
 
 /// Drops what differs between two clusters by design.
 fn normalize(v: &mut Value) {

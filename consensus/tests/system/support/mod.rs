@@ -1,6 +1,7 @@
-//! Members started for real through `scripts/start-node.sh`, the real `etcdctl`, and certificates
-//! for the seed's https configuration. Everything started here is stopped by PID.
-#![allow(dead_code)]
+//! Members started for real through `scripts/start-node.sh`, the real `etcdctl`, a real etcd, and
+//! certificates for the seed's https configuration. Everything started here is stopped by PID.
+
+pub mod addresses;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -10,17 +10,16 @@
 //! put that got no answer may or may not have taken effect, so it is optional and never bounds
 //! the others; a read that got no answer says nothing and is left out.
 //!
-//! Addresses of this test only: 127.0.0.57-59, ports 2379 and 2380, plain http.
-
-mod support;
+//! Its three members: `support::addresses::LINEARIZABLE`, ports 2379 and 2380, plain http.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
-use support::*;
 
-const HOSTS: [&str; 3] = ["127.0.0.57", "127.0.0.58", "127.0.0.59"];
+use crate::support::addresses::LINEARIZABLE as HOSTS;
+use crate::support::*;
+
 const KEYS: usize = 3;
 const CLIENTS_PER_MEMBER: usize = 2;
 const RUN: Duration = Duration::from_secs(10);

@@ -1,13 +1,12 @@
 //! Bad input from outside the process: configuration that stops consensus with one line, and a
 //! gateway that speaks another protocol version, which is refused while consensus keeps serving.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use schema::member_capnp::client_registrar;
-use support::*;
+
+use crate::support::*;
 
 fn consensus(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_consensus"));

@@ -3,21 +3,14 @@
 //! etcd's names and types for what it exports, and `/health` turns 503 when the member has lost
 //! its quorum.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::*;
-
-/// Ports of this file only: ours on 127.0.0.61 and .71, etcd on 127.0.0.62 and .72, a cluster on
-/// .63-.65.
-const OURS: &str = "127.0.0.61";
-const ETCD: &str = "127.0.0.62";
-const JSON_OURS: &str = "127.0.0.71";
-const JSON_ETCD: &str = "127.0.0.72";
-const CLUSTER: [&str; 3] = ["127.0.0.63", "127.0.0.64", "127.0.0.65"];
+use crate::support::addresses::{
+    HTTP_CLUSTER as CLUSTER, HTTP_ETCD as ETCD, HTTP_OURS as OURS, JSON_ETCD, JSON_OURS,
+};
+use crate::support::*;
 
 /// An answer as a client sees it: the status code, the headers etcd's handlers set, the body.
 #[derive(Debug, PartialEq)]

@@ -1,0 +1,178 @@
+//! Every loopback address a system test binds, and who owns it. All system tests share one
+//! binary and run in parallel, and every member (ours or etcd) takes ports 2379 and 2380 on its
+//! host, so each host below belongs to one test; tests take their hosts from here, and
+//! `no_address_is_claimed_twice` checks the list. A new test adds its hosts here first.
+//!
+//! Not listed: the URLs in `bad_input`, whose consensus processes either refuse their
+//! configuration or run alone with their Unix sockets and bind no port.
+
+use std::sync::Mutex;
+
+/// One test's hosts (or the benchmark scripts', which tests must leave alone).
+pub struct Claim {
+    pub owner: &'static str,
+    pub hosts: &'static [&'static str],
+}
+
+/// 127.0.0.1, where etcdctl and a member without configuration meet by default. Two tests bind
+/// it, and take turns on `LOCALHOST_TURN`.
+pub const LOCALHOST: &str = "127.0.0.1";
+pub static LOCALHOST_TURN: Mutex<()> = Mutex::new(());
+
+// member::formation
+/// The seed's three hosts (https on 2379 and 2380).
+pub const SEED_CLUSTER: [&str; 3] = [LOCALHOST, "127.0.0.2", "127.0.0.3"];
+/// Each seed host's plain-http client listener, as the seed's `http://127.0.0.1:2379`.
+pub const SEED_PLAIN_HTTP: [&str; 3] = ["127.0.1.1", "127.0.1.2", "127.0.1.3"];
+
+// etcdctl_vs_etcd
+pub const ETCDCTL_OURS: &str = "127.0.0.4";
+pub const ETCDCTL_ETCD: &str = "127.0.0.5";
+
+// differential
+pub const DIFF_ETCD: &str = "127.0.0.6";
+pub const DIFF_OURS: &str = "127.0.0.7";
+pub const DIFF_CLUSTER: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+
+// member::maintenance
+pub const AUTO_COMPACTION: &str = "127.0.0.14";
+pub const MOVE_LEADER: [&str; 3] = ["127.0.0.66", "127.0.0.67", "127.0.0.68"];
+pub const HASH_KV: [&str; 3] = ["127.0.0.73", "127.0.0.74", "127.0.0.75"];
+
+// member::apply_and_reads
+pub const BIG_RANGE: &str = "127.0.0.15";
+pub const ANSWER_BEFORE_ROCKSDB: &str = "127.0.0.18";
+pub const APPLY_BATCHES: [&str; 3] = ["127.0.0.24", "127.0.0.25", "127.0.0.26"];
+pub const COMMIT_AHEAD: [&str; 3] = ["127.0.0.51", "127.0.0.52", "127.0.0.53"];
+pub const SLOW_NETWORK: [&str; 3] = ["127.0.0.54", "127.0.0.55", "127.0.0.56"];
+
+// member::recovery
+pub const REPLAY: &str = "127.0.0.16";
+pub const NO_QUORUM: [&str; 3] = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+
+// linearizable
+pub const LINEARIZABLE: [&str; 3] = ["127.0.0.57", "127.0.0.58", "127.0.0.59"];
+
+// http_endpoints
+pub const HTTP_OURS: &str = "127.0.0.61";
+pub const HTTP_ETCD: &str = "127.0.0.62";
+pub const HTTP_CLUSTER: [&str; 3] = ["127.0.0.63", "127.0.0.64", "127.0.0.65"];
+pub const JSON_OURS: &str = "127.0.0.71";
+pub const JSON_ETCD: &str = "127.0.0.72";
+
+/// The registry: every host above once, with its owner.
+pub const CLAIMS: &[Claim] = &[
+    Claim {
+        owner: "member::formation::{three_member_cluster_from_seed_configs, \
+                no_configuration_starts_one_member_on_2379}, one at a time",
+        hosts: &[LOCALHOST],
+    },
+    Claim {
+        owner: "member::formation::three_member_cluster_from_seed_configs",
+        hosts: &[SEED_CLUSTER[1], SEED_CLUSTER[2]],
+    },
+    Claim {
+        owner: "member::formation::three_member_cluster_from_seed_configs (plain http)",
+        hosts: &SEED_PLAIN_HTTP,
+    },
+    Claim {
+        owner: "etcdctl_vs_etcd::etcdctl_outputs_match_real_etcd",
+        hosts: &[ETCDCTL_OURS, ETCDCTL_ETCD],
+    },
+    Claim {
+        owner: "differential::same_answers_as_etcd",
+        hosts: &[DIFF_ETCD, DIFF_OURS],
+    },
+    Claim {
+        owner: "differential::same_answers_as_etcd (cluster)",
+        hosts: &DIFF_CLUSTER,
+    },
+    Claim {
+        owner: "member::maintenance::auto_compaction_forgets_old_revisions",
+        hosts: &[AUTO_COMPACTION],
+    },
+    Claim {
+        owner: "member::apply_and_reads::a_range_answer_larger_than_64_mib_comes_through",
+        hosts: &[BIG_RANGE],
+    },
+    Claim {
+        owner: "member::recovery::a_killed_member_applies_again_what_its_database_lost",
+        hosts: &[REPLAY],
+    },
+    Claim {
+        owner: "member::apply_and_reads::reads_wait_for_writes_answered_before_rocksdb_has_them",
+        hosts: &[ANSWER_BEFORE_ROCKSDB],
+    },
+    Claim {
+        owner: "member::recovery::a_write_without_quorum_gets_etcds_timeout",
+        hosts: &NO_QUORUM,
+    },
+    Claim {
+        owner: "member::apply_and_reads::followers_apply_in_batches_without_reads_seeing_it",
+        hosts: &APPLY_BATCHES,
+    },
+    Claim {
+        owner: "scripts/bench-vs-etcd.sh (ours, and etcd in the sequential rounds)",
+        hosts: &["127.0.0.31", "127.0.0.32", "127.0.0.33"],
+    },
+    Claim {
+        owner: "scripts/bench-smoke.sh",
+        hosts: &["127.0.0.35"],
+    },
+    Claim {
+        owner: "scripts/bench-vs-etcd.sh (etcd during the bursts)",
+        hosts: &["127.0.0.36", "127.0.0.37", "127.0.0.38"],
+    },
+    Claim {
+        owner: "member::apply_and_reads::reads_after_a_write_committed_ahead_of_the_leader_see_it",
+        hosts: &COMMIT_AHEAD,
+    },
+    Claim {
+        owner: "member::apply_and_reads::linearizable_reads_work_over_a_slow_network",
+        hosts: &SLOW_NETWORK,
+    },
+    Claim {
+        owner: "linearizable::histories_under_process_kills_are_linearizable",
+        hosts: &LINEARIZABLE,
+    },
+    Claim {
+        owner: "http_endpoints::health_version_and_metrics_answer_as_real_etcd",
+        hosts: &[HTTP_OURS, HTTP_ETCD],
+    },
+    Claim {
+        owner: "http_endpoints::health_is_503_without_a_quorum",
+        hosts: &HTTP_CLUSTER,
+    },
+    Claim {
+        owner: "member::maintenance::move_leader_hands_the_leadership_over",
+        hosts: &MOVE_LEADER,
+    },
+    Claim {
+        owner: "http_endpoints::the_json_gateway_answers_as_etcds",
+        hosts: &[JSON_OURS, JSON_ETCD],
+    },
+    Claim {
+        owner: "member::maintenance::hash_kv_agrees_across_members",
+        hosts: &HASH_KV,
+    },
+];
+
+#[test]
+fn no_address_is_claimed_twice() {
+    let mut owners = std::collections::HashMap::new();
+    for claim in CLAIMS {
+        for host in claim.hosts {
+            let ip: std::net::Ipv4Addr = host
+                .parse()
+                .unwrap_or_else(|e| panic!("{host} of {}: {e}", claim.owner));
+            assert!(
+                ip.is_loopback(),
+                "{host} of {} is not loopback",
+                claim.owner
+            );
+            if let Some(other) = owners.insert(ip, claim.owner) {
+                panic!("{host} is claimed by {other} and by {}", claim.owner);
+            }
+        }
+    }
+}
