@@ -21,8 +21,9 @@ pub mod peer_stream;
 pub mod raft_log_bridge;
 pub mod raft_loop;
 pub mod storage;
-pub mod wal;
 pub mod write_stream;
+
+pub use storage::wal;
 
 /// The etcd release whose API and behaviour this member matches, reported by `Status`.
 pub const ETCD_VERSION: &str = "3.4.23";

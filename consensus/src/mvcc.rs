@@ -12,14 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rocksdb::{ReadOptions, WriteBatch};
-
 use crate::error::{Error, Result};
 use crate::etcd_error::{self as ee, EtcdError};
-use crate::storage::{CF_KEY, CF_META, CF_REV, Db, META_APPLIED, be_u64};
-
-pub const META_REVISION: &[u8] = b"mvcc/revision";
-pub const META_COMPACT_REVISION: &[u8] = b"mvcc/compact_revision";
+use crate::storage::{Batch, Db, ReadView, be_u64, parse_row};
 
 /// The compacted revision of a store that was never compacted (etcd starts at -1 too).
 const NEVER_COMPACTED: i64 = -1;
@@ -166,60 +161,6 @@ pub struct CompactionRequest {
 
 // --------------------------------------------------------------------------------- encoding
 
-const TERMINATOR: [u8; 2] = [0x00, 0x01];
-const NEXT_KEY: [u8; 2] = [0x00, 0x02];
-
-fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xFF);
-        }
-    }
-}
-
-/// The row of `key` at `rev`: seeking to it lands on the newest version at or below `rev`.
-fn version_row(key: &[u8], rev: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 10);
-    escape_into(&mut out, key);
-    out.extend_from_slice(&TERMINATOR);
-    out.extend_from_slice(&(!(rev as u64)).to_be_bytes());
-    out
-}
-
-/// The first row after every version of `key`.
-fn after_key_row(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 2);
-    escape_into(&mut out, key);
-    out.extend_from_slice(&NEXT_KEY);
-    out
-}
-
-/// Splits a `kv_key` row into the user key and the main revision.
-fn parse_row(row: &[u8]) -> Result<(Vec<u8>, i64)> {
-    let mut key = Vec::with_capacity(row.len());
-    let mut i = 0;
-    while i + 1 < row.len() {
-        match (row[i], row[i + 1]) {
-            (0x00, 0xFF) => {
-                key.push(0);
-                i += 2;
-            }
-            (0x00, 0x01) => {
-                let rev = row
-                    .get(i + 2..i + 10)
-                    .ok_or_else(|| Error::Corrupt("short MVCC row".into()))?;
-                return Ok((key, !be_u64(rev) as i64));
-            }
-            (b, _) => {
-                key.push(b);
-                i += 1;
-            }
-        }
-    }
-    Err(Error::Corrupt("MVCC row without terminator".into()))
-}
-
 /// One version of a key as stored: a put or a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Record {
@@ -301,48 +242,29 @@ fn end_of<'a>(range_end: &'a [u8]) -> End<'a> {
 /// A consistent view of the key space: a RocksDB snapshot for client reads, or the live database
 /// for the raft thread (the only writer) while it applies.
 pub struct View<'a> {
-    db: &'a Db,
-    snapshot: Option<rocksdb::Snapshot<'a>>,
+    read: ReadView<'a>,
 }
 
 impl<'a> View<'a> {
     pub fn snapshot(db: &'a Db) -> View<'a> {
         View {
-            db,
-            snapshot: Some(db.raw().snapshot()),
+            read: db.snapshot(),
         }
     }
 
     fn live(db: &'a Db) -> View<'a> {
-        View { db, snapshot: None }
-    }
-
-    fn read_opts(&self) -> ReadOptions {
-        let mut ro = ReadOptions::default();
-        if let Some(s) = &self.snapshot {
-            ro.set_snapshot(s);
-        }
-        ro
-    }
-
-    fn meta_i64(&self, key: &[u8], default: i64) -> Result<i64> {
-        let v = self
-            .db
-            .raw()
-            .get_cf_opt(self.db.cf(CF_META), key, &self.read_opts())
-            .map_err(|e| Error::storage("reading MVCC meta", e))?;
-        Ok(v.map(|v| be_u64(&v) as i64).unwrap_or(default))
+        View { read: db.live() }
     }
 
     /// The revision of the last write; 1 for an empty store, as in etcd.
     pub fn current_revision(&self) -> Result<i64> {
-        self.meta_i64(META_REVISION, 1)
+        Ok(self.read.revision()?.unwrap_or(1))
     }
 
     /// The revision of the last compaction; -1 while the store was never compacted, as in etcd,
     /// where a first compaction at revision 0 is accepted and a second one is refused.
     pub fn compact_revision(&self) -> Result<i64> {
-        self.meta_i64(META_COMPACT_REVISION, NEVER_COMPACTED)
+        Ok(self.read.compact_revision()?.unwrap_or(NEVER_COMPACTED))
     }
 
     /// etcd's HashKV: a hash of every stored version (tombstones included) at or below `rev`, in
@@ -351,12 +273,9 @@ impl<'a> View<'a> {
     pub fn hash_kv(&self, rev: i64) -> Result<u32> {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
-        let mut it = self
-            .db
-            .raw()
-            .raw_iterator_cf_opt(self.db.cf(CF_KEY), self.read_opts());
+        let mut it = self.read.versions();
         it.seek_to_first();
-        while let (Some(row), Some(record)) = (it.key(), it.value()) {
+        while let (Some(row), Some(record)) = (it.row(), it.value()) {
             if parse_row(row)?.1 <= rev {
                 hash.update((row.len() as u32).to_be_bytes());
                 hash.update(row);
@@ -365,8 +284,7 @@ impl<'a> View<'a> {
             }
             it.next();
         }
-        it.status()
-            .map_err(|e| Error::storage("hashing the key space", e))?;
+        it.status("hashing the key space")?;
         let digest = hash.finalize();
         Ok(u32::from_be_bytes([
             digest[0], digest[1], digest[2], digest[3],
@@ -376,12 +294,9 @@ impl<'a> View<'a> {
     /// Visits, in key order, the newest version at or below `rev` of every key in the range
     /// (tombstones included) as its stored record; `f` returns false to stop.
     fn scan(&self, key: &[u8], end: &End, rev: i64, f: &mut Visitor) -> Result<()> {
-        let mut it = self
-            .db
-            .raw()
-            .raw_iterator_cf_opt(self.db.cf(CF_KEY), self.read_opts());
-        it.seek(version_row(key, rev));
-        while let Some(row) = it.key() {
+        let mut it = self.read.versions();
+        it.seek_version(key, rev);
+        while let Some(row) = it.row() {
             let (user_key, row_rev) = parse_row(row)?;
             let in_range = match end {
                 End::Single => user_key == key,
@@ -393,16 +308,15 @@ impl<'a> View<'a> {
             }
             if row_rev > rev {
                 // Only newer versions of this key so far: jump to its version at `rev`.
-                it.seek(version_row(&user_key, rev));
+                it.seek_version(&user_key, rev);
                 continue;
             }
             if !f(&user_key, it.value().unwrap_or_default())? || *end == End::Single {
                 break;
             }
-            it.seek(after_key_row(&user_key));
+            it.seek_after(&user_key);
         }
-        it.status()
-            .map_err(|e| Error::storage("scanning the key space", e))
+        it.status("scanning the key space")
     }
 
     /// Evaluates a read-only txn's compares on this view.
@@ -1087,7 +1001,7 @@ impl MvccState {
 /// new revisions and the applied index go into one RocksDB write batch.
 pub struct Applier<'a> {
     db: &'a Db,
-    batch: WriteBatch,
+    batch: Batch<'a>,
     overlay: Overlay,
     /// The versions written by the request being applied, in sub-revision order: they reach the
     /// batch only once the whole request succeeded, so a refused one leaves nothing behind.
@@ -1109,7 +1023,7 @@ impl<'a> Applier<'a> {
     pub fn resume(db: &'a Db, state: MvccState) -> Applier<'a> {
         Applier {
             db,
-            batch: WriteBatch::default(),
+            batch: db.batch(),
             overlay: Overlay::new(),
             staged: Vec::new(),
             revision: state.revision,
@@ -1129,7 +1043,7 @@ impl<'a> Applier<'a> {
         }
     }
 
-    pub fn batch(&mut self) -> &mut WriteBatch {
+    pub fn batch(&mut self) -> &mut Batch<'a> {
         &mut self.batch
     }
 
@@ -1139,8 +1053,7 @@ impl<'a> Applier<'a> {
 
     /// Records that every entry up to `index` is applied, in the same batch as its effects.
     pub fn set_applied(&mut self, index: u64) {
-        self.batch
-            .put_cf(self.db.cf(CF_META), META_APPLIED, index.to_be_bytes());
+        self.batch.put_applied(index);
     }
 
     /// Writes everything applied so far, with the revisions and the applied index, in one batch.
@@ -1148,15 +1061,10 @@ impl<'a> Applier<'a> {
     /// loses this write only means they are applied again from there, exactly once, since the
     /// applied index moves with them.
     pub fn flush(&mut self) -> Result<()> {
-        let meta = self.db.cf(CF_META);
         self.batch
-            .put_cf(meta, META_REVISION, self.revision.to_be_bytes());
-        self.batch.put_cf(
-            meta,
-            META_COMPACT_REVISION,
-            self.compact_revision.to_be_bytes(),
-        );
-        self.db.write_applied(std::mem::take(&mut self.batch))?;
+            .put_revisions(self.revision, self.compact_revision);
+        self.db
+            .write_applied(std::mem::replace(&mut self.batch, self.db.batch()))?;
         self.overlay.clear();
         Ok(())
     }
@@ -1185,18 +1093,11 @@ impl<'a> Applier<'a> {
         }
         for (sub, (key, record)) in staged.iter().enumerate() {
             self.latest.insert(key, Meta::of(record));
-            let mut rev_key = [0u8; 16];
-            rev_key[..8].copy_from_slice(&self.main.to_be_bytes());
-            rev_key[8..].copy_from_slice(&(sub as i64).to_be_bytes());
             let mut change = Vec::with_capacity(key.len() + 1);
             change.push(record.tombstone as u8);
             change.extend_from_slice(key);
-            self.batch.put_cf(self.db.cf(CF_REV), rev_key, change);
-            self.batch.put_cf(
-                self.db.cf(CF_KEY),
-                version_row(key, self.main),
-                record.encode(),
-            );
+            self.batch
+                .put_version(key, self.main, sub as i64, &change, &record.encode());
         }
         if !staged.is_empty() {
             self.revision = self.main;
@@ -1456,13 +1357,12 @@ impl<'a> Applier<'a> {
         // and drops a tombstone only where the key already has no live version.
         self.flush().map_err(ee::internal)?;
         self.compact_revision = req.revision;
-        let db = self.db;
-        let cf = db.cf(CF_KEY);
-        let mut it = db.raw().raw_iterator_cf(cf);
+        let live = self.db.live();
+        let mut it = live.versions();
         it.seek_to_first();
         let mut current_key: Option<Vec<u8>> = None;
         let mut kept = false;
-        while let Some(row) = it.key() {
+        while let Some(row) = it.row() {
             let (key, rev) = parse_row(row).map_err(ee::internal)?;
             if current_key.as_deref() != Some(&key) {
                 current_key = Some(key.clone());
@@ -1471,17 +1371,14 @@ impl<'a> Applier<'a> {
             if rev <= req.revision {
                 let tombstone = it.value().is_some_and(|v| v.first() == Some(&1));
                 if kept || tombstone {
-                    self.batch.delete_cf(cf, row);
+                    self.batch.delete_version_row(row);
                 }
                 kept = true;
             }
             it.next();
         }
-        it.status()
-            .map_err(|e| ee::internal(Error::storage("compacting", e)))?;
-        let mut upper = [0u8; 16];
-        upper[..8].copy_from_slice(&(req.revision + 1).to_be_bytes());
-        self.batch.delete_range_cf(db.cf(CF_REV), [0u8; 16], upper);
+        it.status("compacting").map_err(ee::internal)?;
+        self.batch.delete_changes_through(req.revision);
         Ok(self.revision)
     }
 }
@@ -1676,6 +1573,7 @@ fn check_overlaps(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, DeletedSpans)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::schema::Cf;
 
     fn put(key: &str, value: &str) -> PutRequest {
         PutRequest {
@@ -1699,21 +1597,6 @@ mod tests {
         let out = f(&mut a);
         a.flush().unwrap();
         out
-    }
-
-    #[test]
-    fn escaping_keeps_key_order_and_round_trips() {
-        let keys: Vec<&[u8]> = vec![b"", b"a", b"a\0", b"a\0\0", b"a\x01", b"ab", b"b", b"\xff"];
-        let rows: Vec<Vec<u8>> = keys.iter().map(|k| version_row(k, 7)).collect();
-        let mut sorted = rows.clone();
-        sorted.sort();
-        assert_eq!(rows, sorted);
-        for (k, row) in keys.iter().zip(&rows) {
-            assert_eq!(parse_row(row).unwrap(), (k.to_vec(), 7));
-            assert!(after_key_row(k) > *row);
-        }
-        // Newer versions sort first.
-        assert!(version_row(b"a", 9) < version_row(b"a", 8));
     }
 
     #[test]
@@ -1918,9 +1801,9 @@ mod tests {
         // Only the versions at revisions 3 and 4 of "k" are left, and the tombstone-free "gone"
         // never had a row.
         let rows: Vec<(Vec<u8>, i64)> = db
-            .raw()
-            .iterator_cf(db.cf(CF_KEY), rocksdb::IteratorMode::Start)
-            .map(|r| parse_row(&r.unwrap().0).unwrap())
+            .keys(Cf::Key)
+            .iter()
+            .map(|r| parse_row(r).unwrap())
             .collect();
         assert_eq!(rows, vec![(b"k".to_vec(), 4), (b"k".to_vec(), 3)]);
         assert_eq!(
@@ -2416,11 +2299,7 @@ mod tests {
         let view = View::snapshot(&db);
         let all = view.range(&get("\0", "\0", 0)).unwrap();
         assert_eq!(keys_of(&all, 0), "a,b,k");
-        let rows: Vec<Vec<u8>> = db
-            .raw()
-            .iterator_cf(db.cf(CF_REV), rocksdb::IteratorMode::Start)
-            .map(|r| r.unwrap().0.to_vec())
-            .collect();
+        let rows: Vec<Vec<u8>> = db.keys(Cf::Rev);
         // One change per revision 2, 3 and 4, each at sub revision 0.
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().all(|r| r[8..] == [0u8; 8]));

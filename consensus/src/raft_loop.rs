@@ -24,7 +24,7 @@ use crate::inbox::Inbox;
 use crate::leader_ack::{FollowerAcks, LeaderAcks};
 use crate::mvcc::{Applier, DeleteRangeResponse, MvccState, PutResponse, TxnResponse};
 use crate::peer_stream::{Event, PeerStream};
-use crate::storage::{Db, META_MEMBER_PREFIX, RaftLog};
+use crate::storage::{Db, RaftLog};
 use crate::write_stream::{Incoming, Limits, WriteStream};
 
 /// What applying a proposal gave, sent back to whoever proposed it.
@@ -1030,12 +1030,9 @@ impl RaftLoop {
         if &updated == known {
             return false;
         }
-        let key = [META_MEMBER_PREFIX, &m.id.to_be_bytes()].concat();
-        applier.batch().put_cf(
-            self.db.cf(crate::storage::CF_META),
-            key,
-            codec::encode_member(&updated),
-        );
+        applier
+            .batch()
+            .put_member(m.id, &codec::encode_member(&updated));
         true
     }
 
