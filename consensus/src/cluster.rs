@@ -138,7 +138,7 @@ mod tests {
 
     fn config(args: &[&str]) -> Config {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        Config::load(&args, &[]).unwrap()
+        Config::load(&args, &[], None).unwrap()
     }
 
     #[test]
