@@ -4,7 +4,10 @@
 
 use super::record::Record;
 use super::txn::{TxnPath, branch, check_txn_ranges, path_mismatch, txn_path, txn_writes};
-use super::types::*;
+use super::types::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseOp, TxnRequest, TxnResponse,
+};
 use super::view::{End, Overlay, View, collect, range};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
@@ -121,6 +124,8 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
+    /// A batch starting from what RocksDB holds (the raft loop resumes from its state instead).
+    #[cfg(test)]
     pub fn new(db: &'a Db) -> Result<Applier<'a>> {
         Ok(Applier::resume(db, MvccState::load(db)?))
     }

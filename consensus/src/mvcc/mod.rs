@@ -25,11 +25,10 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{Applier, LatestCache, MvccState};
+pub use apply::{Applier, MvccState};
 pub use types::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
-    compare, sort,
 };
 pub use validate::{check_delete, check_put, check_range, check_txn};
 pub use view::View;

@@ -1,7 +1,7 @@
 //! Txns: the branch every (nested) txn takes, decided up front on the state before it
 //! ([`TxnPath`]), their range checks, and compares as etcd evaluates them.
 
-use super::types::*;
+use super::types::{Compare, KeyValue, RequestOp, TxnRequest, compare};
 use super::view::{Overlay, View, collect};
 use crate::etcd_error::{self as ee, EtcdError};
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::types::*;
+use super::types::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, sort};
 use super::view::sort_less;
 use crate::etcd_error::{self as ee, EtcdError};
 

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use super::NEVER_COMPACTED;
 use super::go_sort;
 use super::record::Record;
-use super::txn::{TxnPath, branch, check_txn_ranges, evaluate, path_mismatch, txn_path};
-use super::types::*;
+use super::txn::{TxnPath, branch, check_txn_ranges, path_mismatch, txn_path};
+use super::types::{
+    KeyValue, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse, sort,
+};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
 use crate::storage::{Db, ReadView, parse_row};
@@ -115,8 +117,9 @@ impl<'a> View<'a> {
     }
 
     /// Evaluates a read-only txn's compares on this view.
-    pub fn evaluate(&self, compares: &[Compare]) -> Result<bool, EtcdError> {
-        evaluate(self, None, compares)
+    #[cfg(test)]
+    pub fn evaluate(&self, compares: &[super::types::Compare]) -> Result<bool, EtcdError> {
+        super::txn::evaluate(self, None, compares)
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {

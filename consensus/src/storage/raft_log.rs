@@ -77,10 +77,6 @@ impl RaftLog {
         batch.put(Cf::Meta, META_CONF_STATE, encode(&self.conf_state));
     }
 
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
-    }
-
     pub fn last_index_cached(&self) -> u64 {
         self.last_index
     }

@@ -400,6 +400,7 @@ impl Wal {
         Some((self.first + self.positions.len() as u64 - 1, p.term))
     }
 
+    #[cfg(test)]
     pub fn first_index(&self) -> Option<u64> {
         (!self.positions.is_empty()).then_some(self.first)
     }
@@ -588,11 +589,6 @@ impl Wal {
         self.write_at = 0;
         self.prepare_spare();
         Ok(())
-    }
-
-    /// Bytes of the log on disk, for `endpoint status`.
-    pub fn size(&self) -> u64 {
-        self.segments.iter().map(|s| s.capacity).sum()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The key space's tests, by section; the helpers every one uses are here.
 
 use super::apply::*;
+use super::types::{compare, sort};
 use super::validate::*;
 use super::view::*;
 use super::*;
