@@ -165,8 +165,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the configuration from the process's command line (without the program name) and
-    /// environment. See [`Config::load`].
+    /// Reads the configuration from the process's command line (without the program name), its
+    /// environment and the file `--env-file` names. See [`Config::load`].
     pub fn from_process() -> Result<Config, ConfigError> {
         let mut args = Vec::new();
         for (n, arg) in std::env::args_os().skip(1).enumerate() {

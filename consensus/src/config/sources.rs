@@ -10,13 +10,13 @@ use super::{ConfigError, invalid};
 
 /// Whether a setting is a bool (a flag alone means true) or takes a value.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+enum Kind {
     Value,
     Bool,
 }
 
 /// The etcd settings we read: the flag name (the env key is `ETCD_` + upper case, `-` -> `_`).
-pub(super) const SETTINGS: &[(&str, Kind)] = &[
+const SETTINGS: &[(&str, Kind)] = &[
     ("name", Kind::Value),
     ("data-dir", Kind::Value),
     ("listen-peer-urls", Kind::Value),
@@ -46,10 +46,10 @@ pub(super) const SETTINGS: &[(&str, Kind)] = &[
 ];
 
 /// Our own flags, with no `ETCD_*` counterpart.
-pub(super) const ENV_FILE: &str = "env-file";
-pub(super) const PRINT_DATA_DIR: &str = "print-data-dir";
+const ENV_FILE: &str = "env-file";
+const PRINT_DATA_DIR: &str = "print-data-dir";
 
-pub(super) fn setting(flag: &str) -> Option<(&'static str, Kind)> {
+fn setting(flag: &str) -> Option<(&'static str, Kind)> {
     SETTINGS.iter().copied().find(|(name, _)| *name == flag)
 }
 
@@ -72,7 +72,7 @@ pub(super) struct Flags {
     pub(super) print_data_dir: bool,
 }
 
-pub(super) fn parse_bool(flag: &'static str, value: &str) -> Result<bool, ConfigError> {
+fn parse_bool(flag: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),

@@ -48,7 +48,7 @@ pub enum CompactionRetention {
 }
 
 /// Reads a Go duration (`1h30m`, `90s`, `1.5h`, `500ms`); units ns, us (µs), ms, s, m, h.
-pub(super) fn parse_go_duration(text: &str) -> Option<Duration> {
+fn parse_go_duration(text: &str) -> Option<Duration> {
     if text == "0" {
         return Some(Duration::ZERO);
     }

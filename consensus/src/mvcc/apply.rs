@@ -154,6 +154,8 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// The batch the applied entries go into, for what the raft loop stores along with them (conf
+    /// state, member records).
     pub fn batch(&mut self) -> &mut Batch<'a> {
         &mut self.batch
     }
