@@ -171,9 +171,21 @@ impl Db {
         total as i64
     }
 
+    /// Every `kv_key` row, in order, for tests that check what is on disk.
+    #[cfg(test)]
+    pub(crate) fn version_rows(&self) -> Vec<Vec<u8>> {
+        self.keys(Cf::Key)
+    }
+
+    /// Every `kv_rev` key, in order, for tests that check what is on disk.
+    #[cfg(test)]
+    pub(crate) fn change_keys(&self) -> Vec<Vec<u8>> {
+        self.keys(Cf::Rev)
+    }
+
     /// Every key of a family, in order, for tests that check what is on disk.
     #[cfg(test)]
-    pub(crate) fn keys(&self, cf: Cf) -> Vec<Vec<u8>> {
+    fn keys(&self, cf: Cf) -> Vec<Vec<u8>> {
         let mut it = self.db.raw_iterator_cf(self.cf(cf));
         it.seek_to_first();
         let mut out = Vec::new();

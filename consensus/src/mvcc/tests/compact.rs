@@ -31,7 +31,7 @@ fn compaction_drops_old_versions_and_refuses_old_reads() {
     // Only the versions at revisions 3 and 4 of "k" are left, and the tombstone-free "gone"
     // never had a row.
     let rows: Vec<(Vec<u8>, i64)> = db
-        .keys(Cf::Key)
+        .version_rows()
         .iter()
         .map(|r| parse_row(r).unwrap())
         .collect();

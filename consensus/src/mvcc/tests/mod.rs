@@ -6,7 +6,6 @@ use super::validate::*;
 use super::view::*;
 use super::*;
 use crate::etcd_error as ee;
-use crate::storage::schema::Cf;
 use crate::storage::{Db, parse_row};
 
 mod apply;

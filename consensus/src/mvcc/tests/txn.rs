@@ -220,7 +220,7 @@ fn a_txn_failing_half_way_writes_nothing() {
     let view = View::snapshot(&db);
     let all = view.range(&get("\0", "\0", 0)).unwrap();
     assert_eq!(keys_of(&all, 0), "a,b,k");
-    let rows: Vec<Vec<u8>> = db.keys(Cf::Rev);
+    let rows: Vec<Vec<u8>> = db.change_keys();
     // One change per revision 2, 3 and 4, each at sub revision 0.
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r[8..] == [0u8; 8]));
