@@ -84,6 +84,7 @@ impl Db {
 
     /// Writes a batch; `sync` makes it durable (fsync of the WAL) before returning.
     pub fn write(&self, batch: Batch<'_>, sync: bool) -> Result<()> {
+        debug_assert!(std::ptr::eq(batch.db, self), "a batch of another database");
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db
@@ -95,6 +96,7 @@ impl Db {
     /// only what no memtable flush has persisted yet, applied index included, and the member
     /// applies those entries again from its raft log; RocksDB flushes on a clean close.
     pub fn write_applied(&self, batch: Batch<'_>) -> Result<()> {
+        debug_assert!(std::ptr::eq(batch.db, self), "a batch of another database");
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         self.db
