@@ -6,6 +6,8 @@ use std::fmt::Display;
 pub enum Error {
     #[error("{0}")]
     Config(String),
+    /// A RocksDB failure. The source stays RocksDB's own error, so its message and kind reach
+    /// the log unchanged; only [`crate::storage`] makes one.
     #[error("storage: {context}: {source}")]
     Storage {
         context: String,
@@ -29,7 +31,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn storage(context: impl Display, source: rocksdb::Error) -> Error {
+    pub(crate) fn storage(context: impl Display, source: rocksdb::Error) -> Error {
         Error::Storage {
             context: context.to_string(),
             source,

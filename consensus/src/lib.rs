@@ -22,7 +22,6 @@ pub(crate) mod mvcc;
 pub(crate) mod raft;
 pub(crate) mod storage;
 pub(crate) mod streams;
-pub(crate) mod wal;
 
 pub use cluster::ids;
 pub use error::{Error, Result};

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use capnp::message::ReaderOptions;
-use rocksdb::WriteBatch;
 use schema::member_capnp::identity;
 use tracing::{info, warn};
 
@@ -14,10 +13,11 @@ use crate::codec;
 pub mod ids;
 mod member;
 
+pub(crate) use member::{MemberInfo, publish};
+
 use crate::config::{ClusterState, Config};
 use crate::error::{Error, Result};
-use crate::storage::{CF_META, Db, META_IDENTITY, META_MEMBER_PREFIX, RaftLog};
-pub(crate) use member::{MemberInfo, publish};
+use crate::storage::{Db, RaftLog};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -46,8 +46,8 @@ pub fn load_or_bootstrap(
     db: &Arc<Db>,
     config: &Config,
 ) -> Result<(Identity, Vec<MemberInfo>, RaftLog)> {
-    let mut log = RaftLog::load(db.clone(), &config.data_dir.join("wal"))?;
-    if let Some(bytes) = db.get_meta(META_IDENTITY)? {
+    let mut log = RaftLog::load(db, &config.data_dir.join("wal"))?;
+    if let Some(bytes) = db.identity()? {
         let identity = decode_identity(&bytes)?;
         if identity.name != config.name {
             warn!(
@@ -86,11 +86,11 @@ pub fn load_or_bootstrap(
         cluster_id: ids::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>()),
         name: config.name.clone(),
     };
-    let mut batch = WriteBatch::default();
+    let mut batch = db.batch();
     for m in &members {
-        batch.put_cf(db.cf(CF_META), member_key(m.id), codec::encode_member(m));
+        batch.put_member(m.id, &codec::encode_member(m));
     }
-    batch.put_cf(db.cf(CF_META), META_IDENTITY, encode_identity(&identity));
+    batch.put_identity(&encode_identity(&identity));
     log.bootstrap(members.iter().map(|m| m.id).collect(), &mut batch);
     db.write(batch, true)?;
     info!(
@@ -102,28 +102,12 @@ pub fn load_or_bootstrap(
     Ok((identity, members, log))
 }
 
-pub fn member_key(id: u64) -> Vec<u8> {
-    [META_MEMBER_PREFIX, &id.to_be_bytes()].concat()
-}
-
-/// Stores member `m` in `batch`.
-pub(crate) fn put_member(db: &Db, batch: &mut WriteBatch, m: &MemberInfo) {
-    batch.put_cf(db.cf(CF_META), member_key(m.id), codec::encode_member(m));
-}
-
 pub fn load_members(db: &Db) -> Result<Vec<MemberInfo>> {
     let mut out = Vec::new();
-    let mut it = db.raw().raw_iterator_cf(db.cf(CF_META));
-    it.seek(META_MEMBER_PREFIX);
-    while let (Some(k), Some(v)) = (it.key(), it.value()) {
-        if !k.starts_with(META_MEMBER_PREFIX) {
-            break;
-        }
+    db.for_each_member(|v| {
         out.push(codec::decode_member(v).map_err(|e| Error::Corrupt(format!("member: {e}")))?);
-        it.next();
-    }
-    it.status()
-        .map_err(|e| Error::storage("reading members", e))?;
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -159,7 +143,7 @@ mod tests {
 
     fn config(args: &[&str]) -> Config {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        Config::load(&args, &[]).unwrap()
+        Config::load(&args, &[], None).unwrap()
     }
 
     #[test]

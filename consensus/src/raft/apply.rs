@@ -19,7 +19,7 @@ use crate::codec::{self, Proposal};
 use crate::error::Result;
 use crate::etcd_error::EtcdError;
 use crate::mvcc::{Applier, MvccState};
-use crate::storage::{self, Db};
+use crate::storage::Db;
 
 /// What the core needs of the state machine.
 pub(crate) trait StateMachine {
@@ -102,7 +102,10 @@ impl StateMachine for Machine {
                                     let known =
                                         members.get_or_insert_with(|| self.shared.members());
                                     if let Some(updated) = cluster::publish(known, &m) {
-                                        cluster::put_member(&db, applier.batch(), &updated);
+                                        applier.batch().put_member(
+                                            updated.id,
+                                            &codec::encode_member(&updated),
+                                        );
                                         members_changed = true;
                                     }
                                     Ok(Applied::Published { member: m.id })
@@ -118,7 +121,7 @@ impl StateMachine for Machine {
                 EntryType::EntryNormal => {} // a new leader's empty entry
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     if let Some(cs) = hooks.conf_change(entry)? {
-                        storage::put_conf_state(&db, applier.batch(), &cs);
+                        applier.batch().put_conf_state(&cs);
                     }
                 }
             }

@@ -1,207 +1,36 @@
-//! Durable state: the raft log and hard state in the member's own WAL (`wal`), and one RocksDB for
-//! the conf state, the member's meta keys (identity, members, applied index) and the MVCC key
-//! space (`mvcc`), so that an entry's effects and the applied index go in one write batch.
-//! `RaftLog` is raft-rs's `Storage` over both.
+//! [`RaftLog`]: raft-rs's `Storage` over the WAL (entries, hard state) and RocksDB (conf state,
+//! snapshot bounds), with the newest entries cached in memory.
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
+use super::schema::{Cf, META_CONF_STATE, META_SNAPSHOT, be_u64};
+use super::wal::Wal;
+use super::{Batch, Db, legacy};
 use crate::error::{Error, Result};
-use crate::wal::Wal;
 
-/// Raft log entries: index (big-endian u64) -> `eraftpb.Entry`. Only members written by earlier
-/// versions have any; they move to the WAL at the first start (see `RaftLog::load`).
-pub const CF_LOG: &str = "raft_log";
-/// Hard state, conf state, identity, members, applied index, MVCC revisions.
-pub const CF_META: &str = "meta";
-/// MVCC versions: escaped user key ++ inverted main revision -> record (see `mvcc`).
-pub const CF_KEY: &str = "kv_key";
-/// MVCC change log: main ++ sub revision -> user key (for watch and compaction).
-pub const CF_REV: &str = "kv_rev";
-
-pub const META_HARD_STATE: &[u8] = b"raft/hard_state";
-pub const META_CONF_STATE: &[u8] = b"raft/conf_state";
-pub const META_SNAPSHOT: &[u8] = b"raft/snapshot_meta";
-pub const META_APPLIED: &[u8] = b"raft/applied_index";
-pub const META_IDENTITY: &[u8] = b"cluster/identity";
-pub const META_MEMBER_PREFIX: &[u8] = b"cluster/member/";
-
-/// The member's database. Shared (`Arc`) between the raft thread, which writes, and the IPC
-/// thread, which reads the key space.
-pub struct Db {
-    db: DB,
-}
-
-impl Db {
-    pub fn open(path: &Path) -> Result<Arc<Db>> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // Applied state is written without RocksDB's WAL (`write_applied`): the raft log is the
-        // log. Flushing every family together keeps the families' memtables in step, so what
-        // survives a crash is always one consistent applied index, replayed onwards from the
-        // raft log.
-        opts.set_atomic_flush(true);
-        opts.set_max_background_jobs(2);
-        let cfs = [CF_LOG, CF_META, CF_KEY, CF_REV]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
-            .map_err(|e| Error::storage(format!("opening RocksDB at {}", path.display()), e))?;
-        Ok(Arc::new(Db { db }))
-    }
-
-    pub fn raw(&self) -> &DB {
-        &self.db
-    }
-
-    /// A clean stop: one atomic flush of every family's memtables (what RocksDB does when it is
-    /// closed with unpersisted writes), then no more background work. The process exits without
-    /// closing the DB (the raft and IPC threads still hold it), so without this the next start
-    /// would apply everything since the last flush again. A write after this stays in memory
-    /// and is applied again at the next start, like after a crash.
-    pub fn flush_for_stop(&self) {
-        self.db.cancel_all_background_work(true);
-    }
-
-    pub fn cf(&self, name: &'static str) -> &ColumnFamily {
-        // The four families are created at open, so a missing one is a bug, not bad input.
-        self.db
-            .cf_handle(name)
-            .unwrap_or_else(|| panic!("column family {name} is created at open"))
-    }
-
-    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get_cf(self.cf(CF_META), key)
-            .map_err(|e| Error::storage("reading meta", e))
-    }
-
-    /// Writes a batch; `sync` makes it durable (fsync of the WAL) before returning.
-    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(|e| Error::storage("writing batch", e))
-    }
-
-    /// Writes applied state without RocksDB's WAL (no `write` syscall per apply). A crash loses
-    /// only what no memtable flush has persisted yet, applied index included, and the member
-    /// applies those entries again from its raft log; RocksDB flushes on a clean close.
-    pub fn write_applied(&self, batch: WriteBatch) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(|e| Error::storage("writing applied state", e))
-    }
-
-    pub fn applied_index(&self) -> Result<u64> {
-        Ok(self
-            .get_meta(META_APPLIED)?
-            .map(|v| be_u64(&v))
-            .unwrap_or(0))
-    }
-
-    /// etcd's defrag: compacts every family over its whole key range, which drops deleted and
-    /// overwritten versions and rewrites the files (a flush first, atomic across the families).
-    /// Blocks for as long as that takes: not for the IPC thread.
-    pub fn defragment(&self) {
-        for cf in [CF_LOG, CF_META, CF_KEY, CF_REV] {
-            self.db
-                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
-        }
-    }
-
-    /// Approximate on-disk size, for `endpoint status`.
-    pub fn size(&self) -> i64 {
-        let mut total = 0u64;
-        for cf in [CF_LOG, CF_META, CF_KEY, CF_REV] {
-            for prop in [
-                "rocksdb.total-sst-files-size",
-                "rocksdb.cur-size-all-mem-tables",
-            ] {
-                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(cf), prop) {
-                    total += v;
-                }
-            }
-        }
-        total as i64
-    }
-}
-
-pub fn be_u64(v: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = v.len().min(8);
-    b[..n].copy_from_slice(&v[..n]);
-    u64::from_be_bytes(b)
-}
-
-fn log_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M> {
+pub(super) fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M> {
     M::parse_from_bytes(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
-fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
+pub(super) fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
     // Encoding our own, already valid, message into a Vec cannot fail.
     m.write_to_bytes().unwrap_or_default()
 }
 
-/// Moves a raft log that an earlier version kept in RocksDB (entries in `raft_log`, the hard
-/// state in meta) into the WAL, durably, and only then deletes it from RocksDB.
-fn import_rocksdb_log(db: &Db, wal: &mut Wal) -> Result<()> {
-    let hard_state: Option<HardState> = db
-        .get_meta(META_HARD_STATE)?
-        .map(|v| decode("hard state", &v))
-        .transpose()?;
-    let mut entries = Vec::new();
-    let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
-    it.seek_to_first();
-    while let Some(v) = it.value() {
-        entries.push(decode::<Entry>("raft log entry", v)?);
-        it.next();
+impl Batch<'_> {
+    /// Raft's configuration, stored beside the entry that changed it.
+    pub fn put_conf_state(&mut self, cs: &ConfState) {
+        self.put(Cf::Meta, META_CONF_STATE, encode(cs));
     }
-    it.status()
-        .map_err(|e| Error::storage("reading the raft log from RocksDB", e))?;
-    drop(it);
-    if hard_state.is_none() && entries.is_empty() {
-        return Ok(());
-    }
-    for chunk in entries.chunks(1024) {
-        wal.append(chunk);
-        wal.sync(false)?;
-    }
-    wal.set_hard_state(&hard_state.unwrap_or_default());
-    wal.sync(true)?;
-    let mut batch = WriteBatch::default();
-    batch.delete_range_cf(db.cf(CF_LOG), log_key(0), log_key(u64::MAX));
-    batch.delete_cf(db.cf(CF_META), META_HARD_STATE);
-    db.write(batch, true)?;
-    tracing::info!(
-        entries = entries.len(),
-        "moved the raft log from RocksDB to the WAL"
-    );
-    Ok(())
-}
-
-/// Stores raft's configuration in `batch`, beside the entry that changed it.
-pub fn put_conf_state(db: &Db, batch: &mut WriteBatch, cs: &ConfState) {
-    batch.put_cf(db.cf(CF_META), META_CONF_STATE, encode(cs));
 }
 
 /// raft-rs's view of the log: hard state, conf state and entries, with the bounds cached in memory.
 pub struct RaftLog {
-    db: Arc<Db>,
     wal: Wal,
     hard_state: HardState,
     conf_state: ConfState,
@@ -221,10 +50,10 @@ const CACHE_MAX_BYTES: usize = 32 << 20;
 
 impl RaftLog {
     /// Loads the raft state: the log and hard state from the WAL in `wal_dir`, the rest from `db`.
-    pub fn load(db: Arc<Db>, wal_dir: &Path) -> Result<RaftLog> {
+    pub fn load(db: &Db, wal_dir: &Path) -> Result<RaftLog> {
         let mut wal = Wal::open(wal_dir)?;
         if wal.last().is_none() && wal.hard_state().is_none() {
-            import_rocksdb_log(&db, &mut wal)?;
+            legacy::import_rocksdb_log(db, &mut wal)?;
         }
         let hard_state = wal.hard_state().cloned().unwrap_or_default();
         let conf_state = match db.get_meta(META_CONF_STATE)? {
@@ -237,7 +66,6 @@ impl RaftLog {
         };
         let (last_index, last_term) = wal.last().unwrap_or((snapshot_index, snapshot_term));
         Ok(RaftLog {
-            db,
             wal,
             hard_state,
             conf_state,
@@ -251,13 +79,9 @@ impl RaftLog {
     }
 
     /// First start of a new cluster: every initial member is a voter.
-    pub fn bootstrap(&mut self, voters: Vec<u64>, batch: &mut WriteBatch) {
+    pub fn bootstrap(&mut self, voters: Vec<u64>, batch: &mut Batch<'_>) {
         self.conf_state.set_voters(voters);
-        batch.put_cf(
-            self.db.cf(CF_META),
-            META_CONF_STATE,
-            encode(&self.conf_state),
-        );
+        batch.put(Cf::Meta, META_CONF_STATE, encode(&self.conf_state));
     }
 
     pub fn last_index_cached(&self) -> u64 {
@@ -356,7 +180,7 @@ impl RaftLog {
         self.wal.wait_durable()
     }
 
-    /// The configuration as applied; [`put_conf_state`] stores it with the apply batch.
+    /// The configuration as applied; [`Batch::put_conf_state`] stores it with the apply batch.
     pub fn remember_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
     }
@@ -459,11 +283,12 @@ impl raft::Storage for RaftLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use raft::Storage;
+    use std::sync::Arc;
 
-    fn entry(index: u64, term: u64) -> Entry {
+    pub(in crate::storage) fn entry(index: u64, term: u64) -> Entry {
         Entry {
             index,
             term,
@@ -472,9 +297,9 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path) -> (Arc<Db>, RaftLog) {
+    pub(in crate::storage) fn open(dir: &Path) -> (Arc<Db>, RaftLog) {
         let db = Db::open(&dir.join("db")).unwrap();
-        let log = RaftLog::load(db.clone(), &dir.join("wal")).unwrap();
+        let log = RaftLog::load(&db, &dir.join("wal")).unwrap();
         (db, log)
     }
 
@@ -483,7 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (db, mut log) = open(dir.path());
-            let mut b = WriteBatch::default();
+            let mut b = db.batch();
             log.bootstrap(vec![1, 2, 3], &mut b);
             db.write(b, true).unwrap();
             log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
@@ -534,39 +359,6 @@ mod tests {
     }
 
     #[test]
-    fn a_log_kept_in_rocksdb_by_an_earlier_version_moves_to_the_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let hs = HardState {
-            term: 3,
-            vote: 2,
-            commit: 2,
-            ..Default::default()
-        };
-        {
-            let db = Db::open(&dir.path().join("db")).unwrap();
-            let mut b = WriteBatch::default();
-            for i in 1..=3 {
-                b.put_cf(db.cf(CF_LOG), log_key(i), encode(&entry(i, 3)));
-            }
-            b.put_cf(db.cf(CF_META), META_HARD_STATE, encode(&hs));
-            db.write(b, true).unwrap();
-        }
-        for _ in 0..2 {
-            let (db, log) = open(dir.path());
-            assert_eq!(log.initial_state().unwrap().hard_state, hs);
-            assert_eq!(log.last_index().unwrap(), 3);
-            let got = log
-                .entries(1, 4, None, GetEntriesContext::empty(false))
-                .unwrap();
-            assert_eq!(got, (1..=3).map(|i| entry(i, 3)).collect::<Vec<_>>());
-            assert!(db.get_meta(META_HARD_STATE).unwrap().is_none());
-            let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG));
-            it.seek_to_first();
-            assert!(!it.valid(), "RocksDB no longer holds the log");
-        }
-    }
-
-    #[test]
     fn cached_tail_agrees_with_the_wal() {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut log) = open(dir.path());
@@ -578,7 +370,7 @@ mod tests {
         log.persist(true).unwrap();
         assert!(log.cached(1).is_none(), "the oldest entries left the cache");
         assert!(log.cached(n - 4).is_some());
-        let fresh = RaftLog::load(db, &dir.path().join("wal")).unwrap();
+        let fresh = RaftLog::load(&db, &dir.path().join("wal")).unwrap();
         assert!(fresh.cache.is_empty());
         for (low, high) in [(1, 10), (n - 20, n - 3), (n - 6, n - 3)] {
             let ctx = || GetEntriesContext::empty(false);
