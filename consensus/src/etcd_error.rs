@@ -1,6 +1,7 @@
 //! etcd's client-facing errors: the gRPC code and the exact message `etcdctl` prints.
 
 use schema::code;
+use schema::rules::{Refusal, refusal};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdError {
@@ -23,30 +24,41 @@ impl std::fmt::Display for EtcdError {
     }
 }
 
+impl From<Refusal> for EtcdError {
+    fn from(r: Refusal) -> EtcdError {
+        EtcdError::new(r.code, r.message)
+    }
+}
+
 macro_rules! etcd_errors {
-    ($($name:ident => $code:ident, $msg:literal;)*) => {
-        $(pub fn $name() -> EtcdError { EtcdError::new(code::$code, $msg) })*
+    ($($name:ident => $refusal:ident;)*) => {
+        $(pub fn $name() -> EtcdError { refusal::$refusal.into() })*
     };
 }
 
+// The catalogue is `schema::rules::refusal`, shared with the client gateway.
 etcd_errors! {
-    empty_key => INVALID_ARGUMENT, "etcdserver: key is not provided";
-    key_not_found => INVALID_ARGUMENT, "etcdserver: key not found";
-    value_provided => INVALID_ARGUMENT, "etcdserver: value is provided";
-    lease_provided => INVALID_ARGUMENT, "etcdserver: lease is provided";
-    too_many_ops => INVALID_ARGUMENT, "etcdserver: too many operations in txn request";
-    duplicate_key => INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request";
-    request_too_large => INVALID_ARGUMENT, "etcdserver: request is too large";
-    invalid_sort_option => INVALID_ARGUMENT, "etcdserver: invalid sort option";
-    compacted => OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted";
-    future_rev => OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision";
-    lease_not_found => NOT_FOUND, "etcdserver: requested lease not found";
-    no_leader => UNAVAILABLE, "etcdserver: no leader";
-    not_leader => FAILED_PRECONDITION, "etcdserver: not leader";
-    bad_leader_transferee => FAILED_PRECONDITION, "etcdserver: bad leader transferee";
-    leader_transfer_timeout => UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long";
-    timeout => UNAVAILABLE, "etcdserver: request timed out";
-    stopped => UNAVAILABLE, "etcdserver: server stopped";
+    key_not_found => KEY_NOT_FOUND;
+    request_too_large => REQUEST_TOO_LARGE;
+    invalid_sort_option => INVALID_SORT_OPTION;
+    compacted => COMPACTED;
+    future_rev => FUTURE_REV;
+    lease_not_found => LEASE_NOT_FOUND;
+    no_leader => NO_LEADER;
+    not_leader => NOT_LEADER;
+    bad_leader_transferee => BAD_LEADER_TRANSFEREE;
+    leader_transfer_timeout => LEADER_TRANSFER_TIMEOUT;
+    timeout => TIMEOUT;
+    stopped => STOPPED;
+}
+
+// Refused by the rules themselves; the tests name them.
+#[cfg(test)]
+etcd_errors! {
+    empty_key => EMPTY_KEY;
+    value_provided => VALUE_PROVIDED;
+    too_many_ops => TOO_MANY_OPS;
+    duplicate_key => DUPLICATE_KEY;
 }
 
 pub fn internal(what: impl std::fmt::Display) -> EtcdError {

@@ -10,6 +10,7 @@ pub mod member_capnp {
 pub use member_capnp::PROTOCOL_VERSION;
 
 pub mod failpoint;
+pub mod rules;
 pub mod stream;
 pub mod supervisor;
 pub use stream::{raft_socket, raft_socket_beside, write_socket, write_socket_beside};

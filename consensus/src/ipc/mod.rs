@@ -345,7 +345,7 @@ impl client_plane::Server for ClientPlane {
             mvcc::check_txn(&txn, self.0.ctx.gateways.max_txn_ops as usize)
         );
         // Since protocol 3 writes travel on the write stream, which the raft thread answers.
-        if !txn_is_read_only(&txn) {
+        if !mvcc::txn_is_read_only(&txn) {
             refuse!(results, writes_go_on_the_write_stream("txn"));
         }
         // etcd serves a read-only txn like a linearizable range, without the raft log.
@@ -564,14 +564,6 @@ async fn on_own_thread<T: Send + 'static>(
 /// A request's encoded size in bytes (0 when it cannot be told: the builder then just grows).
 fn size_of(size: capnp::Result<capnp::MessageSize>) -> usize {
     size.map(|s| s.word_count as usize * 8).unwrap_or(0)
-}
-
-fn txn_is_read_only(t: &mvcc::TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match op {
-        mvcc::RequestOp::Range(_) => true,
-        mvcc::RequestOp::Txn(t) => txn_is_read_only(t),
-        _ => false,
-    })
 }
 
 /// Proposes the compactions the compactor asks for, while this member leads.

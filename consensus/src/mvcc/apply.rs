@@ -3,11 +3,12 @@
 //! and the [`LatestCache`] from one batch to the next.
 
 use super::record::Record;
-use super::txn::{TxnPath, branch, check_txn_ranges, path_mismatch, txn_path, txn_writes};
+use super::txn::{TxnPath, branch, check_txn_ranges, path_mismatch, txn_path};
 use super::types::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
+use super::validate::txn_is_read_only;
 use super::view::{End, Overlay, View, collect, range};
 use crate::error::Result;
 use crate::etcd_error::{self as ee, EtcdError};
@@ -447,7 +448,7 @@ impl<'a> Applier<'a> {
     pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
         self.begin();
         let path = txn_path(&View::live(self.db), Some(&self.overlay), req)?;
-        if txn_writes(req) {
+        if !txn_is_read_only(req) {
             self.check_txn_puts(req, &path)?;
         }
         check_txn_ranges(req, &path, self.revision, self.compact_revision)?;

@@ -39,15 +39,6 @@ pub(super) fn txn_path(
     Ok(TxnPath { succeeded, nested })
 }
 
-/// etcd 3.4 treats a txn as a write unless every operation of both branches is a range (a
-/// nested txn counts as a write, whatever it holds).
-pub(super) fn txn_writes(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .any(|op| !matches!(op, RequestOp::Range(_)))
-}
-
 /// etcd's check of the ranges on a txn's path, before anything runs: a revision other than 0
 /// must be neither in the future nor compacted. Unlike a plain Range, a negative revision counts
 /// as compacted here once anything was compacted (or when below -1).

@@ -67,16 +67,7 @@ pub struct DeleteRangeResponse {
 }
 
 /// etcd's `RangeRequest.SortOrder` and `SortTarget` numbers.
-pub mod sort {
-    pub const NONE: i32 = 0;
-    pub const ASCEND: i32 = 1;
-    pub const DESCEND: i32 = 2;
-    pub const KEY: i32 = 0;
-    pub const VERSION: i32 = 1;
-    pub const CREATE: i32 = 2;
-    pub const MOD: i32 = 3;
-    pub const VALUE: i32 = 4;
-}
+pub use schema::rules::sort;
 
 pub mod compare {
     pub const EQUAL: i32 = 0;
