@@ -17,6 +17,7 @@ pub(crate) use member::{MemberInfo, publish};
 
 use crate::config::{ClusterState, Config};
 use crate::error::{Error, Result};
+use crate::etcd_error::{self as ee, EtcdError};
 use crate::storage::{Db, RaftLog};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +103,23 @@ pub fn load_or_bootstrap(
     Ok((identity, members, log))
 }
 
+/// etcd's checks of a MoveLeader: only the leader (`leader`, as this member `me` knows it)
+/// hands over, and only to a voting member.
+pub(crate) fn check_transferee(
+    members: &[MemberInfo],
+    leader: u64,
+    me: u64,
+    target: u64,
+) -> std::result::Result<(), EtcdError> {
+    if leader != me {
+        return Err(ee::not_leader());
+    }
+    if !members.iter().any(|m| m.id == target && !m.is_learner) {
+        return Err(ee::bad_leader_transferee());
+    }
+    Ok(())
+}
+
 pub fn load_members(db: &Db) -> Result<Vec<MemberInfo>> {
     let mut out = Vec::new();
     db.for_each_member(|v| {
@@ -144,6 +162,26 @@ mod tests {
     fn config(args: &[&str]) -> Config {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         Config::load(&args, &[], None).unwrap()
+    }
+
+    #[test]
+    fn only_the_leader_moves_leadership_and_only_to_a_voter() {
+        let member = |id, is_learner| MemberInfo {
+            id,
+            is_learner,
+            ..MemberInfo::default()
+        };
+        let members = [member(1, false), member(2, false), member(3, true)];
+        assert_eq!(check_transferee(&members, 1, 1, 2), Ok(()));
+        assert_eq!(check_transferee(&members, 2, 1, 2), Err(ee::not_leader()));
+        assert_eq!(
+            check_transferee(&members, 1, 1, 3),
+            Err(ee::bad_leader_transferee())
+        );
+        assert_eq!(
+            check_transferee(&members, 1, 1, 9),
+            Err(ee::bad_leader_transferee())
+        );
     }
 
     #[test]

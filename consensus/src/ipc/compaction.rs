@@ -10,7 +10,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
+
+use super::State;
 use crate::config::CompactionRetention;
+use crate::etcd_error as ee;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const REVISION_INTERVAL: Duration = Duration::from_secs(300);
@@ -120,6 +127,36 @@ impl Compactor {
             }
             Compactor::Revision { last_revision, .. } => *last_revision = revision,
         }
+    }
+}
+
+/// Proposes the compactions the compactor asks for, while this member leads.
+pub(super) async fn auto_compact(state: Rc<State>, mut compactor: Compactor) {
+    let shared = &state.ctx.shared;
+    loop {
+        tokio::time::sleep(compactor.interval()).await;
+        let is_leader = shared.leader.load(Ordering::Relaxed) == state.ctx.identity.member_id;
+        let revision = shared.revision.load(Ordering::Acquire);
+        let Some(target) = compactor.poll(std::time::Instant::now(), revision, is_leader) else {
+            continue;
+        };
+        info!(revision = target, "starting auto compaction");
+        let result = state
+            .propose(0, |rr| {
+                rr.init_compaction().set_revision(target);
+                Ok(())
+            })
+            .await;
+        let ok = match &result {
+            Ok(_) => true,
+            Err(e) => *e == ee::compacted(),
+        };
+        if ok {
+            info!(revision = target, "completed auto compaction");
+        } else if let Err(e) = result {
+            warn!(revision = target, "auto compaction failed, will retry: {e}");
+        }
+        compactor.done(target, ok, std::time::Instant::now());
     }
 }
 

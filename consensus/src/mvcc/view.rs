@@ -64,6 +64,23 @@ impl<'a> View<'a> {
         Ok(self.read.compact_revision()?.unwrap_or(NEVER_COMPACTED))
     }
 
+    /// HashKV as etcd answers it: the hash at `asked` (0 or less: the current revision), the
+    /// compact revision (-1 while never compacted) and the current revision; etcd's errors for a
+    /// future or compacted revision.
+    pub fn hash_kv_at(&self, asked: i64) -> std::result::Result<(u32, i64, i64), EtcdError> {
+        let current = self.current_revision().map_err(ee::internal)?;
+        let compacted = self.compact_revision().map_err(ee::internal)?;
+        let rev = if asked <= 0 { current } else { asked };
+        if rev > current {
+            return Err(ee::future_rev());
+        }
+        if rev < compacted {
+            return Err(ee::compacted());
+        }
+        let hash = self.hash_kv(rev).map_err(ee::internal)?;
+        Ok((hash, compacted, current))
+    }
+
     /// etcd's HashKV: a hash of every stored version (tombstones included) at or below `rev`, in
     /// key order. Members that applied the same entries hold the same rows, so they agree; the
     /// value is ours (SHA-256's first four bytes), not etcd's CRC over bbolt's pages.
