@@ -1,8 +1,8 @@
 //! The peer gateway of a member: registers with consensus on `peer.sock` and carries raft messages
 //! to and from the other members' peer gateways over QUIC.
 
+mod consensus;
 mod error;
-mod ipc;
 mod peer_url;
 mod tls;
 mod transport;
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         }
     };
     let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, ipc::run(args.socket)) {
+    match local.block_on(&runtime, consensus::run(args.socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
