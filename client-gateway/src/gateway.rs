@@ -1,19 +1,73 @@
 //! The gateway as a whole: wait for the first registration, open the listen-client URLs it names,
 //! serve gRPC on them, and keep them open across re-registrations.
+//!
+//! [`router`] puts the services of [`api`](crate::api) together for one listener, so the
+//! services and the HTTP layer in front of them do not need to know each other.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 use tracing::{info, warn};
 
+use crate::api::cluster::ClusterService;
+use crate::api::http::HttpApiLayer;
+use crate::api::json;
+use crate::api::kv::{KvService, Limits};
+use crate::api::maintenance::MaintenanceService;
+use crate::consensus::link::Link;
+use crate::consensus::registration::{GatewayConfig, Registration};
 use crate::error::Error;
-use crate::grpc::{self, Limits};
-use crate::link::Link;
-use crate::listen::{ListenUrl, Listener};
-use crate::registration::{GatewayConfig, Registration};
-use crate::tls;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use crate::serve::listen::{self, ListenUrl, Listener};
+use crate::serve::tls;
+
+/// etcd lets a gRPC message exceed `max-request-bytes` by this much (its gRPC overhead
+/// allowance); the exact limit on the request itself is checked by each KV write.
+const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
+
+/// KV messages up to this many times etcd's gRPC limit are still read, so that those over the
+/// limit get grpc-go's answer (what etcd's clients show); larger ones get tonic's.
+const OVERSIZE_READ_FACTOR: usize = 4;
+
+/// The gRPC services of one listener, behind etcd's plain HTTP endpoints.
+pub type ClientRouter = Router<Stack<HttpApiLayer, Identity>>;
+
+/// The router for one listener: `/health`, `/version`, `/metrics` and the JSON gateway under
+/// `/v3/` (HTTP/1.1 or HTTP/2), then gRPC.
+pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> ClientRouter {
+    let max_message = usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES))
+        .unwrap_or(usize::MAX);
+    let kv = KvService {
+        link: link.clone(),
+        limits: limits.clone(),
+        max_request_bytes,
+        max_message,
+    };
+    let cluster = ClusterService { link: link.clone() };
+    let maintenance = MaintenanceService { link: link.clone() };
+    let json = json::Services {
+        kv: kv.clone(),
+        cluster: cluster.clone(),
+        maintenance: maintenance.clone(),
+    };
+    Server::builder()
+        .accept_http1(true)
+        .layer(HttpApiLayer::new(link.clone(), json, max_message))
+        .add_service(
+            KvServer::new(kv)
+                .max_decoding_message_size(max_message.saturating_mul(OVERSIZE_READ_FACTOR)),
+        )
+        .add_service(ClusterServer::new(cluster).max_decoding_message_size(max_message))
+        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max_message))
+}
 
 /// Runs until `shutdown` completes (Ok) or something fatal happens: the link thread stopping, a
 /// listen URL that cannot be served, or a listener failing.
@@ -100,11 +154,27 @@ async fn start(
             Some(addr) => info!(url = %url.url, %addr, "serving etcd v3 gRPC"),
             None => info!(url = %url.url, "serving etcd v3 gRPC"),
         }
-        let router = grpc::router(link, limits, config.max_request_bytes);
+        let router = router(link, limits, config.max_request_bytes);
         let tls = if url.secure { acceptor.clone() } else { None };
-        servers.spawn(crate::listen::serve(listener, url.url, tls, router));
+        servers.spawn(serve(listener, url.url, tls, router));
     }
     Ok(servers)
+}
+
+/// Serves `router` on `listener` until the listener fails for good.
+async fn serve(
+    listener: Listener,
+    url: String,
+    tls: Option<TlsAcceptor>,
+    router: ClientRouter,
+) -> Result<(), Error> {
+    router
+        .serve_with_incoming(listen::incoming(listener, url.clone(), tls))
+        .await
+        .map_err(|e| Error::Serve {
+            url,
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -114,14 +184,14 @@ mod tests {
     //! gRPC client.
 
     use super::*;
-    use crate::link;
+    use crate::consensus::link;
+    use crate::consensus::writes::stand_in::{ConsensusEnd, Seen};
     use crate::proto::etcdserverpb::{
         AlarmRequest, CompactionRequest, DeleteRangeRequest, MemberListRequest, PutRequest,
         RangeRequest, RequestOp, StatusRequest, StatusResponse, TxnRequest,
         cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
         request_op::Request,
     };
-    use crate::writes::stand_in::{ConsensusEnd, Seen};
     use capnp::capability::Rc;
     use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
     use futures::AsyncReadExt;
@@ -253,7 +323,7 @@ mod tests {
 
     struct FakeRegistrar {
         listen_url: String,
-        tls: crate::registration::TlsFiles,
+        tls: crate::consensus::registration::TlsFiles,
         plane: FakePlane,
         events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
     }
@@ -340,7 +410,7 @@ mod tests {
     fn fake_consensus_tls(
         path: PathBuf,
         listen_url: String,
-        tls: crate::registration::TlsFiles,
+        tls: crate::consensus::registration::TlsFiles,
     ) -> oneshot::Sender<()> {
         serve(path, listen_url, tls, Writes::Answer, FakePlane::default())
     }
@@ -372,7 +442,7 @@ mod tests {
     fn serve(
         path: PathBuf,
         listen_url: String,
-        tls: crate::registration::TlsFiles,
+        tls: crate::consensus::registration::TlsFiles,
         writes: Writes,
         plane: FakePlane,
     ) -> oneshot::Sender<()> {
@@ -923,7 +993,7 @@ mod tests {
                 let ca_file = write("ca.pem", &ca.pem());
                 let (server_cert, server_key) = leaf("127.0.0.1");
                 let (client_cert, client_key) = leaf("client");
-                let tls = crate::registration::TlsFiles {
+                let tls = crate::consensus::registration::TlsFiles {
                     cert_file: write("server.pem", &server_cert),
                     key_file: write("server-key.pem", &server_key),
                     trusted_ca_file: ca_file.clone(),

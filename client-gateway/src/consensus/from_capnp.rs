@@ -8,13 +8,13 @@ use schema::member_capnp::{
 };
 use tonic::{Code, Status};
 
+use crate::consensus::registration::text_list;
 use crate::proto::etcdserverpb::{
     CompactionResponse, DefragmentResponse, DeleteRangeResponse, HashKvResponse, Member,
     MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp,
     StatusResponse, TxnResponse, response_op::Response,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::registration::text_list;
 
 /// A request consensus refused, with etcd's code and message.
 pub fn refusal(s: status::Reader<'_>) -> Status {

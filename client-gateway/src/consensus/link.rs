@@ -13,11 +13,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::consensus::plane::Session;
+use crate::consensus::registration::{self, Registered, Registration};
+use crate::consensus::writes;
 #[cfg(test)]
 use crate::error::Error;
-use crate::plane::Session;
-use crate::registration::{self, Registered, Registration};
-use crate::writes;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);

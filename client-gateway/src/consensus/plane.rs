@@ -5,16 +5,16 @@
 use schema::member_capnp::client_plane;
 use tonic::Status;
 
-use crate::from_capnp;
+use crate::api::validate;
+use crate::consensus::from_capnp;
+use crate::consensus::to_capnp;
+use crate::consensus::writes::Writes;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
     DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MemberListResponse,
     MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
     StatusResponse, TxnRequest, TxnResponse,
 };
-use crate::to_capnp;
-use crate::validate;
-use crate::writes::Writes;
 
 /// The plane and write stream of the current registration, with the identity it came with.
 #[derive(Clone)]

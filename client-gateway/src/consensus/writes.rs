@@ -25,12 +25,12 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::debug;
 
+use crate::consensus::from_capnp;
+use crate::consensus::to_capnp;
 use crate::error::Error;
-use crate::from_capnp;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
-use crate::to_capnp;
 
 /// Frames waiting for the writer, at most; a request beyond that waits for room.
 const MAX_QUEUED_FRAMES: usize = 1024;

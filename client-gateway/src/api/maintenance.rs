@@ -1,0 +1,57 @@
+//! etcd's `Maintenance` service: forwarded to consensus as it is.
+
+use tonic::{Request, Response, Status};
+
+use crate::consensus::link::Link;
+use crate::consensus::plane;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance,
+};
+
+#[derive(Clone)]
+pub struct MaintenanceService {
+    pub(crate) link: Link,
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = r.into_inner();
+        self.link
+            .call(move |s| plane::alarm(s, r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.link.call(plane::status).await.map(Response::new)
+    }
+
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.link.call(plane::defragment).await.map(Response::new)
+    }
+
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let revision = r.into_inner().revision;
+        self.link
+            .call(move |s| plane::hash_kv(s, revision))
+            .await
+            .map(Response::new)
+    }
+
+    async fn move_leader(
+        &self,
+        r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = r.into_inner().target_id;
+        self.link
+            .call(move |s| plane::move_leader(s, target))
+            .await
+            .map(Response::new)
+    }
+}
