@@ -32,7 +32,7 @@ pub enum Error {
     #[error("consensus sent a malformed registration: {0}")]
     MalformedRegistration(capnp::Error),
 
-    #[error("the consensus link thread stopped")]
+    #[error("the link to consensus stopped")]
     LinkStopped,
 
     #[error("listen-client-url {url:?}: {reason}")]

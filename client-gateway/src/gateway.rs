@@ -69,8 +69,8 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Clie
         .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max_message))
 }
 
-/// Runs until `shutdown` completes (Ok) or something fatal happens: the link thread stopping, a
-/// listen URL that cannot be served, or a listener failing.
+/// Runs until `shutdown` completes (Ok) or something fatal happens: the link to consensus
+/// stopping, a listen URL that cannot be served, or a listener failing.
 pub async fn run(
     link: Link,
     mut registrations: mpsc::UnboundedReceiver<Registration>,

@@ -3,7 +3,6 @@
 use tonic::{Request, Response, Status};
 
 use crate::consensus::link::Link;
-use crate::consensus::plane;
 use crate::proto::etcdserverpb::{MemberListRequest, MemberListResponse, cluster_server::Cluster};
 
 #[derive(Clone)]
@@ -18,6 +17,6 @@ impl Cluster for ClusterService {
         _r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         // The contract's memberList has no `linearizable` flag yet; consensus picks.
-        self.link.call(plane::member_list).await.map(Response::new)
+        self.link.member_list().await.map(Response::new)
     }
 }

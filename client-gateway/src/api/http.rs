@@ -22,7 +22,7 @@ use tracing::warn;
 
 use crate::api::json;
 use crate::consensus::link::Link;
-use crate::consensus::plane::{self, MemberMetrics};
+use crate::consensus::plane::MemberMetrics;
 use crate::proto::etcdserverpb::RangeRequest;
 
 /// How long `/health` waits for its read (etcd: one second).
@@ -169,7 +169,7 @@ where
                     }
                 }
                 Endpoint::Json(call) => json_answer(&json, call, req.into_body(), max_body).await,
-                Endpoint::Metrics => match link.call(plane::metrics).await {
+                Endpoint::Metrics => match link.metrics().await {
                     Ok(m) => respond(StatusCode::OK, PROMETHEUS_TEXT, &exposition(&m, &health)),
                     Err(s) => {
                         warn!("/metrics: {}", s.message());
@@ -213,7 +213,7 @@ async fn json_answer(
 /// A leader, then a read that must go through it.
 async fn check(link: &Link) -> Result<(), String> {
     let status = link
-        .call(plane::status)
+        .status()
         .await
         .map_err(|s: Status| s.message().to_string())?;
     if status.leader == 0 {
@@ -223,7 +223,7 @@ async fn check(link: &Link) -> Result<(), String> {
         key: b"health".to_vec(),
         ..Default::default()
     };
-    link.call(move |s| plane::range(s, read))
+    link.range(read)
         .await
         .map(drop)
         .map_err(|s| s.message().to_string())

@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 
 use crate::api::validate;
 use crate::consensus::link::Link;
-use crate::consensus::plane;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
@@ -61,10 +60,7 @@ impl Kv for KvService {
         let r = r.into_inner();
         message_too_large(r.encoded_len(), self.max_message)?;
         validate::range(&r)?;
-        self.link
-            .call(move |s| plane::range(s, r))
-            .await
-            .map(Response::new)
+        self.link.range(r).await.map(Response::new)
     }
 
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -73,13 +69,8 @@ impl Kv for KvService {
         message_too_large(len, self.max_message)?;
         validate::put(&r)?;
         let max = self.max_request_bytes;
-        self.link
-            .call(move |s| async move {
-                validate::request_size(len, s.member_id, max)?;
-                plane::put(s, r).await
-            })
-            .await
-            .map(Response::new)
+        let fits = move |member_id| validate::request_size(len, member_id, max);
+        self.link.put(r, fits).await.map(Response::new)
     }
 
     async fn delete_range(
@@ -91,13 +82,8 @@ impl Kv for KvService {
         message_too_large(len, self.max_message)?;
         validate::delete_range(&r)?;
         let max = self.max_request_bytes;
-        self.link
-            .call(move |s| async move {
-                validate::request_size(len, s.member_id, max)?;
-                plane::delete_range(s, r).await
-            })
-            .await
-            .map(Response::new)
+        let fits = move |member_id| validate::request_size(len, member_id, max);
+        self.link.delete_range(r, fits).await.map(Response::new)
     }
 
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -106,17 +92,10 @@ impl Kv for KvService {
         message_too_large(len, self.max_message)?;
         validate::txn(&r, self.limits.max_txn_ops())?;
         // A read-only txn never becomes a raft entry, so etcd does not check its size.
-        let len = (!validate::txn_is_read_only(&r)).then_some(len);
+        let read_only = validate::txn_is_read_only(&r);
         let max = self.max_request_bytes;
-        self.link
-            .call(move |s| async move {
-                if let Some(len) = len {
-                    validate::request_size(len, s.member_id, max)?;
-                }
-                plane::txn(s, r).await
-            })
-            .await
-            .map(Response::new)
+        let fits = move |member_id| validate::request_size(len, member_id, max);
+        self.link.txn(r, read_only, fits).await.map(Response::new)
     }
 
     async fn compact(
@@ -127,13 +106,8 @@ impl Kv for KvService {
         let len = r.encoded_len();
         message_too_large(len, self.max_message)?;
         let max = self.max_request_bytes;
-        self.link
-            .call(move |s| async move {
-                validate::request_size(len, s.member_id, max)?;
-                plane::compact(s, r).await
-            })
-            .await
-            .map(Response::new)
+        let fits = move |member_id| validate::request_size(len, member_id, max);
+        self.link.compact(r, fits).await.map(Response::new)
     }
 }
 

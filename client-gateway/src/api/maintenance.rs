@@ -3,7 +3,6 @@
 use tonic::{Request, Response, Status};
 
 use crate::consensus::link::Link;
-use crate::consensus::plane;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
     HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
@@ -19,29 +18,23 @@ pub struct MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let r = r.into_inner();
-        self.link
-            .call(move |s| plane::alarm(s, r))
-            .await
-            .map(Response::new)
+        self.link.alarm(r).await.map(Response::new)
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        self.link.call(plane::status).await.map(Response::new)
+        self.link.status().await.map(Response::new)
     }
 
     async fn defragment(
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.link.call(plane::defragment).await.map(Response::new)
+        self.link.defragment().await.map(Response::new)
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let revision = r.into_inner().revision;
-        self.link
-            .call(move |s| plane::hash_kv(s, revision))
-            .await
-            .map(Response::new)
+        self.link.hash_kv(revision).await.map(Response::new)
     }
 
     async fn move_leader(
@@ -49,9 +42,6 @@ impl Maintenance for MaintenanceService {
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = r.into_inner().target_id;
-        self.link
-            .call(move |s| plane::move_leader(s, target))
-            .await
-            .map(Response::new)
+        self.link.move_leader(target).await.map(Response::new)
     }
 }

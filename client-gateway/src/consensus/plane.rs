@@ -1,11 +1,13 @@
-//! One call to consensus per client request: encode, send, decode the answer. Writes (put,
-//! deleteRange, a txn that writes) go on the registration's write stream (`writes.rs`), the rest
-//! is a call on its `ClientPlane`. Runs on the link thread (capnp is `!Send`).
+//! What a [`Session`] asks of consensus, one method per RPC: encode the request, send it, decode
+//! the answer, fill in the header. Writes (put, deleteRange, a txn that writes) go on the
+//! registration's write stream ([`Writes`]); the rest are calls on its `ClientPlane`.
+//!
+//! Capnp is `!Send`, so a session never leaves the task of the [`link`](super::link), which in
+//! the gateway runs on the gRPC thread itself.
 
 use schema::member_capnp::client_plane;
 use tonic::Status;
 
-use crate::api::validate;
 use crate::consensus::from_capnp;
 use crate::consensus::to_capnp;
 use crate::consensus::writes::Writes;
@@ -58,85 +60,164 @@ macro_rules! answer {
     }};
 }
 
-pub async fn range(s: Session, req: RangeRequest) -> Result<RangeResponse, Status> {
-    let mut call = s.plane.range_request();
-    to_capnp::range(&req, call.get().init_request());
-    let mut resp = answer!(call.send().promise.await, from_capnp::range);
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+impl Session {
+    pub async fn range(self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        let mut call = self.plane.range_request();
+        to_capnp::range(&req, call.get().init_request());
+        let mut resp = answer!(call.send().promise.await, from_capnp::range);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn put(s: Session, req: PutRequest) -> Result<PutResponse, Status> {
-    let mut resp = s.writes.put(req).await?;
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    /// `fits` is etcd's limit on the raft entry, which holds the member ID and so can only be
+    /// checked now; a refusal sends nothing.
+    pub async fn put(
+        self,
+        req: PutRequest,
+        fits: impl FnOnce(u64) -> Result<(), Status>,
+    ) -> Result<PutResponse, Status> {
+        fits(self.member_id)?;
+        let mut resp = self.writes.put(req).await?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn delete_range(
-    s: Session,
-    req: DeleteRangeRequest,
-) -> Result<DeleteRangeResponse, Status> {
-    let mut resp = s.writes.delete_range(req).await?;
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    /// `fits` as for [`put`](Self::put).
+    pub async fn delete_range(
+        self,
+        req: DeleteRangeRequest,
+        fits: impl FnOnce(u64) -> Result<(), Status>,
+    ) -> Result<DeleteRangeResponse, Status> {
+        fits(self.member_id)?;
+        let mut resp = self.writes.delete_range(req).await?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-/// A read-only txn is served without raft, so it stays a `ClientPlane` call like a range.
-pub async fn txn(s: Session, req: TxnRequest) -> Result<TxnResponse, Status> {
-    let mut resp = if validate::txn_is_read_only(&req) {
-        let mut call = s.plane.txn_request();
-        to_capnp::txn(&req, call.get().init_request())?;
-        answer!(call.send().promise.await, from_capnp::txn)
-    } else {
-        s.writes.txn(req).await?
-    };
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    /// A read-only txn is served without raft, so it stays a `ClientPlane` call like a range, and
+    /// etcd does not check its size; `fits` (as for [`put`](Self::put)) only applies to a txn
+    /// that writes.
+    pub async fn txn(
+        self,
+        req: TxnRequest,
+        read_only: bool,
+        fits: impl FnOnce(u64) -> Result<(), Status>,
+    ) -> Result<TxnResponse, Status> {
+        let mut resp = if read_only {
+            let mut call = self.plane.txn_request();
+            to_capnp::txn(&req, call.get().init_request())?;
+            answer!(call.send().promise.await, from_capnp::txn)
+        } else {
+            fits(self.member_id)?;
+            self.writes.txn(req).await?
+        };
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn compact(s: Session, req: CompactionRequest) -> Result<CompactionResponse, Status> {
-    let mut call = s.plane.compact_request();
-    to_capnp::compaction(&req, call.get().init_request());
-    let mut resp = answer!(call.send().promise.await, from_capnp::compaction);
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    /// `fits` as for [`put`](Self::put).
+    pub async fn compact(
+        self,
+        req: CompactionRequest,
+        fits: impl FnOnce(u64) -> Result<(), Status>,
+    ) -> Result<CompactionResponse, Status> {
+        fits(self.member_id)?;
+        let mut call = self.plane.compact_request();
+        to_capnp::compaction(&req, call.get().init_request());
+        let mut resp = answer!(call.send().promise.await, from_capnp::compaction);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn member_list(s: Session) -> Result<MemberListResponse, Status> {
-    let call = s.plane.member_list_request();
-    let mut resp = answer!(call.send().promise.await, from_capnp::member_list);
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    pub async fn member_list(self) -> Result<MemberListResponse, Status> {
+        let call = self.plane.member_list_request();
+        let mut resp = answer!(call.send().promise.await, from_capnp::member_list);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn defragment(s: Session) -> Result<DefragmentResponse, Status> {
-    let call = s.plane.defragment_request();
-    let mut resp = answer!(call.send().promise.await, from_capnp::defragment);
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    pub async fn defragment(self) -> Result<DefragmentResponse, Status> {
+        let call = self.plane.defragment_request();
+        let mut resp = answer!(call.send().promise.await, from_capnp::defragment);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn hash_kv(s: Session, revision: i64) -> Result<HashKvResponse, Status> {
-    let mut call = s.plane.hash_kv_request();
-    call.get().set_revision(revision);
-    let mut resp = answer!(call.send().promise.await, from_capnp::hash_kv);
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    pub async fn hash_kv(self, revision: i64) -> Result<HashKvResponse, Status> {
+        let mut call = self.plane.hash_kv_request();
+        call.get().set_revision(revision);
+        let mut resp = answer!(call.send().promise.await, from_capnp::hash_kv);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn move_leader(s: Session, target_id: u64) -> Result<MoveLeaderResponse, Status> {
-    let mut call = s.plane.move_leader_request();
-    call.get().set_target_id(target_id);
-    let mut resp = answer!(call.send().promise.await, from_capnp::move_leader);
-    s.fill(&mut resp.header);
-    Ok(resp)
-}
+    pub async fn move_leader(self, target_id: u64) -> Result<MoveLeaderResponse, Status> {
+        let mut call = self.plane.move_leader_request();
+        call.get().set_target_id(target_id);
+        let mut resp = answer!(call.send().promise.await, from_capnp::move_leader);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
 
-pub async fn status(s: Session) -> Result<StatusResponse, Status> {
-    let call = s.plane.status_request();
-    let mut resp = answer!(call.send().promise.await, from_capnp::status);
-    s.fill(&mut resp.header);
-    Ok(resp)
+    pub async fn status(self) -> Result<StatusResponse, Status> {
+        let call = self.plane.status_request();
+        let mut resp = answer!(call.send().promise.await, from_capnp::status);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn metrics(self) -> Result<MemberMetrics, Status> {
+        let reply = self
+            .plane
+            .metrics_request()
+            .send()
+            .promise
+            .await
+            .map_err(from_capnp::call_failed)?;
+        let m = reply
+            .get()
+            .and_then(|r| r.get_metrics())
+            .map_err(from_capnp::malformed)?;
+        let fsync_buckets = if m.has_fsync_buckets() {
+            m.get_fsync_buckets()
+                .map_err(from_capnp::malformed)?
+                .iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(MemberMetrics {
+            member_id: self.member_id,
+            has_leader: m.get_has_leader(),
+            is_leader: m.get_is_leader(),
+            leader_changes: m.get_leader_changes(),
+            committed_index: m.get_committed_index(),
+            applied_index: m.get_applied_index(),
+            proposals_failed: m.get_proposals_failed(),
+            revision: m.get_revision(),
+            db_size: m.get_db_size(),
+            fsyncs: m.get_fsyncs(),
+            fsync_nanos: m.get_fsync_nanos(),
+            fsync_buckets,
+        })
+    }
+
+    /// The contract has no alarms yet, so there is never an active one. A GET still asks
+    /// consensus (for a live header, and so an unreachable member does not look healthy);
+    /// `etcdctl endpoint health` needs this to answer. Raising or clearing alarms is refused.
+    pub async fn alarm(self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+        const GET: i32 = 0;
+        if req.action != GET {
+            return Err(Status::unimplemented(
+                "client gateway: activating or deactivating alarms is not supported",
+            ));
+        }
+        let status = self.status().await?;
+        Ok(AlarmResponse {
+            header: status.header,
+            alarms: vec![],
+        })
+    }
 }
 
 /// What `/metrics` shows of consensus (`Metrics` in the schema).
@@ -155,57 +236,4 @@ pub struct MemberMetrics {
     pub fsync_nanos: u64,
     /// Per bucket, not cumulative; empty from a consensus that does not count them.
     pub fsync_buckets: Vec<u64>,
-}
-
-pub async fn metrics(s: Session) -> Result<MemberMetrics, Status> {
-    let reply = s
-        .plane
-        .metrics_request()
-        .send()
-        .promise
-        .await
-        .map_err(from_capnp::call_failed)?;
-    let m = reply
-        .get()
-        .and_then(|r| r.get_metrics())
-        .map_err(from_capnp::malformed)?;
-    let fsync_buckets = if m.has_fsync_buckets() {
-        m.get_fsync_buckets()
-            .map_err(from_capnp::malformed)?
-            .iter()
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(MemberMetrics {
-        member_id: s.member_id,
-        has_leader: m.get_has_leader(),
-        is_leader: m.get_is_leader(),
-        leader_changes: m.get_leader_changes(),
-        committed_index: m.get_committed_index(),
-        applied_index: m.get_applied_index(),
-        proposals_failed: m.get_proposals_failed(),
-        revision: m.get_revision(),
-        db_size: m.get_db_size(),
-        fsyncs: m.get_fsyncs(),
-        fsync_nanos: m.get_fsync_nanos(),
-        fsync_buckets,
-    })
-}
-
-/// The contract has no alarms yet, so there is never an active one. A GET still asks consensus
-/// (for a live header, and so an unreachable member does not look healthy); `etcdctl endpoint
-/// health` needs this to answer. Raising or clearing alarms is refused.
-pub async fn alarm(s: Session, req: AlarmRequest) -> Result<AlarmResponse, Status> {
-    const GET: i32 = 0;
-    if req.action != GET {
-        return Err(Status::unimplemented(
-            "client gateway: activating or deactivating alarms is not supported",
-        ));
-    }
-    let status = status(s).await?;
-    Ok(AlarmResponse {
-        header: status.header,
-        alarms: vec![],
-    })
 }
