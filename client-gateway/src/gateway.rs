@@ -20,6 +20,7 @@ use crate::api::http::HttpApiLayer;
 use crate::api::json;
 use crate::api::kv::{KvService, Limits};
 use crate::api::maintenance::MaintenanceService;
+use crate::api::not_served::{self, NameMissing};
 use crate::consensus::link::Link;
 use crate::consensus::registration::{GatewayConfig, Registration};
 use crate::error::Error;
@@ -41,7 +42,8 @@ const OVERSIZE_READ_FACTOR: usize = 4;
 pub type ClientRouter = Router<Stack<HttpApiLayer, Identity>>;
 
 /// The router for one listener: `/health`, `/version`, `/metrics` and the JSON gateway under
-/// `/v3/` (HTTP/1.1 or HTTP/2), then gRPC.
+/// `/v3/` (HTTP/1.1 or HTTP/2), then gRPC, where what we do not serve yet says so by name
+/// ([`not_served`]).
 pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> ClientRouter {
     let max_message = usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES))
         .unwrap_or(usize::MAX);
@@ -65,8 +67,17 @@ pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> Clie
             KvServer::new(kv)
                 .max_decoding_message_size(max_message.saturating_mul(OVERSIZE_READ_FACTOR)),
         )
-        .add_service(ClusterServer::new(cluster).max_decoding_message_size(max_message))
-        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max_message))
+        .add_service(NameMissing(
+            ClusterServer::new(cluster).max_decoding_message_size(max_message),
+        ))
+        .add_service(NameMissing(
+            MaintenanceServer::new(maintenance).max_decoding_message_size(max_message),
+        ))
+        .add_service(not_served::Watch)
+        .add_service(not_served::Lease)
+        .add_service(not_served::Auth)
+        .add_service(not_served::Election)
+        .add_service(not_served::Lock)
 }
 
 /// Runs until `shutdown` completes (Ok) or something fatal happens: the link to consensus
@@ -710,6 +721,58 @@ mod tests {
             .await;
     }
 
+    /// etcdctl prints the message of an UNIMPLEMENTED answer, so it names what is missing: a
+    /// whole service (Watch, Lease) or a method of a service we serve (Snapshot, MemberAdd).
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_is_not_served_yet_says_so_by_name() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let socket = schema::client_socket(dir.path());
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let _stop = fake_consensus(socket.clone(), url.clone());
+                let (link, registrations) = link::spawn(socket).unwrap();
+                tokio::spawn(run(link, registrations, std::future::pending()));
+                let channel = connect(&url).await;
+                let mut raw = tonic::client::Grpc::new(channel.clone());
+                for (path, method) in [
+                    ("/etcdserverpb.Watch/Watch", "Watch"),
+                    ("/etcdserverpb.Lease/LeaseGrant", "LeaseGrant"),
+                    ("/etcdserverpb.Auth/AuthEnable", "AuthEnable"),
+                    ("/v3lockpb.Lock/Lock", "Lock"),
+                    ("/etcdserverpb.Maintenance/Snapshot", "Snapshot"),
+                    ("/etcdserverpb.Cluster/MemberAdd", "MemberAdd"),
+                ] {
+                    raw.ready().await.unwrap();
+                    let err = raw
+                        .unary(
+                            tonic::Request::new(StatusRequest {}),
+                            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                            tonic_prost::ProstCodec::<StatusRequest, StatusResponse>::default(),
+                        )
+                        .await
+                        .unwrap_err();
+                    assert_eq!(err.code(), Code::Unimplemented, "{path}");
+                    assert_eq!(
+                        err.message(),
+                        format!("etcdserver: {method} is not served yet"),
+                        "{path}"
+                    );
+                }
+                // What we serve is untouched, refusals keep their own message.
+                let mut maintenance = MaintenanceClient::new(channel.clone());
+                maintenance.status(StatusRequest {}).await.unwrap();
+                let activate = AlarmRequest {
+                    action: 1,
+                    ..Default::default()
+                };
+                let err = maintenance.alarm(activate).await.unwrap_err();
+                assert_eq!(err.code(), Code::Unimplemented);
+                assert!(err.message().contains("alarms"), "{}", err.message());
+            })
+            .await;
+    }
+
     async fn event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
         tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
@@ -1088,6 +1151,43 @@ mod tests {
                 let (success, text) = etcdctl(&["put", "", "x"]).await;
                 assert!(!success);
                 assert!(text.contains("key is not provided"), "{text}");
+            })
+            .await;
+    }
+
+    /// What a user of etcdctl sees for what we do not serve yet: its name, not an empty message.
+    #[tokio::test(flavor = "current_thread")]
+    async fn etcdctl_names_what_is_not_served_yet() {
+        if !etcdctl_installed() {
+            return;
+        }
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let socket = schema::client_socket(dir.path());
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let _stop = fake_consensus(socket.clone(), url.clone());
+                let (link, registrations) = link::spawn(socket).unwrap();
+                tokio::spawn(run(link, registrations, std::future::pending()));
+                drop(connect(&url).await);
+                for (args, method) in [
+                    (&["lease", "grant", "10"][..], "LeaseGrant"),
+                    (&["watch", "foo"][..], "Watch"),
+                ] {
+                    let mut all = vec![format!("--endpoints={url}")];
+                    all.extend(args.iter().map(|s| s.to_string()));
+                    let (success, text) =
+                        tokio::time::timeout(Duration::from_secs(20), etcdctl(all))
+                            .await
+                            .expect("etcdctl did not give up");
+                    assert!(!success, "{text}");
+                    assert!(
+                        text.contains(&format!(
+                            "code = Unimplemented desc = etcdserver: {method} is not served yet"
+                        )),
+                        "{text}"
+                    );
+                }
             })
             .await;
     }
