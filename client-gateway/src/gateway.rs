@@ -190,13 +190,12 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    //! A stand-in consensus serving `ClientRegistrar` on a Unix socket and the write stream on
-    //! `write.sock` beside it, driving the real link, gRPC services and listeners through a real
-    //! gRPC client.
+    //! The stand-in consensus of `schema::testing`, serving `ClientRegistrar` on a Unix socket and
+    //! the write stream on `write.sock` beside it, with a plane and write-stream answers of our
+    //! own; the real link, gRPC services and listeners are driven through a real gRPC client.
 
     use super::*;
     use crate::consensus::link;
-    use crate::consensus::writes::stand_in::{ConsensusEnd, Seen};
     use crate::proto::etcdserverpb::{
         AlarmRequest, CompactionRequest, DeleteRangeRequest, MemberListRequest, PutRequest,
         RangeRequest, RequestOp, StatusRequest, StatusResponse, TxnRequest,
@@ -204,15 +203,14 @@ mod tests {
         request_op::Request,
     };
     use capnp::capability::Rc;
-    use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-    use futures::AsyncReadExt;
-    use schema::member_capnp::{client_plane, client_registrar};
+    use schema::member_capnp::client_plane;
+    use schema::testing::write_stream::{ConsensusEnd, Seen};
+    use schema::testing::{ClientRegistrar, ClientStandIn, Identity, Tls};
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;
     use tokio::sync::oneshot;
-    use tokio_util::compat::TokioAsyncReadCompatExt;
     use tonic::Code;
     use tonic::transport::Channel;
 
@@ -332,49 +330,6 @@ mod tests {
         Hand(tokio::sync::mpsc::UnboundedSender<Event>),
     }
 
-    struct FakeRegistrar {
-        listen_url: String,
-        tls: crate::consensus::registration::TlsFiles,
-        plane: FakePlane,
-        events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
-    }
-
-    impl client_registrar::Server for FakeRegistrar {
-        async fn register(
-            self: Rc<Self>,
-            params: client_registrar::RegisterParams,
-            mut results: client_registrar::RegisterResults,
-        ) -> Result<(), capnp::Error> {
-            let version = params.get()?.get_version();
-            if let Some(events) = &self.events {
-                let _ = events.send(Event::Registered(version));
-            }
-            if version != schema::PROTOCOL_VERSION {
-                return Err(capnp::Error::failed("unsupported protocol version".into()));
-            }
-            let mut r = results.get();
-            let mut id = r.reborrow().init_identity();
-            id.set_member_id(MEMBER);
-            id.set_cluster_id(CLUSTER);
-            id.set_name("infra1");
-            let mut cfg = r.reborrow().init_config();
-            cfg.reborrow()
-                .init_listen_client_urls(1)
-                .set(0, self.listen_url.as_str());
-            cfg.set_max_txn_ops(2);
-            let mut tls = cfg.init_tls();
-            tls.set_cert_file(self.tls.cert_file.as_str());
-            tls.set_key_file(self.tls.key_file.as_str());
-            tls.set_trusted_ca_file(self.tls.trusted_ca_file.as_str());
-            tls.set_client_cert_auth(self.tls.client_cert_auth);
-            r.set_plane(capnp_rpc::new_client(FakePlane {
-                kv: self.plane.kv.clone(),
-                txns: self.plane.txns.clone(),
-            }));
-            Ok(())
-        }
-    }
-
     /// The stand-in's side of a write stream: checks hello, then applies puts and deletes to the
     /// store and refuses txns that write.
     async fn answer_writes(mut end: ConsensusEnd, kv: Store) {
@@ -412,17 +367,13 @@ mod tests {
         }
     }
 
-    /// Serves the stand-in consensus until the returned sender is dropped, then closes the
-    /// listener and every connection, as a consensus exit would.
-    fn fake_consensus(path: PathBuf, listen_url: String) -> oneshot::Sender<()> {
+    /// Serves the stand-in consensus until the returned stand-in is dropped, which closes the
+    /// listeners and every connection, as a consensus exit would.
+    fn fake_consensus(path: PathBuf, listen_url: String) -> ClientStandIn {
         fake_consensus_tls(path, listen_url, Default::default())
     }
 
-    fn fake_consensus_tls(
-        path: PathBuf,
-        listen_url: String,
-        tls: crate::consensus::registration::TlsFiles,
-    ) -> oneshot::Sender<()> {
+    fn fake_consensus_tls(path: PathBuf, listen_url: String, tls: Tls) -> ClientStandIn {
         serve(path, listen_url, tls, Writes::Answer, FakePlane::default())
     }
 
@@ -433,7 +384,7 @@ mod tests {
         path: PathBuf,
         listen_url: String,
     ) -> (
-        oneshot::Sender<()>,
+        ClientStandIn,
         tokio::sync::mpsc::UnboundedReceiver<Event>,
         std::rc::Rc<Cell<u32>>,
     ) {
@@ -453,69 +404,39 @@ mod tests {
     fn serve(
         path: PathBuf,
         listen_url: String,
-        tls: crate::consensus::registration::TlsFiles,
+        tls: Tls,
         writes: Writes,
         plane: FakePlane,
-    ) -> oneshot::Sender<()> {
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        // write.sock first, as consensus binds it before client.sock.
-        let write_path = schema::write_socket_beside(&path);
-        let _ = std::fs::remove_file(&write_path);
-        let write_listener = tokio::net::UnixListener::bind(&write_path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        tokio::task::spawn_local(async move {
-            let kv = plane.kv.clone();
-            let registrar: client_registrar::Client = capnp_rpc::new_client(FakeRegistrar {
-                listen_url,
-                tls,
-                plane,
-                events: match &writes {
-                    Writes::Hand(events) => Some(events.clone()),
-                    Writes::Answer => None,
-                },
-            });
-            let mut conns = JoinSet::new();
-            let mut streams = JoinSet::new();
-            let accept = async {
-                loop {
-                    let (stream, _) = listener.accept().await.unwrap();
-                    let (reader, writer) = stream.compat().split();
-                    let network = twoparty::VatNetwork::new(
-                        futures::io::BufReader::new(reader),
-                        futures::io::BufWriter::new(writer),
-                        Side::Server,
-                        Default::default(),
-                    );
-                    conns.spawn_local(RpcSystem::new(
-                        Box::new(network),
-                        Some(registrar.clone().client),
-                    ));
-                }
-            };
-            let accept_writes = async {
-                loop {
-                    let (stream, _) = write_listener.accept().await.unwrap();
-                    let end = ConsensusEnd::new(stream);
-                    match &writes {
-                        Writes::Answer => {
-                            streams.spawn_local(answer_writes(end, kv.clone()));
-                        }
-                        Writes::Hand(events) => {
-                            let _ = events.send(Event::WriteStream(end));
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                () = accept => {}
-                () = accept_writes => {}
-                _ = stop_rx => {}
+    ) -> ClientStandIn {
+        let kv = plane.kv.clone();
+        let identity = Identity {
+            member_id: MEMBER,
+            cluster_id: CLUSTER,
+            name: "infra1".into(),
+            members: vec![],
+        };
+        let mut registrar =
+            ClientRegistrar::new(identity, &listen_url, capnp_rpc::new_client(plane));
+        registrar.tls = Some(tls);
+        registrar.max_txn_ops = Some(2);
+        let stand_in = match writes {
+            Writes::Answer => {
+                ClientStandIn::serve(&path, capnp_rpc::new_client(registrar), move |stream| {
+                    answer_writes(ConsensusEnd::new(stream), kv.clone())
+                })
             }
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(&write_path);
-        });
-        stop_tx
+            Writes::Hand(events) => {
+                let registered = events.clone();
+                registrar.on_register = Some(Box::new(move |version| {
+                    let _ = registered.send(Event::Registered(version));
+                }));
+                ClientStandIn::serve(&path, capnp_rpc::new_client(registrar), move |stream| {
+                    let _ = events.send(Event::WriteStream(ConsensusEnd::new(stream)));
+                    std::future::ready(())
+                })
+            }
+        };
+        stand_in.unwrap()
     }
 
     fn free_port() -> u16 {
@@ -1056,7 +977,7 @@ mod tests {
                 let ca_file = write("ca.pem", &ca.pem());
                 let (server_cert, server_key) = leaf("127.0.0.1");
                 let (client_cert, client_key) = leaf("client");
-                let tls = crate::consensus::registration::TlsFiles {
+                let tls = Tls {
                     cert_file: write("server.pem", &server_cert),
                     key_file: write("server-key.pem", &server_key),
                     trusted_ca_file: ca_file.clone(),

@@ -12,6 +12,8 @@ pub use member_capnp::PROTOCOL_VERSION;
 pub mod failpoint;
 pub mod stream;
 pub mod supervisor;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub use stream::{raft_socket, raft_socket_beside, write_socket, write_socket_beside};
 
 /// The socket the peer gateway registers on.
