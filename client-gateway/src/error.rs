@@ -1,5 +1,5 @@
 //! The one error type of the client gateway. Failures of a single client request are not here:
-//! those become a `tonic::Status` for that request only.
+//! those become a [`tonic::Status`] for that request only.
 
 use std::path::PathBuf;
 

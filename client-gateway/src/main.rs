@@ -3,6 +3,9 @@
 //!
 //! Its only input is `--socket`: everything else (identity, listeners, TLS, limits) comes from
 //! consensus at registration.
+//!
+//! A request goes from a handler of [`api`] over the link to consensus ([`consensus`]); the
+//! listeners it arrives on are [`serve`]'s, and [`gateway`] puts them together.
 
 mod api;
 mod consensus;

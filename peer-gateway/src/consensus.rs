@@ -1,4 +1,4 @@
-//! The link to consensus, in two parts (protocol 2):
+//! The link to consensus ([`run`]), in two parts (protocol 2):
 //! - capnp-rpc on `peer.sock`: register (identity, listen config) and serve `PeerGateway`, of which
 //!   only `membersChanged` is still called;
 //! - a raw stream on `raft.sock` beside it, where consensus's raft thread itself reads and writes:
@@ -7,8 +7,8 @@
 //!   answered: a reply per batch cost a process wake-up on every hop of a replicated write.
 //!
 //! Losing either connection means consensus is gone: register again, then connect the stream again.
-//! The transport and the tasks turning its events into frames live as long as the process; they
-//! queue frames to the current stream's writer task, which writes whatever queued up in one
+//! The [`Transport`] and the tasks turning its [`Events`] into frames live as long as the process;
+//! they queue frames to the current stream's writer task, which writes whatever queued up in one
 //! `writev`. Runs on a `LocalSet`, as capnp-rpc is `!Send`.
 
 use std::cell::{OnceCell, RefCell};

@@ -1,5 +1,8 @@
 //! The peer gateway of a member: registers with consensus on `peer.sock` and carries raft messages
 //! to and from the other members' peer gateways over QUIC.
+//!
+//! [`consensus`] is the link to consensus (as in the client gateway); [`transport`] is QUIC
+//! between the members, with [`tls`] and [`peer_url`].
 
 mod consensus;
 mod error;

@@ -1,4 +1,4 @@
-//! etcd's `Cluster` service: forwarded to consensus as it is.
+//! etcd's `Cluster` service: forwarded to consensus over the [`Link`] as it is.
 
 use tonic::{Request, Response, Status};
 

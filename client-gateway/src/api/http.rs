@@ -1,8 +1,9 @@
 //! The plain HTTP endpoints etcd serves beside gRPC on its client URLs, over HTTP/1.1 or HTTP/2:
 //! `/health` (healthy: the member knows a leader and serves a linearizable read within a second,
 //! as etcd 3.4 checks with a quorum read), `/version`, and `/metrics` (Prometheus text, under
-//! etcd's names for what consensus counts). Every other path goes on to the gRPC services
-//! untouched. Status codes, headers and bodies are etcd 3.4.23's.
+//! etcd's names for what consensus counts), and the JSON gateway ([`json`]). Every
+//! other path goes on to the gRPC services untouched ([`HttpApi`], in front of them by
+//! [`HttpApiLayer`]). Status codes, headers and bodies are etcd 3.4.23's.
 
 use std::fmt::Write as _;
 use std::future::Future;

@@ -3,8 +3,8 @@
 //! proto's field names, zero fields left out, 64-bit integers as strings, bytes in base64. A
 //! request may give field names as in the proto or in lowerCamelCase, integers as strings or
 //! numbers, enums by name or number (as Go's jsonpb reads them). Served: `kv/range`, `kv/put`,
-//! `kv/deleterange`, `kv/txn`, `kv/compaction`, `cluster/member/list` and `maintenance/status`;
-//! other paths answer 501.
+//! `kv/deleterange`, `kv/txn`, `kv/compaction`, `cluster/member/list` and `maintenance/status`
+//! ([`route`]); other paths answer 501. A call goes to the same [`Services`] gRPC uses.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};

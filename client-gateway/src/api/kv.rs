@@ -1,5 +1,5 @@
-//! etcd's `KV` service: check each request the way etcd's gRPC layer does, then forward it over
-//! the link to consensus.
+//! etcd's `KV` service: check each request the way etcd's gRPC layer does
+//! ([`validate`]), then forward it over the [`Link`] to consensus.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,5 +1,6 @@
 //! Consensus's answers, Cap'n Proto to protobuf: responses field by field, a refusal (`Status`)
-//! into the gRPC status etcd would give, and RPC failures into UNAVAILABLE/UNKNOWN/INTERNAL.
+//! into the gRPC status etcd would give ([`refusal`]), and RPC failures into
+//! UNAVAILABLE/UNKNOWN/INTERNAL ([`call_failed`], [`malformed`]).
 
 use schema::member_capnp::{
     compaction_response, defragment_response, delete_range_response, hash_kv_response, key_value,

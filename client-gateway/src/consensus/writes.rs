@@ -1,15 +1,15 @@
 //! The write stream (protocol 3): puts, deletes and txns that write go to consensus as
-//! `WriteFrame`s on `write.sock`, which consensus's raft thread reads and answers itself. As
-//! `ClientPlane` calls they went through consensus's IPC thread on the way in and out, two
-//! process wake-ups more on a path that is bound by latency. Everything else stays on
+//! `WriteFrame`s on `write.sock`, which consensus's raft thread reads and answers itself, so a
+//! write wakes no other thread of consensus on its way in or out. Everything else stays on
 //! `ClientPlane`.
 //!
-//! The link connects one stream per registration, right after registering, and hands a `Writes`
-//! handle out in the `Session`. A request gets an id, waits in `waiting` under it, and its frame
-//! is queued to the writer task, which sends whatever queued up meanwhile in one `writev`; the
-//! reader task completes the waiting request whose id consensus's reply names. When the stream
-//! ends, every waiting request fails UNAVAILABLE and the link registers again. All of it runs on
-//! the link's `LocalSet`.
+//! The [`link`](super::link) connects one stream per registration, right after registering
+//! ([`connect`]), and hands its [`Writes`] handle out in the
+//! [`Session`](super::plane::Session). A request gets an id, waits under it, and its frame is
+//! queued to the writer task, which sends whatever queued up meanwhile in one `writev`; the reader
+//! task completes the waiting request whose id consensus's reply names. When the stream ends
+//! ([`Stream`]), every waiting request fails UNAVAILABLE and the link registers again. All of it
+//! runs on the link's `LocalSet`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

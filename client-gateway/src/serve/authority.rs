@@ -1,4 +1,5 @@
-//! Repairs the `:authority` of inbound HTTP/2 requests before the HTTP/2 server sees them.
+//! Repairs the `:authority` of inbound HTTP/2 requests before the HTTP/2 server sees them
+//! ([`RepairAuthority`]).
 //!
 //! etcd 3.4's Go client dials some endpoints as `passthrough:///http://host:port` and so sends
 //! `:authority: http://host:port` (e.g. `etcdctl endpoint status`). grpc-go accepts that; our

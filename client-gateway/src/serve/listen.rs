@@ -1,5 +1,6 @@
-//! The listen-client URLs: parsing them, binding, accepting connections (with TLS for https://
-//! and unixs://), and handing them to the gRPC server.
+//! The listen-client URLs: parsing them ([`ListenUrl`]), binding ([`Listener`]), accepting
+//! connections (with TLS for https:// and unixs://), and handing them to the gRPC server
+//! ([`incoming`]), each behind [`RepairAuthority`].
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,5 +1,6 @@
-//! TLS for https:// and unixs:// listeners, from the files named in etcd.conf. The ring provider is
-//! passed explicitly everywhere so the process never depends on a process-wide default provider.
+//! TLS for https:// and unixs:// listeners ([`acceptor`]), from the files named in etcd.conf
+//! ([`TlsFiles`]). The ring provider is passed explicitly everywhere so the process never depends
+//! on a process-wide default provider.
 
 use std::path::Path;
 use std::sync::Arc;
