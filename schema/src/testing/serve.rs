@@ -147,3 +147,37 @@ impl PeerStandIn {
         Ok(PeerStandIn { registrar, raft })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Dropping the stand-in is a consensus exit: the socket file goes, and so do the
+    /// connections it accepted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropping_a_listening_closes_its_connections_and_removes_the_socket() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("write.sock");
+                let mut listening = serve_streams(&path, |mut stream: UnixStream| async move {
+                    // Holds the connection open until the task is aborted.
+                    let _ = stream.read(&mut [0; 1]).await;
+                })
+                .unwrap();
+                let mut client = UnixStream::connect(&path).await.unwrap();
+                assert!(listening.accepted().await.is_some());
+                drop(listening);
+                assert!(!path.exists());
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    client.read(&mut [0; 1]),
+                )
+                .await
+                .expect("the connection stayed open");
+                assert_eq!(read.unwrap(), 0);
+            })
+            .await;
+    }
+}
