@@ -18,7 +18,6 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
 use client_gateway::loadgen::{self, Op, Spec};
 use client_gateway::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -27,11 +26,10 @@ use client_gateway::proto::etcdserverpb::{
     response_op,
 };
 use client_gateway::proto::mvccpb::KeyValue;
-use futures::AsyncReadExt as _;
-use schema::member_capnp::{client_plane, client_registrar, write_frame, write_request};
+use schema::member_capnp::{client_plane, write_frame, write_request};
 use schema::stream::{FrameBuffer, write_frame};
+use schema::testing::{ClientRegistrar, ClientStandIn, Identity, Member};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 #[path = "../../consensus/benches/support/client_plane.rs"]
 mod client_plane_support;
@@ -62,17 +60,12 @@ fn main() {
     let stub_addr = free_tcp_addr();
     let log = dir.path().join("client-gateway.log");
 
-    // The stand-in consensus, on its own thread (capnp-rpc is !Send).
+    // The stand-in consensus, on its own thread (capnp-rpc is !Send); its sockets are bound
+    // before the gateway starts.
     {
         let socket = socket.clone();
-        // write.sock first, as consensus binds it before client.sock.
-        let writes = std::os::unix::net::UnixListener::bind(schema::write_socket_beside(&socket))
-            .expect("binding the stand-in write socket");
-        writes.set_nonblocking(true).expect("nonblocking");
-        let listener =
-            std::os::unix::net::UnixListener::bind(&socket).expect("binding the stand-in socket");
-        listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{gateway_addr}");
+        let (bound_tx, bound) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("stand-in".into())
             .spawn(move || {
@@ -81,9 +74,19 @@ fn main() {
                     .build()
                     .expect("runtime");
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, serve_stand_in(listener, writes, url));
+                local.block_on(&rt, async move {
+                    let served = serve_stand_in(&socket, &url);
+                    let _ = bound_tx.send(served.as_ref().map(drop).map_err(|e| e.to_string()));
+                    // Served for as long as the benchmark runs.
+                    std::future::pending::<()>().await;
+                    drop(served);
+                });
             })
             .expect("stand-in thread");
+        bound
+            .recv()
+            .expect("the stand-in thread stopped")
+            .expect("binding the stand-in sockets");
     }
     let gateway = Running::gateway(&bin, &socket, &log);
     let gateway_pid = gateway.pid();
@@ -296,70 +299,27 @@ fn fail(e: &str, log: &Path) -> ! {
 
 // ------------------------------------------------------------------ the stand-in consensus
 
-async fn serve_stand_in(
-    listener: std::os::unix::net::UnixListener,
-    writes: std::os::unix::net::UnixListener,
-    url: String,
-) {
-    let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
-    let writes = tokio::net::UnixListener::from_std(writes).expect("tokio listener");
+/// `client.sock` and `write.sock` (schema's stand-in), answered with [`Answers`].
+fn serve_stand_in(socket: &Path, url: &str) -> std::io::Result<ClientStandIn> {
     let answers = Rc::new(Answers {
         revision: Cell::new(1),
     });
-    let registrar: client_registrar::Client = capnp_rpc::new_client(Registrar {
-        url,
-        plane: capnp_rpc::new_client(Plane(answers.clone())),
-    });
-    tokio::task::spawn_local(async move {
-        while let Ok((stream, _)) = writes.accept().await {
-            tokio::task::spawn_local(answer_writes(stream, answers.clone()));
-        }
-    });
-    while let Ok((stream, _)) = listener.accept().await {
-        let (reader, writer) = stream.compat().split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(reader),
-            futures::io::BufWriter::new(writer),
-            Side::Server,
-            Default::default(),
-        );
-        let rpc = RpcSystem::new(Box::new(network), Some(registrar.clone().client));
-        tokio::task::spawn_local(async move {
-            let _ = rpc.await;
-        });
-    }
-}
-
-struct Registrar {
-    url: String,
-    plane: client_plane::Client,
-}
-
-impl client_registrar::Server for Registrar {
-    fn register(
-        self: Rc<Self>,
-        _params: client_registrar::RegisterParams,
-        mut results: client_registrar::RegisterResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        let mut r = results.get();
-        let mut identity = r.reborrow().init_identity();
-        identity.set_member_id(MEMBER);
-        identity.set_cluster_id(CLUSTER);
-        identity.set_name("stand-in");
-        let mut m = identity.init_members(1).get(0);
-        m.set_id(MEMBER);
-        m.set_name("stand-in");
-        m.reborrow()
-            .init_peer_urls(1)
-            .set(0, "http://127.0.0.1:2380");
-        m.init_client_urls(1).set(0, self.url.as_str());
-        r.reborrow()
-            .init_config()
-            .init_listen_client_urls(1)
-            .set(0, self.url.as_str());
-        r.set_plane(self.plane.clone());
-        ready(Ok(()))
-    }
+    let identity = Identity {
+        member_id: MEMBER,
+        cluster_id: CLUSTER,
+        name: "stand-in".into(),
+        members: vec![Member {
+            id: MEMBER,
+            name: "stand-in".into(),
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+            client_urls: vec![url.to_string()],
+        }],
+    };
+    let plane = capnp_rpc::new_client(Plane(answers.clone()));
+    let registrar = ClientRegistrar::new(identity, url, plane);
+    ClientStandIn::serve(socket, capnp_rpc::new_client(registrar), move |stream| {
+        answer_writes(stream, answers.clone())
+    })
 }
 
 /// The stand-in's canned answers, the same on either path.

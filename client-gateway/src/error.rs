@@ -1,5 +1,5 @@
 //! The one error type of the client gateway. Failures of a single client request are not here:
-//! those become a `tonic::Status` for that request only.
+//! those become a [`tonic::Status`] for that request only.
 
 use std::path::PathBuf;
 
@@ -32,7 +32,7 @@ pub enum Error {
     #[error("consensus sent a malformed registration: {0}")]
     MalformedRegistration(capnp::Error),
 
-    #[error("the consensus link thread stopped")]
+    #[error("the link to consensus stopped")]
     LinkStopped,
 
     #[error("listen-client-url {url:?}: {reason}")]

@@ -1,22 +1,87 @@
 //! The gateway as a whole: wait for the first registration, open the listen-client URLs it names,
 //! serve gRPC on them, and keep them open across re-registrations.
+//!
+//! [`router`] puts the services of [`api`](crate::api) together for one listener, so the
+//! services and the HTTP layer in front of them do not need to know each other.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 use tracing::{info, warn};
 
+use crate::api::cluster::ClusterService;
+use crate::api::http::HttpApiLayer;
+use crate::api::json;
+use crate::api::kv::{KvService, Limits};
+use crate::api::maintenance::MaintenanceService;
+use crate::api::not_served::{self, NameMissing};
+use crate::consensus::link::Link;
+use crate::consensus::registration::{GatewayConfig, Registration};
 use crate::error::Error;
-use crate::grpc::{self, Limits};
-use crate::link::Link;
-use crate::listen::{ListenUrl, Listener};
-use crate::registration::{GatewayConfig, Registration};
-use crate::tls;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use crate::serve::listen::{self, ListenUrl, Listener};
+use crate::serve::tls;
 
-/// Runs until `shutdown` completes (Ok) or something fatal happens: the link thread stopping, a
-/// listen URL that cannot be served, or a listener failing.
+/// etcd lets a gRPC message exceed `max-request-bytes` by this much (its gRPC overhead
+/// allowance); the exact limit on the request itself is checked by each KV write.
+const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
+
+/// KV messages up to this many times etcd's gRPC limit are still read, so that those over the
+/// limit get grpc-go's answer (what etcd's clients show); larger ones get tonic's.
+const OVERSIZE_READ_FACTOR: usize = 4;
+
+/// The gRPC services of one listener, behind etcd's plain HTTP endpoints.
+pub type ClientRouter = Router<Stack<HttpApiLayer, Identity>>;
+
+/// The router for one listener: `/health`, `/version`, `/metrics` and the JSON gateway under
+/// `/v3/` (HTTP/1.1 or HTTP/2), then gRPC, where what we do not serve yet says so by name
+/// ([`not_served`]).
+pub fn router(link: &Link, limits: &Arc<Limits>, max_request_bytes: u64) -> ClientRouter {
+    let max_message = usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES))
+        .unwrap_or(usize::MAX);
+    let kv = KvService {
+        link: link.clone(),
+        limits: limits.clone(),
+        max_request_bytes,
+        max_message,
+    };
+    let cluster = ClusterService { link: link.clone() };
+    let maintenance = MaintenanceService { link: link.clone() };
+    let json = json::Services {
+        kv: kv.clone(),
+        cluster: cluster.clone(),
+        maintenance: maintenance.clone(),
+    };
+    Server::builder()
+        .accept_http1(true)
+        .layer(HttpApiLayer::new(link.clone(), json, max_message))
+        .add_service(
+            KvServer::new(kv)
+                .max_decoding_message_size(max_message.saturating_mul(OVERSIZE_READ_FACTOR)),
+        )
+        .add_service(NameMissing(
+            ClusterServer::new(cluster).max_decoding_message_size(max_message),
+        ))
+        .add_service(NameMissing(
+            MaintenanceServer::new(maintenance).max_decoding_message_size(max_message),
+        ))
+        .add_service(not_served::Watch)
+        .add_service(not_served::Lease)
+        .add_service(not_served::Auth)
+        .add_service(not_served::Election)
+        .add_service(not_served::Lock)
+}
+
+/// Runs until `shutdown` completes (Ok) or something fatal happens: the link to consensus
+/// stopping, a listen URL that cannot be served, or a listener failing.
 pub async fn run(
     link: Link,
     mut registrations: mpsc::UnboundedReceiver<Registration>,
@@ -100,38 +165,52 @@ async fn start(
             Some(addr) => info!(url = %url.url, %addr, "serving etcd v3 gRPC"),
             None => info!(url = %url.url, "serving etcd v3 gRPC"),
         }
-        let router = grpc::router(link, limits, config.max_request_bytes);
+        let router = router(link, limits, config.max_request_bytes);
         let tls = if url.secure { acceptor.clone() } else { None };
-        servers.spawn(crate::listen::serve(listener, url.url, tls, router));
+        servers.spawn(serve(listener, url.url, tls, router));
     }
     Ok(servers)
 }
 
+/// Serves `router` on `listener` until the listener fails for good.
+async fn serve(
+    listener: Listener,
+    url: String,
+    tls: Option<TlsAcceptor>,
+    router: ClientRouter,
+) -> Result<(), Error> {
+    router
+        .serve_with_incoming(listen::incoming(listener, url.clone(), tls))
+        .await
+        .map_err(|e| Error::Serve {
+            url,
+            reason: e.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
-    //! A stand-in consensus serving `ClientRegistrar` on a Unix socket and the write stream on
-    //! `write.sock` beside it, driving the real link, gRPC services and listeners through a real
-    //! gRPC client.
+    //! The stand-in consensus of `schema::testing`, serving `ClientRegistrar` on a Unix socket and
+    //! the write stream on `write.sock` beside it, with a plane and write-stream answers of our
+    //! own; the real link, gRPC services and listeners are driven through a real gRPC client.
 
     use super::*;
-    use crate::link;
+    use crate::consensus::link;
     use crate::proto::etcdserverpb::{
         AlarmRequest, CompactionRequest, DeleteRangeRequest, MemberListRequest, PutRequest,
         RangeRequest, RequestOp, StatusRequest, StatusResponse, TxnRequest,
         cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
         request_op::Request,
     };
-    use crate::writes::stand_in::{ConsensusEnd, Seen};
     use capnp::capability::Rc;
-    use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-    use futures::AsyncReadExt;
-    use schema::member_capnp::{client_plane, client_registrar};
+    use schema::member_capnp::client_plane;
+    use schema::testing::write_stream::{ConsensusEnd, Seen};
+    use schema::testing::{ClientRegistrar, ClientStandIn, Identity, Tls};
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;
     use tokio::sync::oneshot;
-    use tokio_util::compat::TokioAsyncReadCompatExt;
     use tonic::Code;
     use tonic::transport::Channel;
 
@@ -251,49 +330,6 @@ mod tests {
         Hand(tokio::sync::mpsc::UnboundedSender<Event>),
     }
 
-    struct FakeRegistrar {
-        listen_url: String,
-        tls: crate::registration::TlsFiles,
-        plane: FakePlane,
-        events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
-    }
-
-    impl client_registrar::Server for FakeRegistrar {
-        async fn register(
-            self: Rc<Self>,
-            params: client_registrar::RegisterParams,
-            mut results: client_registrar::RegisterResults,
-        ) -> Result<(), capnp::Error> {
-            let version = params.get()?.get_version();
-            if let Some(events) = &self.events {
-                let _ = events.send(Event::Registered(version));
-            }
-            if version != schema::PROTOCOL_VERSION {
-                return Err(capnp::Error::failed("unsupported protocol version".into()));
-            }
-            let mut r = results.get();
-            let mut id = r.reborrow().init_identity();
-            id.set_member_id(MEMBER);
-            id.set_cluster_id(CLUSTER);
-            id.set_name("infra1");
-            let mut cfg = r.reborrow().init_config();
-            cfg.reborrow()
-                .init_listen_client_urls(1)
-                .set(0, self.listen_url.as_str());
-            cfg.set_max_txn_ops(2);
-            let mut tls = cfg.init_tls();
-            tls.set_cert_file(self.tls.cert_file.as_str());
-            tls.set_key_file(self.tls.key_file.as_str());
-            tls.set_trusted_ca_file(self.tls.trusted_ca_file.as_str());
-            tls.set_client_cert_auth(self.tls.client_cert_auth);
-            r.set_plane(capnp_rpc::new_client(FakePlane {
-                kv: self.plane.kv.clone(),
-                txns: self.plane.txns.clone(),
-            }));
-            Ok(())
-        }
-    }
-
     /// The stand-in's side of a write stream: checks hello, then applies puts and deletes to the
     /// store and refuses txns that write.
     async fn answer_writes(mut end: ConsensusEnd, kv: Store) {
@@ -331,17 +367,13 @@ mod tests {
         }
     }
 
-    /// Serves the stand-in consensus until the returned sender is dropped, then closes the
-    /// listener and every connection, as a consensus exit would.
-    fn fake_consensus(path: PathBuf, listen_url: String) -> oneshot::Sender<()> {
+    /// Serves the stand-in consensus until the returned stand-in is dropped, which closes the
+    /// listeners and every connection, as a consensus exit would.
+    fn fake_consensus(path: PathBuf, listen_url: String) -> ClientStandIn {
         fake_consensus_tls(path, listen_url, Default::default())
     }
 
-    fn fake_consensus_tls(
-        path: PathBuf,
-        listen_url: String,
-        tls: crate::registration::TlsFiles,
-    ) -> oneshot::Sender<()> {
+    fn fake_consensus_tls(path: PathBuf, listen_url: String, tls: Tls) -> ClientStandIn {
         serve(path, listen_url, tls, Writes::Answer, FakePlane::default())
     }
 
@@ -352,7 +384,7 @@ mod tests {
         path: PathBuf,
         listen_url: String,
     ) -> (
-        oneshot::Sender<()>,
+        ClientStandIn,
         tokio::sync::mpsc::UnboundedReceiver<Event>,
         std::rc::Rc<Cell<u32>>,
     ) {
@@ -372,69 +404,39 @@ mod tests {
     fn serve(
         path: PathBuf,
         listen_url: String,
-        tls: crate::registration::TlsFiles,
+        tls: Tls,
         writes: Writes,
         plane: FakePlane,
-    ) -> oneshot::Sender<()> {
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        // write.sock first, as consensus binds it before client.sock.
-        let write_path = schema::write_socket_beside(&path);
-        let _ = std::fs::remove_file(&write_path);
-        let write_listener = tokio::net::UnixListener::bind(&write_path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        tokio::task::spawn_local(async move {
-            let kv = plane.kv.clone();
-            let registrar: client_registrar::Client = capnp_rpc::new_client(FakeRegistrar {
-                listen_url,
-                tls,
-                plane,
-                events: match &writes {
-                    Writes::Hand(events) => Some(events.clone()),
-                    Writes::Answer => None,
-                },
-            });
-            let mut conns = JoinSet::new();
-            let mut streams = JoinSet::new();
-            let accept = async {
-                loop {
-                    let (stream, _) = listener.accept().await.unwrap();
-                    let (reader, writer) = stream.compat().split();
-                    let network = twoparty::VatNetwork::new(
-                        futures::io::BufReader::new(reader),
-                        futures::io::BufWriter::new(writer),
-                        Side::Server,
-                        Default::default(),
-                    );
-                    conns.spawn_local(RpcSystem::new(
-                        Box::new(network),
-                        Some(registrar.clone().client),
-                    ));
-                }
-            };
-            let accept_writes = async {
-                loop {
-                    let (stream, _) = write_listener.accept().await.unwrap();
-                    let end = ConsensusEnd::new(stream);
-                    match &writes {
-                        Writes::Answer => {
-                            streams.spawn_local(answer_writes(end, kv.clone()));
-                        }
-                        Writes::Hand(events) => {
-                            let _ = events.send(Event::WriteStream(end));
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                () = accept => {}
-                () = accept_writes => {}
-                _ = stop_rx => {}
+    ) -> ClientStandIn {
+        let kv = plane.kv.clone();
+        let identity = Identity {
+            member_id: MEMBER,
+            cluster_id: CLUSTER,
+            name: "infra1".into(),
+            members: vec![],
+        };
+        let mut registrar =
+            ClientRegistrar::new(identity, &listen_url, capnp_rpc::new_client(plane));
+        registrar.tls = Some(tls);
+        registrar.max_txn_ops = Some(2);
+        let stand_in = match writes {
+            Writes::Answer => {
+                ClientStandIn::serve(&path, capnp_rpc::new_client(registrar), move |stream| {
+                    answer_writes(ConsensusEnd::new(stream), kv.clone())
+                })
             }
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(&write_path);
-        });
-        stop_tx
+            Writes::Hand(events) => {
+                let registered = events.clone();
+                registrar.on_register = Some(Box::new(move |version| {
+                    let _ = registered.send(Event::Registered(version));
+                }));
+                ClientStandIn::serve(&path, capnp_rpc::new_client(registrar), move |stream| {
+                    let _ = events.send(Event::WriteStream(ConsensusEnd::new(stream)));
+                    std::future::ready(())
+                })
+            }
+        };
+        stand_in.unwrap()
     }
 
     fn free_port() -> u16 {
@@ -636,6 +638,58 @@ mod tests {
                 let (link, registrations) = link::spawn(socket).unwrap();
                 let result = run(link, registrations, std::future::pending()).await;
                 assert!(matches!(result, Err(Error::Tls(_))), "{result:?}");
+            })
+            .await;
+    }
+
+    /// etcdctl prints the message of an UNIMPLEMENTED answer, so it names what is missing: a
+    /// whole service (Watch, Lease) or a method of a service we serve (Snapshot, MemberAdd).
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_is_not_served_yet_says_so_by_name() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let socket = schema::client_socket(dir.path());
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let _stop = fake_consensus(socket.clone(), url.clone());
+                let (link, registrations) = link::spawn(socket).unwrap();
+                tokio::spawn(run(link, registrations, std::future::pending()));
+                let channel = connect(&url).await;
+                let mut raw = tonic::client::Grpc::new(channel.clone());
+                for (path, method) in [
+                    ("/etcdserverpb.Watch/Watch", "Watch"),
+                    ("/etcdserverpb.Lease/LeaseGrant", "LeaseGrant"),
+                    ("/etcdserverpb.Auth/AuthEnable", "AuthEnable"),
+                    ("/v3lockpb.Lock/Lock", "Lock"),
+                    ("/etcdserverpb.Maintenance/Snapshot", "Snapshot"),
+                    ("/etcdserverpb.Cluster/MemberAdd", "MemberAdd"),
+                ] {
+                    raw.ready().await.unwrap();
+                    let err = raw
+                        .unary(
+                            tonic::Request::new(StatusRequest {}),
+                            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                            tonic_prost::ProstCodec::<StatusRequest, StatusResponse>::default(),
+                        )
+                        .await
+                        .unwrap_err();
+                    assert_eq!(err.code(), Code::Unimplemented, "{path}");
+                    assert_eq!(
+                        err.message(),
+                        format!("etcdserver: {method} is not served yet"),
+                        "{path}"
+                    );
+                }
+                // What we serve is untouched, refusals keep their own message.
+                let mut maintenance = MaintenanceClient::new(channel.clone());
+                maintenance.status(StatusRequest {}).await.unwrap();
+                let activate = AlarmRequest {
+                    action: 1,
+                    ..Default::default()
+                };
+                let err = maintenance.alarm(activate).await.unwrap_err();
+                assert_eq!(err.code(), Code::Unimplemented);
+                assert!(err.message().contains("alarms"), "{}", err.message());
             })
             .await;
     }
@@ -923,7 +977,7 @@ mod tests {
                 let ca_file = write("ca.pem", &ca.pem());
                 let (server_cert, server_key) = leaf("127.0.0.1");
                 let (client_cert, client_key) = leaf("client");
-                let tls = crate::registration::TlsFiles {
+                let tls = Tls {
                     cert_file: write("server.pem", &server_cert),
                     key_file: write("server-key.pem", &server_key),
                     trusted_ca_file: ca_file.clone(),
@@ -1018,6 +1072,43 @@ mod tests {
                 let (success, text) = etcdctl(&["put", "", "x"]).await;
                 assert!(!success);
                 assert!(text.contains("key is not provided"), "{text}");
+            })
+            .await;
+    }
+
+    /// What a user of etcdctl sees for what we do not serve yet: its name, not an empty message.
+    #[tokio::test(flavor = "current_thread")]
+    async fn etcdctl_names_what_is_not_served_yet() {
+        if !etcdctl_installed() {
+            return;
+        }
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let socket = schema::client_socket(dir.path());
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let _stop = fake_consensus(socket.clone(), url.clone());
+                let (link, registrations) = link::spawn(socket).unwrap();
+                tokio::spawn(run(link, registrations, std::future::pending()));
+                drop(connect(&url).await);
+                for (args, method) in [
+                    (&["lease", "grant", "10"][..], "LeaseGrant"),
+                    (&["watch", "foo"][..], "Watch"),
+                ] {
+                    let mut all = vec![format!("--endpoints={url}")];
+                    all.extend(args.iter().map(|s| s.to_string()));
+                    let (success, text) =
+                        tokio::time::timeout(Duration::from_secs(20), etcdctl(all))
+                            .await
+                            .expect("etcdctl did not give up");
+                    assert!(!success, "{text}");
+                    assert!(
+                        text.contains(&format!(
+                            "code = Unimplemented desc = etcdserver: {method} is not served yet"
+                        )),
+                        "{text}"
+                    );
+                }
             })
             .await;
     }

@@ -3,23 +3,15 @@
 //!
 //! Its only input is `--socket`: everything else (identity, listeners, TLS, limits) comes from
 //! consensus at registration.
+//!
+//! A request goes from a handler of [`api`] over the link to consensus ([`consensus`]); the
+//! listeners it arrives on are [`serve`]'s, and [`gateway`] puts them together.
 
-mod authority;
+mod api;
+mod consensus;
 mod error;
-mod from_capnp;
 mod gateway;
-mod grpc;
-mod hpack;
-mod http_api;
-mod json_api;
-mod link;
-mod listen;
-mod plane;
-mod registration;
-mod tls;
-mod to_capnp;
-mod validate;
-mod writes;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,7 +92,7 @@ fn run(socket: PathBuf) -> Result<(), Error> {
             source,
         })?;
     tokio::task::LocalSet::new().block_on(&runtime, async {
-        let (link, registrations) = link::start_local(socket);
+        let (link, registrations) = consensus::link::start_local(socket);
         gateway::run(link, registrations, shutdown_signal()).await
     })
 }

@@ -10,19 +10,16 @@
 //!   cargo bench -p peer-gateway --bench peer_gateway -- --quick     # a few messages per row
 
 use std::cell::RefCell;
-use std::future::{Future, ready};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::AsyncReadExt as _;
-use schema::member_capnp::{peer_frame, peer_registrar};
+use schema::member_capnp::peer_frame;
 use schema::stream::{FrameBuffer, write_frame};
+use schema::testing::{Identity, Member, PeerRegistrar, PeerStandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 #[path = "../../consensus/benches/support/process.rs"]
 mod process;
@@ -132,19 +129,20 @@ async fn bench(bin: &Path, dir: &Path, rows: &[Row]) -> Result<(), String> {
     // Each member's sockets in a directory of their own: `raft.sock` sits beside `peer.sock`.
     let (streams_tx, mut streams) = mpsc::unbounded_channel();
     let mut sockets = Vec::new();
+    // Served while they live.
+    let mut stand_ins = Vec::new();
     for (me, listen, sink) in [(A, url_a, None), (B, url_b, Some(sink.clone()))] {
         let member_dir = dir.join(format!("{me:x}"));
         std::fs::create_dir(&member_dir).map_err(|e| e.to_string())?;
         let socket = schema::peer_socket(&member_dir);
-        serve(
+        stand_ins.push(serve(
             &socket,
-            capnp_rpc::new_client(Registrar {
-                me,
-                members: table.clone(),
-                listen,
-            }),
-        )?;
-        serve_raft(&socket, me, streams_tx.clone(), sink)?;
+            me,
+            &table,
+            &listen,
+            streams_tx.clone(),
+            sink,
+        )?);
         sockets.push(socket);
     }
     let proc_a = Running::gateway(bin, &sockets[0], &dir.join("a.log"));
@@ -410,62 +408,42 @@ impl Sink {
     }
 }
 
-struct Registrar {
-    me: u64,
-    members: Vec<(u64, String)>,
-    listen: String,
-}
-
-impl peer_registrar::Server for Registrar {
-    fn register(
-        self: Rc<Self>,
-        _params: peer_registrar::RegisterParams,
-        mut results: peer_registrar::RegisterResults,
-    ) -> impl Future<Output = capnp::Result<()>> + 'static {
-        let mut reply = results.get();
-        let mut identity = reply.reborrow().init_identity();
-        identity.set_member_id(self.me);
-        identity.set_cluster_id(CLUSTER);
-        let mut members = identity.init_members(self.members.len() as u32);
-        for (i, (id, url)) in self.members.iter().enumerate() {
-            let mut m = members.reborrow().get(i as u32);
-            m.set_id(*id);
-            m.init_peer_urls(1).set(0, url.as_str());
-        }
-        // Protocol 2: no plane, raft messages travel on `raft.sock`.
-        reply
-            .init_config()
-            .init_listen_peer_urls(1)
-            .set(0, self.listen.as_str());
-        ready(Ok(()))
-    }
-}
-
-/// Serves `raft.sock` beside `peer_socket` for member `me`: hands out the write half of each
-/// connection whose hello is right, and reads the rest of what the gateway writes, recording
-/// deliveries in `sink` (B) or dropping them (A).
-fn serve_raft(
+/// Member `me`'s `peer.sock` and `raft.sock` (schema's stand-in): registers the gateway with
+/// `table`, hands out the write half of each raft stream whose hello is right, and reads the rest
+/// of what the gateway writes, recording deliveries in `sink` (B) or dropping them (A).
+fn serve(
     peer_socket: &Path,
     me: u64,
+    table: &[(u64, String)],
+    listen: &str,
     streams: mpsc::UnboundedSender<(u64, OwnedWriteHalf)>,
     sink: Option<Rc<Sink>>,
-) -> Result<(), String> {
-    let path = schema::raft_socket_beside(peer_socket);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| format!("binding {}: {e}", path.display()))?;
-    tokio::task::spawn_local(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (read, write) = stream.into_split();
-            let streams = streams.clone();
-            let sink = sink.clone();
-            tokio::task::spawn_local(async move {
-                if let Err(e) = read_raft(read, me, write, streams, sink).await {
-                    eprintln!("raft stream of gateway {me:x}: {e}");
-                }
-            });
+) -> Result<PeerStandIn, String> {
+    let identity = Identity {
+        member_id: me,
+        cluster_id: CLUSTER,
+        members: table
+            .iter()
+            .map(|(id, url)| Member {
+                id: *id,
+                peer_urls: vec![url.clone()],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let registrar = capnp_rpc::new_client(PeerRegistrar::new(identity, listen));
+    PeerStandIn::serve(peer_socket, registrar, move |stream| {
+        let (read, write) = stream.into_split();
+        let streams = streams.clone();
+        let sink = sink.clone();
+        async move {
+            if let Err(e) = read_raft(read, me, write, streams, sink).await {
+                eprintln!("raft stream of gateway {me:x}: {e}");
+            }
         }
-    });
-    Ok(())
+    })
+    .map_err(|e| format!("binding the stand-in sockets of gateway {me:x}: {e}"))
 }
 
 async fn read_raft(
@@ -528,26 +506,4 @@ async fn read_raft(
             sink.notify.notify_one();
         }
     }
-}
-
-/// Serves `registrar` on a Unix socket at `path`, one RPC system per connection.
-fn serve(path: &Path, registrar: peer_registrar::Client) -> Result<(), String> {
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("binding {}: {e}", path.display()))?;
-    tokio::task::spawn_local(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (reader, writer) = stream.compat().split();
-            let network = twoparty::VatNetwork::new(
-                futures::io::BufReader::new(reader),
-                futures::io::BufWriter::new(writer),
-                Side::Server,
-                Default::default(),
-            );
-            let rpc = RpcSystem::new(Box::new(network), Some(registrar.clone().client));
-            tokio::task::spawn_local(async move {
-                let _ = rpc.await;
-            });
-        }
-    });
-    Ok(())
 }

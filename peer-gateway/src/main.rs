@@ -1,8 +1,11 @@
 //! The peer gateway of a member: registers with consensus on `peer.sock` and carries raft messages
 //! to and from the other members' peer gateways over QUIC.
+//!
+//! [`consensus`] is the link to consensus (as in the client gateway); [`transport`] is QUIC
+//! between the members, with [`tls`] and [`peer_url`].
 
+mod consensus;
 mod error;
-mod ipc;
 mod peer_url;
 mod tls;
 mod transport;
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, ipc::run(args.socket)) {
+    match local.block_on(&runtime, consensus::run(args.socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

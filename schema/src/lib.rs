@@ -13,6 +13,8 @@ pub mod failpoint;
 pub mod rules;
 pub mod stream;
 pub mod supervisor;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub use stream::{raft_socket, raft_socket_beside, write_socket, write_socket_beside};
 
 /// The socket the peer gateway registers on.

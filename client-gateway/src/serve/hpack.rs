@@ -1,6 +1,7 @@
-//! HPACK (RFC 7541), as much as `authority` needs: a decoder that follows the client's dynamic
-//! table, and an encoder that writes only literals "without indexing", so what we forward never
-//! puts anything in the server's dynamic table and needs no state.
+//! HPACK (RFC 7541), as much as [`authority`](super::authority) needs: a [`Decoder`] that follows
+//! the client's dynamic table, and an encoder ([`encode_plain`]) that writes only literals
+//! "without indexing", so what we forward never puts anything in the server's dynamic table and
+//! needs no state.
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;

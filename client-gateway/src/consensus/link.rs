@@ -1,8 +1,15 @@
-//! The link to consensus. capnp-rpc is `!Send`, so it lives on its own thread (current-thread
-//! runtime + `LocalSet`). The thread keeps the gateway registered, re-dialing with a short backoff
-//! whenever consensus goes away, and runs client requests, sent to it as jobs, on the current
-//! registration's `ClientPlane` and write stream (`write.sock`, connected after each
+//! The link to consensus. It keeps the gateway registered, re-dialing with a short backoff
+//! whenever consensus goes away, and runs each client request on the current registration's
+//! [`Session`]: its `ClientPlane` and its write stream (`write.sock`, connected after each
 //! registration; losing it counts as losing consensus).
+//!
+//! # Threads
+//!
+//! capnp-rpc is `!Send`, and tonic's handlers must be `Send`. So the handlers hold a [`Link`], a
+//! `Send` handle with one method per RPC ([`Link::put`] and so on), which hands the request as a
+//! job to the link's task; there the job calls the [`Session`] method of the same name. In the
+//! gateway that task runs on the gRPC thread itself ([`start_local`]), so a request reaches
+//! consensus without waking another thread. Only tests run it on a thread of its own (`spawn`).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -13,11 +20,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::consensus::plane::{MemberMetrics, Session};
+use crate::consensus::registration::{self, Registered, Registration};
+use crate::consensus::writes;
 #[cfg(test)]
 use crate::error::Error;
-use crate::plane::Session;
-use crate::registration::{self, Registered, Registration};
-use crate::writes;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MemberListResponse,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse,
+    TxnRequest, TxnResponse,
+};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -39,10 +52,86 @@ fn not_registered() -> Status {
     Status::unavailable("client gateway: consensus is unreachable (not registered)")
 }
 
+/// One method per RPC, each running the [`Session`] method of the same name.
 impl Link {
-    /// Runs `f` on the link thread with the current session and returns its answer. Waits up to
-    /// `SESSION_WAIT` for a registration; a request is only sent once, never retried.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        self.call(move |s| s.range(req)).await
+    }
+
+    /// `fits` is etcd's limit on the raft entry, checked once the member ID is known (see
+    /// [`Session::put`]).
+    pub async fn put<F>(&self, req: PutRequest, fits: F) -> Result<PutResponse, Status>
+    where
+        F: FnOnce(u64) -> Result<(), Status> + Send + 'static,
+    {
+        self.call(move |s| s.put(req, fits)).await
+    }
+
+    pub async fn delete_range<F>(
+        &self,
+        req: DeleteRangeRequest,
+        fits: F,
+    ) -> Result<DeleteRangeResponse, Status>
+    where
+        F: FnOnce(u64) -> Result<(), Status> + Send + 'static,
+    {
+        self.call(move |s| s.delete_range(req, fits)).await
+    }
+
+    pub async fn txn<F>(
+        &self,
+        req: TxnRequest,
+        read_only: bool,
+        fits: F,
+    ) -> Result<TxnResponse, Status>
+    where
+        F: FnOnce(u64) -> Result<(), Status> + Send + 'static,
+    {
+        self.call(move |s| s.txn(req, read_only, fits)).await
+    }
+
+    pub async fn compact<F>(
+        &self,
+        req: CompactionRequest,
+        fits: F,
+    ) -> Result<CompactionResponse, Status>
+    where
+        F: FnOnce(u64) -> Result<(), Status> + Send + 'static,
+    {
+        self.call(move |s| s.compact(req, fits)).await
+    }
+
+    pub async fn member_list(&self) -> Result<MemberListResponse, Status> {
+        self.call(Session::member_list).await
+    }
+
+    pub async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+        self.call(move |s| s.alarm(req)).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, Status> {
+        self.call(Session::status).await
+    }
+
+    pub async fn defragment(&self) -> Result<DefragmentResponse, Status> {
+        self.call(Session::defragment).await
+    }
+
+    pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, Status> {
+        self.call(move |s| s.hash_kv(revision)).await
+    }
+
+    pub async fn move_leader(&self, target_id: u64) -> Result<MoveLeaderResponse, Status> {
+        self.call(move |s| s.move_leader(target_id)).await
+    }
+
+    pub async fn metrics(&self) -> Result<MemberMetrics, Status> {
+        self.call(Session::metrics).await
+    }
+
+    /// Runs `f` on the link's task with the current session and returns its answer. Waits up to
+    /// [`SESSION_WAIT`] for a registration; a request is only sent once, never retried.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: FnOnce(Session) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Status>> + 'static,
@@ -97,9 +186,9 @@ pub fn start_local(socket: PathBuf) -> (Link, mpsc::UnboundedReceiver<Registrati
     (Link { jobs: jobs_tx }, registered_rx)
 }
 
-/// Starts the link on a thread of its own, for tests that run the gRPC server on a multi-thread
-/// runtime. Every successful registration is reported on the returned receiver, which closes if
-/// the thread ever stops.
+/// Starts the link on a thread of its own, for tests only (the gateway uses [`start_local`]).
+/// Every successful registration is reported on the returned receiver, which closes if the
+/// thread ever stops.
 #[cfg(test)]
 pub fn spawn(socket: PathBuf) -> Result<(Link, mpsc::UnboundedReceiver<Registration>), Error> {
     let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
@@ -123,7 +212,7 @@ pub fn spawn(socket: PathBuf) -> Result<(Link, mpsc::UnboundedReceiver<Registrat
     Ok((Link { jobs: jobs_tx }, registered_rx))
 }
 
-/// The link thread's body; must run inside a `LocalSet`. Returns once nobody listens any more.
+/// The link's body; must run inside a `LocalSet`. Returns once nobody listens any more.
 async fn run(
     socket: PathBuf,
     mut jobs: mpsc::Receiver<Job>,

@@ -1,8 +1,9 @@
 //! The plain HTTP endpoints etcd serves beside gRPC on its client URLs, over HTTP/1.1 or HTTP/2:
 //! `/health` (healthy: the member knows a leader and serves a linearizable read within a second,
 //! as etcd 3.4 checks with a quorum read), `/version`, and `/metrics` (Prometheus text, under
-//! etcd's names for what consensus counts). Every other path goes on to the gRPC services
-//! untouched. Status codes, headers and bodies are etcd 3.4.23's.
+//! etcd's names for what consensus counts), and the JSON gateway ([`json`]). Every
+//! other path goes on to the gRPC services untouched ([`HttpApi`], in front of them by
+//! [`HttpApiLayer`]). Status codes, headers and bodies are etcd 3.4.23's.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -20,9 +21,9 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::warn;
 
-use crate::json_api;
-use crate::link::Link;
-use crate::plane::{self, MemberMetrics};
+use crate::api::json;
+use crate::consensus::link::Link;
+use crate::consensus::plane::MemberMetrics;
 use crate::proto::etcdserverpb::RangeRequest;
 
 /// How long `/health` waits for its read (etcd: one second).
@@ -49,13 +50,13 @@ struct HealthCounts {
 pub struct HttpApiLayer {
     link: Link,
     health: Arc<HealthCounts>,
-    json: json_api::Services,
+    json: json::Services,
     /// The largest JSON body read (etcd's gRPC message limit).
     max_body: usize,
 }
 
 impl HttpApiLayer {
-    pub fn new(link: Link, json: json_api::Services, max_body: usize) -> Self {
+    pub fn new(link: Link, json: json::Services, max_body: usize) -> Self {
         HttpApiLayer {
             link,
             health: Arc::default(),
@@ -83,7 +84,7 @@ impl<S> Layer<S> for HttpApiLayer {
 pub struct HttpApi<S> {
     link: Link,
     health: Arc<HealthCounts>,
-    json: json_api::Services,
+    json: json::Services,
     max_body: usize,
     inner: S,
 }
@@ -93,7 +94,7 @@ enum Endpoint {
     Health,
     Version,
     Metrics,
-    Json(Option<json_api::Call>),
+    Json(Option<json::Call>),
 }
 
 type Answer<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
@@ -117,7 +118,7 @@ where
             "/health" => Endpoint::Health,
             "/version" => Endpoint::Version,
             "/metrics" => Endpoint::Metrics,
-            p if json_api::is_gateway_path(p) => Endpoint::Json(json_api::route(p)),
+            p if json::is_gateway_path(p) => Endpoint::Json(json::route(p)),
             _ => return Either::Left(self.inner.call(req)),
         };
         let allowed = match endpoint {
@@ -169,7 +170,7 @@ where
                     }
                 }
                 Endpoint::Json(call) => json_answer(&json, call, req.into_body(), max_body).await,
-                Endpoint::Metrics => match link.call(plane::metrics).await {
+                Endpoint::Metrics => match link.metrics().await {
                     Ok(m) => respond(StatusCode::OK, PROMETHEUS_TEXT, &exposition(&m, &health)),
                     Err(s) => {
                         warn!("/metrics: {}", s.message());
@@ -184,8 +185,8 @@ where
 /// A JSON gateway call: the body read (up to `max_body` bytes), the call made, the answer or the
 /// error written as etcd's gateway writes them.
 async fn json_answer(
-    services: &json_api::Services,
-    call: Option<json_api::Call>,
+    services: &json::Services,
+    call: Option<json::Call>,
     body: Body,
     max_body: usize,
 ) -> Response<Body> {
@@ -194,7 +195,7 @@ async fn json_answer(
             "client gateway: this JSON gateway path is not served (see the README)",
         )),
         Some(call) => match Limited::new(body, max_body).collect().await {
-            Ok(bytes) => json_api::serve(services, call, &bytes.to_bytes()).await,
+            Ok(bytes) => json::serve(services, call, &bytes.to_bytes()).await,
             Err(e) => Err(Status::invalid_argument(format!(
                 "reading the request body: {e}"
             ))),
@@ -203,9 +204,9 @@ async fn json_answer(
     match answer {
         Ok(json) => respond(StatusCode::OK, "application/json", &json),
         Err(s) => {
-            let code = StatusCode::from_u16(json_api::http_status(s.code()))
+            let code = StatusCode::from_u16(json::http_status(s.code()))
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            respond(code, "application/json", &json_api::error_json(&s))
+            respond(code, "application/json", &json::error_json(&s))
         }
     }
 }
@@ -213,7 +214,7 @@ async fn json_answer(
 /// A leader, then a read that must go through it.
 async fn check(link: &Link) -> Result<(), String> {
     let status = link
-        .call(plane::status)
+        .status()
         .await
         .map_err(|s: Status| s.message().to_string())?;
     if status.leader == 0 {
@@ -223,7 +224,7 @@ async fn check(link: &Link) -> Result<(), String> {
         key: b"health".to_vec(),
         ..Default::default()
     };
-    link.call(move |s| plane::range(s, read))
+    link.range(read)
         .await
         .map(drop)
         .map_err(|s| s.message().to_string())

@@ -1,5 +1,6 @@
 //! Consensus's answers, Cap'n Proto to protobuf: responses field by field, a refusal (`Status`)
-//! into the gRPC status etcd would give, and RPC failures into UNAVAILABLE/UNKNOWN/INTERNAL.
+//! into the gRPC status etcd would give ([`refusal`]), and RPC failures into
+//! UNAVAILABLE/UNKNOWN/INTERNAL ([`call_failed`], [`malformed`]).
 
 use schema::member_capnp::{
     compaction_response, defragment_response, delete_range_response, hash_kv_response, key_value,
@@ -8,13 +9,13 @@ use schema::member_capnp::{
 };
 use tonic::{Code, Status};
 
+use crate::consensus::registration::text_list;
 use crate::proto::etcdserverpb::{
     CompactionResponse, DefragmentResponse, DeleteRangeResponse, HashKvResponse, Member,
     MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp,
     StatusResponse, TxnResponse, response_op::Response,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::registration::text_list;
 
 /// A request consensus refused, with etcd's code and message.
 pub fn refusal(s: status::Reader<'_>) -> Status {

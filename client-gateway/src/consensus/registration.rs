@@ -1,5 +1,6 @@
-//! Registering on consensus's `client.sock`: what consensus hands the gateway (identity, listeners,
-//! TLS files, limits, and the `ClientPlane` to forward requests to), as plain Rust values.
+//! Registering on consensus's `client.sock` ([`register`]): what consensus hands the gateway
+//! (identity, listeners, TLS files, limits, and the `ClientPlane` to forward requests to), as
+//! plain Rust values ([`Registration`]).
 
 use std::path::Path;
 

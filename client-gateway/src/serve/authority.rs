@@ -1,4 +1,5 @@
-//! Repairs the `:authority` of inbound HTTP/2 requests before the HTTP/2 server sees them.
+//! Repairs the `:authority` of inbound HTTP/2 requests before the HTTP/2 server sees them
+//! ([`RepairAuthority`]).
 //!
 //! etcd 3.4's Go client dials some endpoints as `passthrough:///http://host:port` and so sends
 //! `:authority: http://host:port` (e.g. `etcdctl endpoint status`). grpc-go accepts that; our
@@ -14,7 +15,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-use crate::hpack::{self, Field};
+use crate::serve::hpack::{self, Field};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;

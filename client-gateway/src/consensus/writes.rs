@@ -1,15 +1,15 @@
 //! The write stream (protocol 3): puts, deletes and txns that write go to consensus as
-//! `WriteFrame`s on `write.sock`, which consensus's raft thread reads and answers itself. As
-//! `ClientPlane` calls they went through consensus's IPC thread on the way in and out, two
-//! process wake-ups more on a path that is bound by latency. Everything else stays on
+//! `WriteFrame`s on `write.sock`, which consensus's raft thread reads and answers itself, so a
+//! write wakes no other thread of consensus on its way in or out. Everything else stays on
 //! `ClientPlane`.
 //!
-//! The link connects one stream per registration, right after registering, and hands a `Writes`
-//! handle out in the `Session`. A request gets an id, waits in `waiting` under it, and its frame
-//! is queued to the writer task, which sends whatever queued up meanwhile in one `writev`; the
-//! reader task completes the waiting request whose id consensus's reply names. When the stream
-//! ends, every waiting request fails UNAVAILABLE and the link registers again. All of it runs on
-//! the link's `LocalSet`.
+//! The [`link`](super::link) connects one stream per registration, right after registering
+//! ([`connect`]), and hands its [`Writes`] handle out in the
+//! [`Session`](super::plane::Session). A request gets an id, waits under it, and its frame is
+//! queued to the writer task, which sends whatever queued up meanwhile in one `writev`; the reader
+//! task completes the waiting request whose id consensus's reply names. When the stream ends
+//! ([`Stream`]), every waiting request fails UNAVAILABLE and the link registers again. All of it
+//! runs on the link's `LocalSet`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,12 +25,12 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::debug;
 
+use crate::consensus::from_capnp;
+use crate::consensus::to_capnp;
 use crate::error::Error;
-use crate::from_capnp;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
-use crate::to_capnp;
 
 /// Frames waiting for the writer, at most; a request beyond that waits for room.
 const MAX_QUEUED_FRAMES: usize = 1024;
@@ -390,127 +390,10 @@ async fn write_frames(
     why
 }
 
-/// Consensus's end of a write stream, for the tests here and the stand-in consensus in
-/// `gateway.rs`: reads the gateway's frames, writes replies.
-#[cfg(test)]
-pub(crate) mod stand_in {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::UnixStream;
-
-    /// A frame the gateway sent, read back.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Seen {
-        Hello(u32),
-        Put {
-            id: u64,
-            key: Vec<u8>,
-            value: Vec<u8>,
-        },
-        DeleteRange {
-            id: u64,
-            key: Vec<u8>,
-        },
-        Txn {
-            id: u64,
-            success: u32,
-        },
-        Other,
-    }
-
-    pub struct ConsensusEnd {
-        socket: UnixStream,
-        buf: FrameBuffer,
-    }
-
-    impl ConsensusEnd {
-        pub fn new(socket: UnixStream) -> ConsensusEnd {
-            ConsensusEnd {
-                socket,
-                buf: FrameBuffer::new(),
-            }
-        }
-
-        /// The next frame from the gateway; `None` once it closed the stream.
-        pub async fn next(&mut self) -> Option<Seen> {
-            loop {
-                if let Some(frame) = self.buf.next_frame().expect("a corrupt frame") {
-                    let frame = frame.get_root::<write_frame::Reader>().unwrap();
-                    return Some(match frame.which().unwrap() {
-                        write_frame::Hello(v) => Seen::Hello(v),
-                        write_frame::Request(r) => {
-                            let r = r.unwrap();
-                            let id = r.get_id();
-                            match r.which().unwrap() {
-                                write_request::Put(p) => {
-                                    let p = p.unwrap();
-                                    Seen::Put {
-                                        id,
-                                        key: p.get_key().unwrap().to_vec(),
-                                        value: p.get_value().unwrap().to_vec(),
-                                    }
-                                }
-                                write_request::DeleteRange(d) => Seen::DeleteRange {
-                                    id,
-                                    key: d.unwrap().get_key().unwrap().to_vec(),
-                                },
-                                write_request::Txn(t) => Seen::Txn {
-                                    id,
-                                    success: t.unwrap().get_success().unwrap().len(),
-                                },
-                            }
-                        }
-                        write_frame::Reply(_) => Seen::Other,
-                    });
-                }
-                match self.socket.read(self.buf.spare_mut()).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.buf.filled(n),
-                }
-            }
-        }
-
-        /// Writes one frame.
-        pub async fn send(&mut self, fill: impl FnOnce(write_frame::Builder<'_>)) {
-            let mut message = capnp::message::Builder::new_default();
-            fill(message.init_root());
-            let mut out = Vec::new();
-            stream::write_frame(&mut out, &message);
-            self.write_raw(&out).await;
-        }
-
-        /// Writes one reply to request `id`.
-        pub async fn reply(&mut self, id: u64, fill: impl FnOnce(write_reply::Builder<'_>)) {
-            self.send(|f| {
-                let mut r = f.init_reply();
-                r.set_id(id);
-                fill(r);
-            })
-            .await;
-        }
-
-        /// Refuses request `id` with etcd's `code` and `message`.
-        pub async fn refuse(&mut self, id: u64, code: u32, message: &str) {
-            self.reply(id, |mut r| {
-                let mut e = r.reborrow().init_error();
-                e.set_code(code);
-                e.set_message(message);
-                r.set_none(());
-            })
-            .await;
-        }
-
-        pub async fn write_raw(&mut self, bytes: &[u8]) {
-            // The gateway may have closed its end; the test then sees that elsewhere.
-            let _ = self.socket.write_all(bytes).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::stand_in::{ConsensusEnd, Seen};
     use super::*;
+    use schema::testing::write_stream::{ConsensusEnd, Seen};
     use tonic::Code;
 
     const WAIT: Duration = Duration::from_secs(10);

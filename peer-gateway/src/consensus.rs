@@ -1,4 +1,4 @@
-//! The link to consensus, in two parts (protocol 2):
+//! The link to consensus ([`run`]), in two parts (protocol 2):
 //! - capnp-rpc on `peer.sock`: register (identity, listen config) and serve `PeerGateway`, of which
 //!   only `membersChanged` is still called;
 //! - a raw stream on `raft.sock` beside it, where consensus's raft thread itself reads and writes:
@@ -7,8 +7,8 @@
 //!   answered: a reply per batch cost a process wake-up on every hop of a replicated write.
 //!
 //! Losing either connection means consensus is gone: register again, then connect the stream again.
-//! The transport and the tasks turning its events into frames live as long as the process; they
-//! queue frames to the current stream's writer task, which writes whatever queued up in one
+//! The [`Transport`] and the tasks turning its [`Events`] into frames live as long as the process;
+//! they queue frames to the current stream's writer task, which writes whatever queued up in one
 //! `writev`. Runs on a `LocalSet`, as capnp-rpc is `!Send`.
 
 use std::cell::{OnceCell, RefCell};
@@ -647,11 +647,9 @@ mod tests {
 
     use std::time::Duration;
 
-    use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-    use futures::AsyncReadExt as _;
+    use schema::testing::{self, Identity, Listening, Member, PeerRegistrar};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-    use tokio_util::compat::TokioAsyncReadCompatExt;
 
     const CLUSTER: u64 = 0x1a2b;
     const US: u64 = 1;
@@ -670,73 +668,42 @@ mod tests {
         Snapshot(u64, bool),
     }
 
-    struct FakeRegistrar {
+    /// The stand-in's registrar: tells `seen` of each registration and hands out its gateway.
+    fn fake_registrar(
         refuse: bool,
         members: Vec<(u64, String)>,
         listen: String,
         seen: mpsc::UnboundedSender<Seen>,
         gateways: mpsc::UnboundedSender<peer_gateway::Client>,
+    ) -> peer_registrar::Client {
+        let identity = Identity {
+            member_id: US,
+            cluster_id: CLUSTER,
+            members: members
+                .into_iter()
+                .map(|(id, url)| Member {
+                    id,
+                    peer_urls: vec![url],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut registrar = PeerRegistrar::new(identity, &listen);
+        registrar.refuse =
+            refuse.then(|| "peer gateway protocol version 1 is not supported".to_string());
+        registrar.on_register = Some(Box::new(move |version| {
+            let _ = seen.send(Seen::Registered(version));
+        }));
+        registrar.on_gateway = Some(Box::new(move |gateway| {
+            let _ = gateways.send(gateway);
+        }));
+        capnp_rpc::new_client(registrar)
     }
 
-    impl peer_registrar::Server for FakeRegistrar {
-        fn register(
-            self: Rc<Self>,
-            params: peer_registrar::RegisterParams,
-            mut results: peer_registrar::RegisterResults,
-        ) -> impl Future<Output = capnp::Result<()>> + 'static {
-            ready((|| {
-                let params = params.get()?;
-                let _ = self.seen.send(Seen::Registered(params.get_version()));
-                if self.refuse {
-                    return Err(capnp::Error::failed(
-                        "peer gateway protocol version 1 is not supported".to_string(),
-                    ));
-                }
-                let _ = self.gateways.send(params.get_gateway()?);
-                let mut reply = results.get();
-                let mut identity = reply.reborrow().init_identity();
-                identity.set_member_id(US);
-                identity.set_cluster_id(CLUSTER);
-                let mut members = identity.init_members(self.members.len() as u32);
-                for (i, (id, url)) in self.members.iter().enumerate() {
-                    let mut m = members.reborrow().get(i as u32);
-                    m.set_id(*id);
-                    m.init_peer_urls(1).set(0, url.as_str());
-                }
-                // Protocol 2 leaves `plane` null.
-                reply
-                    .init_config()
-                    .init_listen_peer_urls(1)
-                    .set(0, self.listen.as_str());
-                Ok(())
-            })())
-        }
-    }
-
-    /// Serves `registrar` on `socket`; returns the tasks of the accepted connections so a test
-    /// can cut them.
-    fn serve(
-        socket: &Path,
-        registrar: peer_registrar::Client,
-    ) -> mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>> {
-        let listener = tokio::net::UnixListener::bind(socket).unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (reader, writer) = stream.compat().split();
-                let network = twoparty::VatNetwork::new(
-                    futures::io::BufReader::new(reader),
-                    futures::io::BufWriter::new(writer),
-                    Side::Server,
-                    Default::default(),
-                );
-                let rpc = RpcSystem::new(Box::new(network), Some(registrar.clone().client));
-                let _ = tx.send(tokio::task::spawn_local(async move {
-                    let _ = rpc.await;
-                }));
-            }
-        });
-        rx
+    /// Serves `registrar` on `socket`; a test can cut the connections it accepted.
+    fn serve(socket: &Path, registrar: peer_registrar::Client) -> Listening {
+        testing::serve_rpc(socket, registrar.client).unwrap()
     }
 
     /// One `raft.sock` connection the stand-in accepted: its write half, and the task reading
@@ -775,18 +742,17 @@ mod tests {
     fn serve_raft(
         peer_socket: &Path,
         seen: mpsc::UnboundedSender<Seen>,
-    ) -> mpsc::UnboundedReceiver<RaftStream> {
-        let listener =
-            tokio::net::UnixListener::bind(schema::raft_socket_beside(peer_socket)).unwrap();
+    ) -> (Listening, mpsc::UnboundedReceiver<RaftStream>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+        let listening =
+            testing::serve_streams(&schema::raft_socket_beside(peer_socket), move |stream| {
                 let (read, writer) = stream.into_split();
                 let reader = tokio::task::spawn_local(read_raft(read, seen.clone()));
                 let _ = tx.send(RaftStream { writer, reader });
-            }
-        });
-        rx
+                std::future::ready(())
+            })
+            .unwrap();
+        (listening, rx)
     }
 
     async fn read_raft(mut stream: OwnedReadHalf, seen: mpsc::UnboundedSender<Seen>) {
@@ -838,6 +804,14 @@ mod tests {
 
     async fn accepted<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the gateway did not connect in time")
+            .expect("channel closed")
+    }
+
+    /// The next registrar connection the stand-in accepted, to cut it.
+    async fn connection(listening: &mut Listening) -> tokio::task::AbortHandle {
+        tokio::time::timeout(WAIT, listening.accepted())
             .await
             .expect("the gateway did not connect in time")
             .expect("channel closed")
@@ -939,15 +913,10 @@ mod tests {
 
                 let (seen_tx, mut seen) = mpsc::unbounded_channel();
                 let (gateways_tx, mut gateways) = mpsc::unbounded_channel();
-                let registrar: peer_registrar::Client = capnp_rpc::new_client(FakeRegistrar {
-                    refuse: false,
-                    members: table,
-                    listen: gateway_url,
-                    seen: seen_tx.clone(),
-                    gateways: gateways_tx,
-                });
+                let registrar =
+                    fake_registrar(false, table, gateway_url, seen_tx.clone(), gateways_tx);
                 let mut connections = serve(&socket, registrar);
-                let mut streams = serve_raft(&socket, seen_tx);
+                let (_raft, mut streams) = serve_raft(&socket, seen_tx);
                 let gateway_task = tokio::task::spawn_local(run(socket.clone()));
 
                 // Registered with our version, then connected the stream with it.
@@ -994,7 +963,7 @@ mod tests {
 
                 // Consensus goes away, both connections at once: the gateway registers and
                 // connects the stream again by itself, and messages flow again both ways.
-                accepted(&mut connections).await.abort();
+                connection(&mut connections).await.abort();
                 raft.cut();
                 registered_and_connected(&mut seen).await;
                 let mut raft = accepted(&mut streams).await;
@@ -1023,13 +992,7 @@ mod tests {
                 let socket = schema::peer_socket(dir.path());
                 let (seen_tx, _seen) = mpsc::unbounded_channel();
                 let (gateways_tx, _gateways) = mpsc::unbounded_channel();
-                let registrar: peer_registrar::Client = capnp_rpc::new_client(FakeRegistrar {
-                    refuse: true,
-                    members: vec![],
-                    listen: String::new(),
-                    seen: seen_tx,
-                    gateways: gateways_tx,
-                });
+                let registrar = fake_registrar(true, vec![], String::new(), seen_tx, gateways_tx);
                 let _connections = serve(&socket, registrar);
                 let result = tokio::time::timeout(WAIT, run(socket)).await.unwrap();
                 match result {

@@ -1,5 +1,6 @@
-//! The listen-client URLs: parsing them, binding, accepting connections (with TLS for https://
-//! and unixs://), and handing them to the gRPC server.
+//! The listen-client URLs: parsing them ([`ListenUrl`]), binding ([`Listener`]), accepting
+//! connections (with TLS for https:// and unixs://), and handing them to the gRPC server
+//! ([`incoming`]), each behind [`RepairAuthority`].
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,8 +18,8 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
-use crate::authority::RepairAuthority;
 use crate::error::Error;
+use crate::serve::authority::RepairAuthority;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (e.g. out of file descriptors) instead of spinning.
@@ -262,34 +263,31 @@ impl Connected for Io {
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-/// Serves `router` on `listener` until the listener fails for good. TLS handshakes run on their
-/// own tasks so a slow or silent client never holds up the others.
-pub async fn serve(
-    listener: Listener,
-    url: String,
-    tls: Option<TlsAcceptor>,
-    router: crate::grpc::ClientRouter,
-) -> Result<(), Error> {
-    let (conns_tx, mut conns_rx) = mpsc::channel::<Conn>(128);
-    // Dropped with this future (also when its task is aborted), which closes the listener.
-    let _accept = AbortOnDrop(tokio::spawn(accept_loop(
-        listener,
-        url.clone(),
-        tls,
-        conns_tx,
-    )));
-    let incoming = futures::stream::poll_fn(move |cx| {
-        conns_rx
-            .poll_recv(cx)
-            .map(|conn| conn.map(Ok::<_, io::Error>))
-    });
-    router
-        .serve_with_incoming(incoming)
-        .await
-        .map_err(|e| Error::Serve {
-            url,
-            reason: e.to_string(),
-        })
+/// The connections accepted on `listener`, for the HTTP/2 server (`serve_with_incoming`). TLS
+/// handshakes run on their own tasks so a slow or silent client never holds up the others.
+/// Dropping it stops accepting and closes the listener.
+pub fn incoming(listener: Listener, url: String, tls: Option<TlsAcceptor>) -> Incoming {
+    let (conns_tx, conns) = mpsc::channel::<Conn>(128);
+    let accept = AbortOnDrop(tokio::spawn(accept_loop(listener, url, tls, conns_tx)));
+    Incoming {
+        conns,
+        _accept: accept,
+    }
+}
+
+/// See [`incoming`].
+pub struct Incoming {
+    conns: mpsc::Receiver<Conn>,
+    /// Dropped with the stream (also when its task is aborted), which closes the listener.
+    _accept: AbortOnDrop,
+}
+
+impl futures::Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.conns.poll_recv(cx).map(|conn| conn.map(Ok))
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -301,7 +299,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// What the gRPC server reads: the client's bytes with their `:authority` repaired.
-type Conn = RepairAuthority<Io>;
+pub type Conn = RepairAuthority<Io>;
 
 async fn accept_loop(
     listener: Listener,

@@ -1,5 +1,6 @@
-//! TLS for https:// and unixs:// listeners, from the files named in etcd.conf. The ring provider is
-//! passed explicitly everywhere so the process never depends on a process-wide default provider.
+//! TLS for https:// and unixs:// listeners ([`acceptor`]), from the files named in etcd.conf
+//! ([`TlsFiles`]). The ring provider is passed explicitly everywhere so the process never depends
+//! on a process-wide default provider.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use crate::consensus::registration::TlsFiles;
 use crate::error::Error;
-use crate::registration::TlsFiles;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

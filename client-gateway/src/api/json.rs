@@ -3,15 +3,17 @@
 //! proto's field names, zero fields left out, 64-bit integers as strings, bytes in base64. A
 //! request may give field names as in the proto or in lowerCamelCase, integers as strings or
 //! numbers, enums by name or number (as Go's jsonpb reads them). Served: `kv/range`, `kv/put`,
-//! `kv/deleterange`, `kv/txn`, `kv/compaction`, `cluster/member/list` and `maintenance/status`;
-//! other paths answer 501.
+//! `kv/deleterange`, `kv/txn`, `kv/compaction`, `cluster/member/list` and `maintenance/status`
+//! ([`route`]); other paths answer 501. A call goes to the same [`Services`] gRPC uses.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use serde_json::Value;
 use tonic::{Code, Status};
 
-use crate::grpc::{ClusterService, KvService, MaintenanceService};
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::maintenance::MaintenanceService;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
