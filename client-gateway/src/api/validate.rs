@@ -1,70 +1,32 @@
 //! The checks etcd's gRPC layer runs before a request reaches the server, with the same gRPC codes
-//! and messages, so a malformed request is refused here without a trip to consensus.
+//! and messages, so a malformed request is refused here without a trip to consensus. The rules
+//! are [`schema::rules`], which consensus runs again on its side; here they read the protobuf
+//! messages.
 
-use std::collections::HashSet;
-
+use schema::rules::{self, Refusal, refusal};
 use tonic::Status;
 
-use crate::proto::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op::Request,
-};
+use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
 
-pub fn empty_key() -> Status {
-    Status::invalid_argument("etcdserver: key is not provided")
-}
-
-fn empty_op() -> Status {
-    // etcd's answer to a RequestOp with no operation set.
-    Status::invalid_argument("etcdserver: key not found")
-}
-
-fn invalid_sort() -> Status {
-    Status::invalid_argument("etcdserver: invalid sort option")
-}
-
-fn too_many_ops() -> Status {
-    Status::invalid_argument("etcdserver: too many operations in txn request")
-}
-
-fn duplicate_key() -> Status {
-    Status::invalid_argument("etcdserver: duplicate key given in txn request")
+/// etcd's refusal as a gRPC status.
+fn status(r: Refusal) -> Status {
+    Status::new(tonic::Code::from_i32(r.code as i32), r.message)
 }
 
 pub fn range(r: &RangeRequest) -> Result<(), Status> {
-    if r.key.is_empty() {
-        return Err(empty_key());
-    }
-    // etcd 3.4 sorts nothing for an unknown order (NONE=0, ASCEND=1, DESCEND=2), whatever the
-    // target; with a known order it sorts by the target (KEY..VALUE = 0..4) and crashes on an
-    // unknown one, which we refuse as etcd 3.5 does.
-    if (0..=2).contains(&r.sort_order) && !(0..=4).contains(&r.sort_target) {
-        return Err(invalid_sort());
-    }
-    Ok(())
+    rules::range(r.view()).map_err(status)
 }
 
 pub fn put(r: &PutRequest) -> Result<(), Status> {
-    if r.key.is_empty() {
-        return Err(empty_key());
-    }
-    if r.ignore_value && !r.value.is_empty() {
-        return Err(Status::invalid_argument("etcdserver: value is provided"));
-    }
-    if r.ignore_lease && r.lease != 0 {
-        return Err(Status::invalid_argument("etcdserver: lease is provided"));
-    }
-    Ok(())
+    rules::put(r.view()).map_err(status)
 }
 
 pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), Status> {
-    if r.key.is_empty() {
-        return Err(empty_key());
-    }
-    Ok(())
+    rules::delete(r.view()).map_err(status)
 }
 
 pub fn request_too_large() -> Status {
-    Status::invalid_argument("etcdserver: request is too large")
+    status(refusal::REQUEST_TOO_LARGE)
 }
 
 /// The length of `v` as a protobuf varint.
@@ -99,138 +61,20 @@ pub fn request_size(
     Ok(())
 }
 
-/// etcd 3.4 serves a Txn without raft (and so without the size check) when every operation of
-/// both branches is a Range; a nested Txn makes it a write, whatever it holds.
+/// Whether etcd serves `r` without raft ([`rules::txn_is_read_only`]).
 pub fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success
-        .iter()
-        .chain(&r.failure)
-        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
+    rules::txn_is_read_only(r)
 }
 
-/// All checks etcd runs on a Txn: shape and op counts, then no key both written twice or written
-/// and deleted by the same branch.
+/// All checks etcd runs on a Txn ([`rules::txn`]).
 pub fn txn(r: &TxnRequest, max_txn_ops: u32) -> Result<(), Status> {
-    txn_shape(r, i64::from(max_txn_ops))?;
-    overlaps(&r.success)?;
-    overlaps(&r.failure)?;
-    Ok(())
-}
-
-/// etcd counts the largest of the three lists against the limit, and lets a nested txn use only
-/// what that leaves (which may be negative, refusing even an empty nested txn).
-fn txn_shape(r: &TxnRequest, max_ops: i64) -> Result<(), Status> {
-    let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
-    let ops = i64::try_from(ops).unwrap_or(i64::MAX);
-    if ops > max_ops {
-        return Err(too_many_ops());
-    }
-    if r.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(empty_key());
-    }
-    for op in r.success.iter().chain(&r.failure) {
-        match &op.request {
-            Some(Request::RequestRange(q)) => range(q)?,
-            Some(Request::RequestPut(q)) => put(q)?,
-            Some(Request::RequestDeleteRange(q)) => delete_range(q)?,
-            Some(Request::RequestTxn(q)) => txn_shape(q, max_ops - ops)?,
-            None => return Err(empty_op()),
-        }
-    }
-    Ok(())
-}
-
-/// Deleted key spans, half-open `[begin, end)` in byte order. A single key `k` is `[k, k\0)`.
-#[derive(Default)]
-struct Deletes(Vec<(Vec<u8>, Vec<u8>)>);
-
-impl Deletes {
-    fn insert(&mut self, key: &[u8], range_end: &[u8]) {
-        let end = if range_end.is_empty() {
-            successor(key)
-        } else {
-            range_end.to_vec()
-        };
-        self.0.push((key.to_vec(), end));
-    }
-
-    /// Like etcd, a span whose end is not above its begin (e.g. range_end "\0", meaning "to the
-    /// end of the keyspace") covers nothing here.
-    fn covers(&self, key: &[u8]) -> bool {
-        self.0
-            .iter()
-            .any(|(begin, end)| begin.as_slice() <= key && key < end.as_slice())
-    }
-
-    fn absorb(&mut self, other: Deletes) {
-        // etcd only carries over spans that end above "\0"; the rest cover nothing anyway.
-        self.0.extend(
-            other
-                .0
-                .into_iter()
-                .filter(|(_, end)| end.as_slice() > b"\0".as_slice()),
-        );
-    }
-}
-
-fn successor(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.extend_from_slice(key);
-    k.push(0);
-    k
-}
-
-/// One branch's puts and deletes, including those of nested txns, failing on a key that would be
-/// written twice or written and deleted. Follows etcd's order of checks, so it refuses exactly
-/// the requests etcd refuses.
-fn overlaps(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Deletes), Status> {
-    let mut dels = Deletes::default();
-    for op in ops {
-        if let Some(Request::RequestDeleteRange(d)) = &op.request {
-            dels.insert(&d.key, &d.range_end);
-        }
-    }
-
-    let mut puts: HashSet<Vec<u8>> = HashSet::new();
-    for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else {
-            continue;
-        };
-        let (puts_then, dels_then) = overlaps(&t.success)?;
-        let (puts_else, dels_else) = overlaps(&t.failure)?;
-        for k in &puts_then {
-            if puts.contains(k) || dels.covers(k) {
-                return Err(duplicate_key());
-            }
-            puts.insert(k.clone());
-        }
-        for k in puts_else {
-            // A key put by both branches of the same nested txn is fine: only one branch runs.
-            if (puts.contains(&k) && !puts_then.contains(&k)) || dels.covers(&k) {
-                return Err(duplicate_key());
-            }
-            puts.insert(k);
-        }
-        dels.absorb(dels_then);
-        dels.absorb(dels_else);
-    }
-
-    for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else {
-            continue;
-        };
-        if puts.contains(&p.key) || dels.covers(&p.key) {
-            return Err(duplicate_key());
-        }
-        puts.insert(p.key.clone());
-    }
-    Ok((puts, dels))
+    rules::txn(r, max_txn_ops).map_err(status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::etcdserverpb::Compare;
+    use crate::proto::etcdserverpb::{Compare, RequestOp, request_op::Request};
     use tonic::Code;
 
     fn put_op(k: &str) -> RequestOp {
