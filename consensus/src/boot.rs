@@ -188,7 +188,7 @@ pub fn run(config: Config) -> Result<()> {
         .iter()
         .any(|m| m.id == me.id && m.name == me.name && m.client_urls == me.client_urls);
     let publish = crate::codec::encode_proposal(0, 0, |rr| {
-        crate::codec::write_member(rr.init_publish(), &me);
+        crate::cluster::write_member(rr.init_publish(), &me);
         Ok(())
     })
     .map_err(|e| Error::Config(format!("encoding this member's attributes: {e}")))?;

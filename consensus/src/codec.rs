@@ -3,11 +3,11 @@
 
 use capnp::message::ReaderOptions;
 use schema::member_capnp::{
-    compaction_request, compare, delete_range_request, key_value, member, put_request,
-    raft_request, range_request, request_op, response_header, response_op, txn_request,
+    compaction_request, compare, delete_range_request, key_value, put_request, raft_request,
+    range_request, request_op, response_header, response_op, txn_request,
 };
 
-use crate::cluster::MemberInfo;
+use crate::cluster::{self, MemberInfo};
 use crate::mvcc::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
@@ -30,6 +30,21 @@ pub enum Proposal {
     Txn(TxnRequest),
     Compaction(CompactionRequest),
     Publish(MemberInfo),
+}
+
+/// What applying a proposal gave, sent back to whoever proposed it.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction {
+        revision: i64,
+    },
+    /// A member's attributes (name, client URLs) were recorded.
+    Published {
+        member: u64,
+    },
 }
 
 // --------------------------------------------------------------------------------- reading
@@ -117,20 +132,6 @@ pub fn read_compaction(c: compaction_request::Reader) -> CompactionRequest {
     }
 }
 
-fn text_list(list: capnp::text_list::Reader) -> capnp::Result<Vec<String>> {
-    list.iter().map(|t| Ok(t?.to_str()?.to_string())).collect()
-}
-
-pub fn read_member(m: member::Reader) -> capnp::Result<MemberInfo> {
-    Ok(MemberInfo {
-        id: m.get_id(),
-        name: m.get_name()?.to_str()?.to_string(),
-        peer_urls: text_list(m.get_peer_urls()?)?,
-        client_urls: text_list(m.get_client_urls()?)?,
-        is_learner: m.get_is_learner(),
-    })
-}
-
 /// Decodes a raft entry's data. Entries come from other members, so a bad one is an error, never
 /// a panic.
 pub fn decode_proposal(data: &[u8]) -> capnp::Result<(u64, Proposal)> {
@@ -142,7 +143,7 @@ pub fn decode_proposal(data: &[u8]) -> capnp::Result<(u64, Proposal)> {
         Which::DeleteRange(d) => Proposal::DeleteRange(read_delete(d?)?),
         Which::Txn(t) => Proposal::Txn(read_txn(t?)?),
         Which::Compaction(c) => Proposal::Compaction(read_compaction(c?)),
-        Which::Publish(m) => Proposal::Publish(read_member(m?)?),
+        Which::Publish(m) => Proposal::Publish(cluster::read_member(m?)?),
     };
     Ok((r.get_id(), p))
 }
@@ -186,32 +187,7 @@ pub fn check_encoded_size(
     Ok(())
 }
 
-pub fn encode_member(m: &MemberInfo) -> Vec<u8> {
-    let mut msg = capnp::message::Builder::new_default();
-    write_member(msg.init_root(), m);
-    capnp::serialize::write_message_to_words(&msg)
-}
-
-pub fn decode_member(data: &[u8]) -> capnp::Result<MemberInfo> {
-    let msg = capnp::serialize::read_message_from_flat_slice(&mut &data[..], ReaderOptions::new())?;
-    read_member(msg.get_root()?)
-}
-
 // --------------------------------------------------------------------------------- writing
-
-pub fn write_member(mut b: member::Builder, m: &MemberInfo) {
-    b.set_id(m.id);
-    b.set_name(m.name.as_str());
-    b.set_is_learner(m.is_learner);
-    let mut urls = b.reborrow().init_peer_urls(m.peer_urls.len() as u32);
-    for (i, u) in m.peer_urls.iter().enumerate() {
-        urls.set(i as u32, u.as_str());
-    }
-    let mut urls = b.init_client_urls(m.client_urls.len() as u32);
-    for (i, u) in m.client_urls.iter().enumerate() {
-        urls.set(i as u32, u.as_str());
-    }
-}
 
 pub fn write_header(mut b: response_header::Builder, h: &Header) {
     b.set_cluster_id(h.cluster_id);
@@ -302,6 +278,7 @@ fn write_txn(mut b: schema::member_capnp::txn_response::Builder, h: &Header, r: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{decode_member, encode_member};
 
     #[test]
     fn proposal_round_trip_through_a_raft_entry() {

@@ -1,4 +1,8 @@
-//! The member table: who is in the cluster, as raft and the gateways see it.
+//! The member table: who is in the cluster, as raft and the gateways see it, and how a member is
+//! written in Cap'n Proto (in raft entries, in RocksDB, to the gateways).
+
+use capnp::message::ReaderOptions;
+use schema::member_capnp::member;
 
 /// A member as the cluster knows it (etcd's `membership.Member`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +34,47 @@ pub(crate) fn publish(members: &mut [MemberInfo], m: &MemberInfo) -> Option<Memb
     }
     *known = updated.clone();
     Some(updated)
+}
+
+// --------------------------------------------------------------------------------- encoding
+
+fn text_list(list: capnp::text_list::Reader) -> capnp::Result<Vec<String>> {
+    list.iter().map(|t| Ok(t?.to_str()?.to_string())).collect()
+}
+
+pub(crate) fn read_member(m: member::Reader) -> capnp::Result<MemberInfo> {
+    Ok(MemberInfo {
+        id: m.get_id(),
+        name: m.get_name()?.to_str()?.to_string(),
+        peer_urls: text_list(m.get_peer_urls()?)?,
+        client_urls: text_list(m.get_client_urls()?)?,
+        is_learner: m.get_is_learner(),
+    })
+}
+
+pub(crate) fn encode_member(m: &MemberInfo) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    write_member(msg.init_root(), m);
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+pub(crate) fn decode_member(data: &[u8]) -> capnp::Result<MemberInfo> {
+    let msg = capnp::serialize::read_message_from_flat_slice(&mut &data[..], ReaderOptions::new())?;
+    read_member(msg.get_root()?)
+}
+
+pub(crate) fn write_member(mut b: member::Builder, m: &MemberInfo) {
+    b.set_id(m.id);
+    b.set_name(m.name.as_str());
+    b.set_is_learner(m.is_learner);
+    let mut urls = b.reborrow().init_peer_urls(m.peer_urls.len() as u32);
+    for (i, u) in m.peer_urls.iter().enumerate() {
+        urls.set(i as u32, u.as_str());
+    }
+    let mut urls = b.init_client_urls(m.client_urls.len() as u32);
+    for (i, u) in m.client_urls.iter().enumerate() {
+        urls.set(i as u32, u.as_str());
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@ use capnp::message::ReaderOptions;
 use schema::member_capnp::identity;
 use tracing::{info, warn};
 
-use crate::codec;
-
 pub mod ids;
 mod member;
 
-pub(crate) use member::{MemberInfo, publish};
+pub(crate) use member::{
+    MemberInfo, decode_member, encode_member, publish, read_member, write_member,
+};
 
 use crate::config::{ClusterState, Config};
 use crate::error::{Error, Result};
@@ -89,7 +89,7 @@ pub fn load_or_bootstrap(
     };
     let mut batch = db.batch();
     for m in &members {
-        batch.put_member(m.id, &codec::encode_member(m));
+        batch.put_member(m.id, &encode_member(m));
     }
     batch.put_identity(&encode_identity(&identity));
     log.bootstrap(members.iter().map(|m| m.id).collect(), &mut batch);
@@ -123,7 +123,7 @@ pub(crate) fn check_transferee(
 pub fn load_members(db: &Db) -> Result<Vec<MemberInfo>> {
     let mut out = Vec::new();
     db.for_each_member(|v| {
-        out.push(codec::decode_member(v).map_err(|e| Error::Corrupt(format!("member: {e}")))?);
+        out.push(decode_member(v).map_err(|e| Error::Corrupt(format!("member: {e}")))?);
         Ok(())
     })?;
     Ok(out)

@@ -28,7 +28,7 @@ pub(super) async fn member_list(
     codec::write_header(r.reborrow().init_header(), &state.header(0));
     let mut list = r.init_members(members.len() as u32);
     for (i, m) in members.iter().enumerate() {
-        codec::write_member(list.reborrow().get(i as u32), m);
+        cluster::write_member(list.reborrow().get(i as u32), m);
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use schema::member_capnp::{
 use tracing::{info, warn};
 
 use super::{ClientPlane, State, peer_uid_allowed};
-use crate::codec;
+use crate::cluster;
 use crate::raft::command::Command;
 
 /// TLS files as the gateways receive them.
@@ -45,7 +45,7 @@ pub(super) fn fill_identity(state: &State, mut b: identity::Builder) {
     let members = state.ctx.shared.members();
     let mut list = b.init_members(members.len() as u32);
     for (i, m) in members.iter().enumerate() {
-        codec::write_member(list.reborrow().get(i as u32), m);
+        cluster::write_member(list.reborrow().get(i as u32), m);
     }
 }
 

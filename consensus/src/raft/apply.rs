@@ -104,7 +104,7 @@ impl StateMachine for Machine {
                                     if let Some(updated) = cluster::publish(known, &m) {
                                         applier.batch().put_member(
                                             updated.id,
-                                            &codec::encode_member(&updated),
+                                            &cluster::encode_member(&updated),
                                         );
                                         members_changed = true;
                                     }

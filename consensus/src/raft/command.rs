@@ -3,22 +3,8 @@
 use tokio::sync::oneshot;
 
 use crate::etcd_error::EtcdError;
-use crate::mvcc::{DeleteRangeResponse, PutResponse, TxnResponse};
 
-/// What applying a proposal gave, sent back to whoever proposed it.
-#[derive(Debug)]
-pub(crate) enum Applied {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compaction {
-        revision: i64,
-    },
-    /// A member's attributes (name, client URLs) were recorded.
-    Published {
-        member: u64,
-    },
-}
+pub(crate) use crate::codec::Applied;
 
 pub(crate) type Reply = oneshot::Sender<Result<Applied, EtcdError>>;
 /// Answers a linearizable read once this member has applied up to the read index.

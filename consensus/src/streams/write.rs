@@ -10,10 +10,9 @@ use schema::member_capnp::{write_frame, write_request};
 use tracing::debug;
 
 use super::frame::{Frame, FrameStream, check_hello};
-use crate::codec::{self, Header};
+use crate::codec::{self, Applied, Header};
 use crate::etcd_error::{self as ee, EtcdError};
 use crate::mvcc;
-use crate::raft::command::Applied;
 
 /// etcd's limits on a write, as configured.
 #[derive(Clone, Copy, Debug)]
