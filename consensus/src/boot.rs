@@ -139,22 +139,11 @@ pub fn run(config: Config) -> Result<()> {
         .unwrap_or(0);
     shared.next_request.store(clock_ms << 8, Ordering::Relaxed);
 
-    let raft_config = raft::Config {
-        id: identity.member_id,
-        election_tick: config.election_ticks() as usize,
-        heartbeat_tick: 1,
+    let raft_config = crate::raft::config(
+        identity.member_id,
         applied,
-        pre_vote: true,
-        check_quorum: true,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
-        // A follower learns a new commit index from the next append or heartbeat instead of
-        // from an empty append (and its answer) per commit: that was half the peer traffic. A
-        // follower whose forwarded proposal committed gets an append at once instead (the raft
-        // loop's `tell_forwarders`), as it answers its client only once it applies.
-        skip_bcast_commit: true,
-        ..Default::default()
-    };
+        config.election_ticks() as usize,
+    );
     raft_config.validate()?;
     let node = crate::raft::raw_node(&raft_config, log)?;
 

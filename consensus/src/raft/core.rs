@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use tracing::{debug, error, info};
@@ -164,6 +163,11 @@ impl<L: LogStore> Core<L> {
     #[cfg(test)]
     pub(crate) fn raft(&self) -> &raft::Raft<L> {
         &self.node.raft
+    }
+
+    #[cfg(test)]
+    pub(crate) fn node_mut(&mut self) -> &mut RawNode<L> {
+        &mut self.node
     }
 
     #[cfg(test)]
@@ -599,6 +603,19 @@ impl<L: LogStore> Core<L> {
     }
 }
 
+/// A conf change entry's message; `None`, logged, when it does not decode (every member skips it
+/// alike, which keeps them equal).
+fn decode_conf_change<M: protobuf::Message>(entry: &Entry) -> Option<M> {
+    M::parse_from_bytes(&entry.data)
+        .map_err(|e| {
+            error!(
+                index = entry.index,
+                "skipping an undecodable conf change: {e}"
+            )
+        })
+        .ok()
+}
+
 /// The core's [`ApplyHooks`] for one apply.
 struct Hooks<'a, L: LogStore, F: Effects> {
     node: &'a mut RawNode<L>,
@@ -617,26 +634,13 @@ struct Hooks<'a, L: LogStore, F: Effects> {
 
 impl<L: LogStore, F: Effects> ApplyHooks for Hooks<'_, L, F> {
     fn conf_change(&mut self, entry: &Entry) -> Result<Option<ConfState>> {
-        let cs = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            let mut cc = ConfChangeV2::default();
-            if let Err(e) = cc.merge_from_bytes(&entry.data) {
-                error!(
-                    index = entry.index,
-                    "skipping an undecodable conf change: {e}"
-                );
-                return Ok(None);
-            }
-            self.node.apply_conf_change(&cc)?
+        let applied = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            decode_conf_change::<ConfChangeV2>(entry).map(|cc| self.node.apply_conf_change(&cc))
         } else {
-            let mut cc = ConfChange::default();
-            if let Err(e) = cc.merge_from_bytes(&entry.data) {
-                error!(
-                    index = entry.index,
-                    "skipping an undecodable conf change: {e}"
-                );
-                return Ok(None);
-            }
-            self.node.apply_conf_change(&cc)?
+            decode_conf_change::<ConfChange>(entry).map(|cc| self.node.apply_conf_change(&cc))
+        };
+        let Some(cs) = applied.transpose()? else {
+            return Ok(None);
         };
         self.node.mut_store().set_conf_state(&cs);
         Ok(Some(cs))

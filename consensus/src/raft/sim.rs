@@ -233,22 +233,14 @@ struct Member {
     incarnation: u64,
 }
 
+/// The member's own raft configuration, but for one thing: raft-rs randomises election timeouts
+/// with a generator of its own, which would make a seed replay differently, so the schedule's
+/// tick jitter randomises them instead.
 fn config(id: u64, applied: u64) -> raft::Config {
     raft::Config {
-        id,
-        election_tick: ELECTION_TICKS,
-        // raft-rs randomises election timeouts with a generator of its own, which would make a
-        // seed replay differently: the schedule's tick jitter randomises them instead.
         min_election_tick: ELECTION_TICKS,
         max_election_tick: ELECTION_TICKS + 1,
-        heartbeat_tick: 1,
-        applied,
-        pre_vote: true,
-        check_quorum: true,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
-        skip_bcast_commit: true,
-        ..Default::default()
+        ..super::config(id, applied, ELECTION_TICKS)
     }
 }
 
@@ -362,6 +354,10 @@ impl Cluster {
     fn deliver(&mut self, i: usize) {
         let m = self.net.remove(i);
         let to = m.to;
+        // To a member this cluster does not run (a learner only added to the configuration).
+        if to == 0 || to as usize > self.members.len() {
+            return;
+        }
         if let Some(core) = self.member(to).core.as_mut() {
             core.step(m);
         }
@@ -1226,4 +1222,46 @@ fn write_stream_answers_leave_before_the_batch_is_written_and_local_ones_after()
     );
     assert!(rx.try_recv().is_ok_and(|r| r.is_ok()));
     assert!(m.shared.settled());
+}
+
+#[test]
+fn conf_changes_of_either_format_are_applied_and_stored_with_the_log() {
+    use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let v1 = ConfChange {
+        change_type: ConfChangeType::AddLearnerNode,
+        node_id: 4,
+        ..Default::default()
+    };
+    c.member(1)
+        .core()
+        .node_mut()
+        .propose_conf_change(Vec::new(), v1)
+        .unwrap();
+    c.pump(1);
+    c.settle();
+    let mut v2 = ConfChangeV2::default();
+    v2.mut_changes().push(ConfChangeSingle {
+        change_type: ConfChangeType::AddLearnerNode,
+        node_id: 5,
+        ..Default::default()
+    });
+    c.member(1)
+        .core()
+        .node_mut()
+        .propose_conf_change(Vec::new(), v2)
+        .unwrap();
+    c.pump(1);
+    c.settle();
+    c.advance(TICK);
+    c.tick(1);
+    c.settle();
+    for id in 1..=3 {
+        let m = c.member(id);
+        let stored = m.log.initial_state().unwrap().conf_state;
+        assert_eq!(stored.learners, vec![4, 5], "member {id}'s log store");
+        let conf = m.core().raft().prs().conf().to_conf_state();
+        assert_eq!(conf.learners, vec![4, 5], "member {id}'s raft");
+    }
 }
