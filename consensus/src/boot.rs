@@ -82,7 +82,7 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err((_, e)) => {
-                return Err(Error::Config(format!(
+                return Err(Error::Startup(format!(
                     "data dir {} is in use by another consensus process ({e})",
                     dir.display()
                 )));
@@ -180,7 +180,7 @@ pub fn run(config: Config) -> Result<()> {
         crate::cluster::write_member(rr.init_publish(), &me);
         Ok(())
     })
-    .map_err(|e| Error::Config(format!("encoding this member's attributes: {e}")))?;
+    .map_err(|e| Error::Startup(format!("encoding this member's attributes: {e}")))?;
     // Read-index contexts of this run start above any an earlier run used (see `Reads::starting_at`).
     let first_read = clock_ms << 20;
     let core = Core::new(
@@ -242,7 +242,7 @@ pub fn run(config: Config) -> Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            return Err(Error::Config(
+            return Err(Error::Startup(
                 "the IPC thread stopped while starting".into(),
             ));
         }

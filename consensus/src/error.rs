@@ -4,8 +4,12 @@ use std::fmt::Display;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The configuration asks for what cannot be: a message naming the setting and its value.
     #[error("{0}")]
     Config(String),
+    /// The member cannot start as asked (its data dir is taken, a thread could not start).
+    #[error("{0}")]
+    Startup(String),
     /// A RocksDB failure. The source stays RocksDB's own error, so its message and kind reach
     /// the log unchanged; only [`crate::storage`] makes one.
     #[error("storage: {context}: {source}")]
