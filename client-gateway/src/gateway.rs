@@ -373,6 +373,18 @@ mod tests {
         fake_consensus_tls(path, listen_url, Default::default())
     }
 
+    /// A gateway serving plain http on a free port of 127.0.0.1 with the stand-in consensus
+    /// behind it: its URL, and what keeps both running (the stand-in stops first).
+    fn gateway_with_stand_in() -> (String, (ClientStandIn, tempfile::TempDir)) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = schema::client_socket(dir.path());
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let stand_in = fake_consensus(socket.clone(), url.clone());
+        let (link, registrations) = link::spawn(socket).unwrap();
+        tokio::spawn(run(link, registrations, std::future::pending()));
+        (url, (stand_in, dir))
+    }
+
     fn fake_consensus_tls(path: PathBuf, listen_url: String, tls: Tls) -> ClientStandIn {
         serve(path, listen_url, tls, Writes::Answer, FakePlane::default())
     }
@@ -648,12 +660,7 @@ mod tests {
     async fn what_is_not_served_yet_says_so_by_name() {
         tokio::task::LocalSet::new()
             .run_until(async {
-                let dir = tempfile::tempdir().unwrap();
-                let socket = schema::client_socket(dir.path());
-                let url = format!("http://127.0.0.1:{}", free_port());
-                let _stop = fake_consensus(socket.clone(), url.clone());
-                let (link, registrations) = link::spawn(socket).unwrap();
-                tokio::spawn(run(link, registrations, std::future::pending()));
+                let (url, _running) = gateway_with_stand_in();
                 let channel = connect(&url).await;
                 let mut raw = tonic::client::Grpc::new(channel.clone());
                 for (path, method) in [
@@ -1034,12 +1041,7 @@ mod tests {
         }
         tokio::task::LocalSet::new()
             .run_until(async {
-                let dir = tempfile::tempdir().unwrap();
-                let socket = schema::client_socket(dir.path());
-                let url = format!("http://127.0.0.1:{}", free_port());
-                let _stop = fake_consensus(socket.clone(), url.clone());
-                let (link, registrations) = link::spawn(socket).unwrap();
-                tokio::spawn(run(link, registrations, std::future::pending()));
+                let (url, _running) = gateway_with_stand_in();
                 drop(connect(&url).await);
 
                 let etcdctl = |args: &[&str]| {
@@ -1084,12 +1086,7 @@ mod tests {
         }
         tokio::task::LocalSet::new()
             .run_until(async {
-                let dir = tempfile::tempdir().unwrap();
-                let socket = schema::client_socket(dir.path());
-                let url = format!("http://127.0.0.1:{}", free_port());
-                let _stop = fake_consensus(socket.clone(), url.clone());
-                let (link, registrations) = link::spawn(socket).unwrap();
-                tokio::spawn(run(link, registrations, std::future::pending()));
+                let (url, _running) = gateway_with_stand_in();
                 drop(connect(&url).await);
                 for (args, method) in [
                     (&["lease", "grant", "10"][..], "LeaseGrant"),
