@@ -9,8 +9,11 @@
 //! memtable. The state machine stays in RocksDB.
 //!
 //! A record is `len: u32 LE | check: first 8 bytes of SHA-256(payload) | payload`. A zero `len`
-//! is the end of the log (unused, zeroed space); a record that does not check out is a write torn
-//! by a crash, and ends the log too, provided nothing follows it. The payload:
+//! is the end of the log (unused, zeroed space). A record that does not check out is a write torn
+//! by a crash only when it is the very last thing in the log: each record is durable before the
+//! next is written, so a bad record with any valid record after it, in its segment or a later
+//! one, is corruption, and the log refuses to open (naming the segment and offset) without
+//! having changed a byte. Only once the whole log has been read is a torn final record cleared. The payload:
 //! `hard state (u32 length, then protobuf; length 0: none) | entry count: u32 | per entry: index
 //! u64 | term u64 | length u32 | protobuf Entry`. A later entry with an index already in the log
 //! replaces that entry and everything after it (a new leader overwrote an uncommitted tail).
@@ -42,6 +45,9 @@ struct Position {
     segment: u64,
     offset: u64,
     len: u32,
+    /// CRC-32 of the entry's bytes, checked when it is read back (the record's own checksum is
+    /// checked only at open).
+    crc: u32,
     term: u64,
 }
 
@@ -66,9 +72,9 @@ pub struct Wal {
     /// The record being built by `append` and `set_hard_state`, written by `sync`.
     pending_hs: Option<HardState>,
     /// Queued entries as they go in the record (index, term, length, protobuf), encoded once,
-    /// and for each (index, term, offset of its protobuf in `pending_body`, length).
+    /// and for each (index, term, offset of its protobuf in `pending_body`, length, CRC-32).
     pending_body: Vec<u8>,
-    pending_entries: Vec<(u64, u64, usize, u32)>,
+    pending_entries: Vec<(u64, u64, usize, u32, u32)>,
     /// The active segment holds records not yet fdatasync'ed.
     unsynced: bool,
     /// A durable `write` waits for `wait_durable`.
@@ -148,6 +154,29 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(format!("syncing directory {}", dir.display())))
+}
+
+/// Where the first record that checks out lies after the bad one at `bad` in a segment's
+/// `data`, if any: every later offset is tried, as the bad record's length cannot be trusted.
+/// A torn write is the last thing written, so finding one means corruption.
+fn valid_record_after(data: &[u8], bad: usize) -> Option<usize> {
+    let u32_at = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let checks_out = |at: usize| {
+        let Some(len) = u32_at(at) else {
+            return false;
+        };
+        let Some(payload) = data.get(at + HEADER..).and_then(|rest| rest.get(..len)) else {
+            return false;
+        };
+        // Cheap checks first: a payload starts with the hard state's length (a few dozen bytes
+        // at most) and holds an entry count after it; only then the checksum.
+        let plausible = u32_at(at + HEADER).is_some_and(|hs| hs <= 64 && 8 + hs <= len);
+        plausible && checksum(payload)[..] == data[at + 4..at + HEADER]
+    };
+    (bad + 1..data.len()).find(|&at| checks_out(at))
 }
 
 /// What one record holds.
@@ -240,7 +269,7 @@ impl Wal {
         };
         // Segments are written one after another: records, then zeroes. A torn record can only
         // be the last thing written, so only empty segments may follow one.
-        let mut torn_seen = false;
+        let mut torn_seen: Option<(u64, u64, u64)> = None;
         let mut empty = Vec::new();
         for id in ids {
             let path = segment_path(dir, id);
@@ -259,29 +288,44 @@ impl Wal {
                 empty.push(segment);
                 continue;
             }
-            if torn_seen || !empty.is_empty() {
+            if let Some((torn_id, torn_at, _)) = torn_seen {
                 return Err(Error::Corrupt(format!(
-                    "{} holds raft log records after a gap or a torn record",
+                    "raft log segment {} has a record that does not check out at offset \
+                     {torn_at}, and {} after it holds records: corruption, not a torn write; \
+                     nothing on disk was changed",
+                    segment_path(dir, torn_id).display(),
+                    path.display()
+                )));
+            }
+            if !empty.is_empty() {
+                return Err(Error::Corrupt(format!(
+                    "{} holds raft log records after an empty segment; nothing on disk was changed",
                     path.display()
                 )));
             }
             if let Some(len) = torn {
-                warn!(
-                    segment = %path.display(),
-                    offset = end,
-                    "dropping a torn record at the end of the raft log"
-                );
-                let stop = (end + HEADER as u64 + len).min(segment.capacity);
-                let zeros = vec![0u8; (stop - end) as usize];
-                segment
-                    .file
-                    .write_all_at(&zeros, end)
-                    .and_then(|()| segment.file.sync_data())
-                    .map_err(io_err("clearing a torn record"))?;
-                torn_seen = true;
+                torn_seen = Some((id, end, len));
             }
             wal.segments.push(segment);
             wal.write_at = end;
+        }
+        // The whole log checked out but for its very last record, torn by a crash: only now is
+        // it cleared, so that new records overwrite it.
+        if let Some((id, at, len)) = torn_seen
+            && let Some(segment) = wal.segments.last().filter(|s| s.id == id)
+        {
+            warn!(
+                segment = %segment_path(dir, id).display(),
+                offset = at,
+                "dropping a torn record at the end of the raft log"
+            );
+            let stop = (at + HEADER as u64 + len).min(segment.capacity);
+            let zeros = vec![0u8; (stop - at) as usize];
+            segment
+                .file
+                .write_all_at(&zeros, at)
+                .and_then(|()| segment.file.sync_data())
+                .map_err(io_err("clearing a torn record"))?;
         }
         // Never-written segments after the last record: the first is the active one of an empty
         // log or the next spare; the rest go.
@@ -335,17 +379,28 @@ impl Wal {
                 .filter(|p| checksum(p)[..] == data[at + 4..at + HEADER])
                 .and_then(parse_payload);
             let Some(record) = record else {
+                if let Some(next) = valid_record_after(&data, at) {
+                    return Err(Error::Corrupt(format!(
+                        "raft log segment {} has a record that does not check out at offset {at}, \
+                         and a valid record follows at offset {next}: corruption, not a torn write; \
+                         nothing on disk was changed",
+                        segment_path(&self.dir, segment.id).display()
+                    )));
+                }
                 return Ok((at as u64, Some(len as u64)));
             };
             if let Some(hs) = record.hard_state {
                 self.hard_state = Some(hs);
             }
-            for (index, term, offset, len) in record.entries {
+            let payload = &data[start..start + len as usize];
+            for (index, term, offset, entry_len) in record.entries {
+                let bytes = &payload[offset..offset + entry_len as usize];
                 self.index_entry(
                     Position {
                         segment: segment.id,
                         offset: (start + offset) as u64,
-                        len,
+                        len: entry_len,
+                        crc: crc32fast::hash(bytes),
                         term,
                     },
                     index,
@@ -426,6 +481,14 @@ impl Wal {
                 .read_exact_at(&mut bytes, p.offset)
                 .map_err(io_err("reading an entry from the raft log"))
                 .and_then(|()| {
+                    if crc32fast::hash(&bytes) != p.crc {
+                        return Err(Error::Corrupt(format!(
+                            "raft log entry {index} in segment {} at offset {} changed on disk \
+                             after it was written (checksum mismatch)",
+                            segment_path(&self.dir, p.segment).display(),
+                            p.offset
+                        )));
+                    }
                     Entry::parse_from_bytes(&bytes)
                         .map_err(|e| Error::Corrupt(format!("raft log entry {index}: {e}")))
                 }),
@@ -445,7 +508,9 @@ impl Wal {
             let _ = e.write_to_vec(body);
             let len = (body.len() - start) as u32;
             body[len_at..start].copy_from_slice(&len.to_le_bytes());
-            self.pending_entries.push((e.index, e.term, start, len));
+            let crc = crc32fast::hash(&body[start..]);
+            self.pending_entries
+                .push((e.index, e.term, start, len, crc));
         }
     }
 
@@ -512,12 +577,13 @@ impl Wal {
             self.last_record = (self.write_at, record.len() as u64);
         }
         let id = segment.id;
-        for &(index, term, offset, len) in &entries {
+        for &(index, term, offset, len, crc) in &entries {
             self.index_entry(
                 Position {
                     segment: id,
                     offset: self.write_at + (body_at + offset) as u64,
                     len,
+                    crc,
                     term,
                 },
                 index,
@@ -716,5 +782,113 @@ mod tests {
         file.write_all_at(&[0xff; 4], 20).unwrap();
         drop(file);
         assert!(matches!(Wal::open(dir.path()), Err(Error::Corrupt(_))));
+    }
+
+    /// Three records in one segment; returns the segment's bytes and where each record starts.
+    fn three_records(dir: &Path) -> (Vec<u8>, Vec<u64>) {
+        let mut starts = Vec::new();
+        {
+            let mut wal = Wal::open(dir).unwrap();
+            for i in 1..=3 {
+                starts.push(wal.write_at);
+                wal.append(&[entry(i, 1, 100)]);
+                wal.set_hard_state(&hs(1, i));
+                wal.sync(true).unwrap();
+            }
+        }
+        (fs::read(segment_path(dir, 1)).unwrap(), starts)
+    }
+
+    fn flip(dir: &Path, segment: u64, at: u64) {
+        let path = segment_path(dir, segment);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[at as usize] ^= 0x40;
+        fs::write(&path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_in_record_1_of_3_stops_the_log_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, starts) = three_records(dir.path());
+        // In record 1's payload, well inside its entry.
+        flip(dir.path(), 1, starts[0] + HEADER as u64 + 60);
+        let before = fs::read(segment_path(dir.path(), 1)).unwrap();
+        let Err(Error::Corrupt(why)) = Wal::open(dir.path()) else {
+            panic!("a bad record with valid ones after it must not open");
+        };
+        assert!(
+            why.contains("0000000000000001.wal") && why.contains("offset 0"),
+            "{why}"
+        );
+        assert_eq!(
+            fs::read(segment_path(dir.path(), 1)).unwrap(),
+            before,
+            "bytes unchanged"
+        );
+    }
+
+    #[test]
+    fn a_garbage_length_in_record_1_of_3_is_corruption_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, starts) = three_records(dir.path());
+        // The length's top byte: the record now claims to run past the segment's end.
+        flip(dir.path(), 1, starts[0] + 3);
+        let before = fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert!(matches!(Wal::open(dir.path()), Err(Error::Corrupt(_))));
+        assert_eq!(fs::read(segment_path(dir.path(), 1)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_bad_final_record_is_a_torn_write_and_the_rest_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, starts) = three_records(dir.path());
+        flip(dir.path(), 1, starts[2] + HEADER as u64 + 60);
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.last(), Some((2, 1)));
+        assert_eq!(wal.hard_state(), Some(&hs(1, 2)));
+    }
+
+    #[test]
+    fn a_bad_record_in_segment_1_with_records_in_segment_2_leaves_segment_1_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = (SEGMENT_BYTES / 3) as usize;
+        {
+            let mut wal = Wal::open(dir.path()).unwrap();
+            for i in 1..=4 {
+                wal.append(&[entry(i, 1, big)]);
+                wal.sync(true).unwrap();
+            }
+            assert!(wal.segments.len() >= 2);
+        }
+        // The second record of segment 1 is its last: bad, but a later segment holds records.
+        let data = fs::read(segment_path(dir.path(), 1)).unwrap();
+        let first_len = u32::from_le_bytes(data[..4].try_into().unwrap()) as u64;
+        let second = HEADER as u64 + first_len;
+        flip(dir.path(), 1, second + HEADER as u64 + 100);
+        let before = fs::read(segment_path(dir.path(), 1)).unwrap();
+        let Err(Error::Corrupt(why)) = Wal::open(dir.path()) else {
+            panic!("records after a bad one in an earlier segment must not open");
+        };
+        assert!(why.contains(&format!("offset {second}")), "{why}");
+        assert_eq!(
+            fs::read(segment_path(dir.path(), 1)).unwrap(),
+            before,
+            "bytes unchanged"
+        );
+    }
+
+    #[test]
+    fn an_entry_damaged_after_open_is_an_error_when_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, starts) = three_records(dir.path());
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.entry(2).unwrap().unwrap(), entry(2, 1, 100));
+        // Bit rot in entry 2's data while the log is open.
+        flip(dir.path(), 1, starts[1] + HEADER as u64 + 80);
+        let Some(Err(Error::Corrupt(why))) = wal.entry(2) else {
+            panic!("a damaged entry must not be read back as an entry");
+        };
+        assert!(why.contains("entry 2"), "{why}");
+        assert_eq!(wal.entry(1).unwrap().unwrap(), entry(1, 1, 100));
     }
 }
