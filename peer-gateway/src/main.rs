@@ -37,6 +37,7 @@ struct Args {
 fn main() -> ExitCode {
     // Stop with the supervisor (start-node.sh): if it is killed, even with SIGKILL, the kernel
     // sends SIGTERM here instead of leaving an orphan that holds the member's ports and data dir.
+    schema::supervisor::fail_stop_on_panic();
     if let Err(e) = schema::supervisor::stop_with_supervisor() {
         eprintln!("peer-gateway: {e}");
         return ExitCode::from(1);

@@ -14,6 +14,19 @@ pub const APPEND_ACK_DELAY: &str = "ETCDRS_FAILPOINT_APPEND_ACK_DELAY_MS";
 /// network between members were that slow.
 pub const PEER_SEND_DELAY: &str = "ETCDRS_FAILPOINT_PEER_SEND_DELAY_MS";
 
+/// consensus: when set (to anything), the raft thread panics as it starts, as a bug or raft-rs's
+/// `fatal!` would, to show that the whole process stops.
+pub const RAFT_THREAD_PANIC: &str = "ETCDRS_FAILPOINT_RAFT_THREAD_PANIC";
+
+/// Whether the switch failpoint `name` is set.
+pub fn set(name: &str) -> bool {
+    let on = std::env::var_os(name).is_some();
+    if on {
+        warn!("failpoint {name} is set");
+    }
+    on
+}
+
 /// The pause failpoint `name` asks for, if it is set; a value that is not a whole number of
 /// milliseconds is ignored with a warning.
 pub fn pause(name: &str) -> Option<Duration> {

@@ -1,6 +1,19 @@
 //! How a member's processes stay tied to their supervisor (`scripts/start-node.sh`), so that a
 //! killed supervisor never leaves one behind holding the member's ports or data dir.
 
+/// Makes a panic on any thread end the whole process (fail-stop), after the usual report: a
+/// process with a dead thread would otherwise stay up, holding its sockets and data dir while it
+/// no longer does its work, and its supervisor would never restart it. Called first thing in
+/// each binary's `main`; independent of the build profile's `panic` setting.
+pub fn fail_stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("a thread panicked: stopping the process so that it is restarted");
+        std::process::abort();
+    }));
+}
+
 /// The supervisor's PID, which start-node.sh gives each process it starts.
 pub const SUPERVISOR_PID_ENV: &str = "ETCDRS_SUPERVISOR_PID";
 

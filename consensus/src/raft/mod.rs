@@ -186,6 +186,9 @@ impl RaftLoop {
     /// Runs until every command sender is gone. A storage error stops the member: raft's state
     /// can no longer be trusted to be on disk.
     pub(crate) fn run(mut self) -> Result<()> {
+        if schema::failpoint::set(schema::failpoint::RAFT_THREAD_PANIC) {
+            panic!("failpoint {}", schema::failpoint::RAFT_THREAD_PANIC);
+        }
         self.core.campaign_if_alone();
         let tick = self.settings.tick;
         let mut next_tick = Instant::now() + tick;

@@ -19,8 +19,13 @@ fn consensus(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 
 /// consensus alone as a one-member cluster on `data`, its log to `stderr`. It binds only its Unix
 /// sockets, so no port is used.
-fn solo_consensus(data: &std::path::Path, stderr: Stdio) -> std::process::Child {
+fn solo_consensus(
+    data: &std::path::Path,
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .envs(env.iter().copied())
         .args([
             "--name=solo",
             &format!("--data-dir={}", data.display()),
@@ -93,7 +98,7 @@ fn configuration_errors_stop_consensus_with_one_line() {
 fn gateway_with_another_protocol_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("m");
-    let mut child = solo_consensus(&data, Stdio::null());
+    let mut child = solo_consensus(&data, Stdio::null(), &[]);
     let socket = schema::client_socket(&data);
     eventually(Duration::from_secs(10), "client.sock", || {
         socket.exists().then_some(())
@@ -177,7 +182,7 @@ fn a_locked_data_dir_is_waited_for() {
         .map_err(|(_, e)| e)
         .unwrap();
     let log = tmp.path().join("consensus.log");
-    let mut child = solo_consensus(&data, std::fs::File::create(&log).unwrap().into());
+    let mut child = solo_consensus(&data, std::fs::File::create(&log).unwrap().into(), &[]);
     let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|t| t.contains(what));
     eventually(
         Duration::from_secs(10),
@@ -205,4 +210,24 @@ fn a_locked_data_dir_is_waited_for() {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// A panic on one of consensus's threads stops the whole process (fail-stop), so that its
+/// supervisor restarts it, instead of leaving it up without a raft thread, holding the data dir.
+#[test]
+fn a_panic_on_the_raft_thread_stops_consensus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("m");
+    let log = tmp.path().join("consensus.log");
+    let mut child = solo_consensus(
+        &data,
+        std::fs::File::create(&log).unwrap().into(),
+        &[(schema::failpoint::RAFT_THREAD_PANIC, "1")],
+    );
+    let exited = eventually(Duration::from_secs(10), "consensus to stop", || {
+        child.try_wait().unwrap()
+    });
+    assert!(!exited.success(), "{exited:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("panicked"), "{text}");
 }
