@@ -20,6 +20,10 @@ pub enum Error {
     },
     #[error("corrupt data on disk: {0}")]
     Corrupt(String),
+    /// Applying a committed entry failed for a reason of this member's own (storage, not the
+    /// request): it must not skip the entry, so it stops and applies it again after a restart.
+    #[error("applying raft entry {index}: {message}; stopping without recording it as applied")]
+    Apply { index: u64, message: String },
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("{context}: {source}")]

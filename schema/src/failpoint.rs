@@ -18,6 +18,11 @@ pub const PEER_SEND_DELAY: &str = "ETCDRS_FAILPOINT_PEER_SEND_DELAY_MS";
 /// `fatal!` would, to show that the whole process stops.
 pub const RAFT_THREAD_PANIC: &str = "ETCDRS_FAILPOINT_RAFT_THREAD_PANIC";
 
+/// consensus: a file path; while that file exists, the next read of a key's newest version made
+/// while applying an entry fails as a storage error would, and the file is removed (so the
+/// failure happens once, and not again after the restart it causes).
+pub const APPLY_READ_FAIL_ONCE: &str = "ETCDRS_FAILPOINT_APPLY_READ_FAIL_ONCE";
+
 /// Whether the switch failpoint `name` is set.
 pub fn set(name: &str) -> bool {
     let on = std::env::var_os(name).is_some();

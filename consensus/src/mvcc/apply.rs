@@ -75,8 +75,26 @@ pub struct MvccState {
     latest: LatestCache,
 }
 
+/// Test-only failpoint (`schema::failpoint::APPLY_READ_FAIL_ONCE`): the file whose existence
+/// makes one apply read fail; read from the environment once.
+fn apply_read_fail_file() -> Option<&'static std::path::Path> {
+    static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        std::env::var_os(schema::failpoint::APPLY_READ_FAIL_ONCE).map(std::path::PathBuf::from)
+    })
+    .as_deref()
+}
+
 /// The newest live version of `key` that RocksDB holds.
 fn newest_stored(db: &Db, key: &[u8]) -> Result<Option<Record>> {
+    if let Some(file) = apply_read_fail_file()
+        && std::fs::remove_file(file).is_ok()
+    {
+        return Err(crate::error::Error::io(
+            "reading a key's newest version (failpoint)",
+            std::io::Error::other("injected by ETCDRS_FAILPOINT_APPLY_READ_FAIL_ONCE"),
+        ));
+    }
     let mut found = None;
     View::live(db).scan(key, &End::Single, i64::MAX, &mut |_, raw| {
         found = Some(Record::decode(raw)?);

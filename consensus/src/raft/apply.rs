@@ -5,6 +5,11 @@
 //!
 //! The core drives this through [`StateMachine`]; [`ApplyHooks`] is how results go back to it
 //! while the batch is being built.
+//!
+//! A request's own errors (a compacted revision, a missing lease) are its result, the same on
+//! every member. An internal one (a storage read failed on this member) is not: the apply stops
+//! with [`Error::Apply`] before its batch is written or any of its answers leaves, and the
+//! member stops (fail-stop) and applies the entry again from its log once restarted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,7 @@ use super::command::Applied;
 use super::shared::Shared;
 use crate::cluster::{self, MemberInfo};
 use crate::codec::{self, Proposal};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::etcd_error::EtcdError;
 use crate::mvcc::{Applier, MvccState};
 use crate::storage::Db;
@@ -112,6 +117,17 @@ impl StateMachine for Machine {
                                 }
                                 p => apply_kv(&mut applier, p),
                             };
+                            // An internal error is this member's (a storage read failed), not
+                            // the request's: every other member applied the entry, so this
+                            // one must not skip it. Nothing of this batch is written.
+                            if let Err(e) = &result
+                                && e.code == schema::code::INTERNAL
+                            {
+                                return Err(Error::Apply {
+                                    index: entry.index,
+                                    message: e.message.clone(),
+                                });
+                            }
                             hooks.applied(id, result);
                         }
                         // Applied by every member alike, so skipping it keeps them equal.

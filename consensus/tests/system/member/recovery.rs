@@ -1,10 +1,11 @@
-//! Recovery: a member killed with -9 applies again what its database lost, and a write without
-//! a quorum gets etcd's timeout instead of hanging.
+//! Recovery: a member killed with -9 applies again what its database lost, a member whose
+//! storage fails while it applies stops instead of skipping the entry, and a write without a
+//! quorum gets etcd's timeout instead of hanging.
 
 use std::time::{Duration, Instant};
 
 use super::value_of;
-use crate::support::addresses::{NO_QUORUM, REPLAY};
+use crate::support::addresses::{APPLY_FAILURE, NO_QUORUM, REPLAY};
 use crate::support::*;
 
 /// Applied state goes to RocksDB without its WAL, so kill -9 loses what no memtable flush has
@@ -116,4 +117,82 @@ fn a_write_without_quorum_gets_etcds_timeout() {
         waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
         "answered after {waited:?}"
     );
+}
+
+/// A storage read that fails while a member applies an entry must not turn into that entry's
+/// answer while the applied index moves on (the other members applied it: the member would
+/// diverge for ever). The member stops instead; start-node.sh restarts it, it applies the entry
+/// from its log, and every member's HashKV agrees.
+#[test]
+fn a_failed_apply_read_stops_the_member_until_it_applies_the_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = http_cluster(tmp.path(), "af", &APPLY_FAILURE, "", &[]);
+    let leader = leader_index(&members, &[0, 1, 2]);
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    // Arm the failpoint on one follower: its next apply read of a key fails, once.
+    let trigger = tmp.path().join("apply-read-fails-once");
+    members[victim].stop();
+    std::fs::write(&trigger, b"").unwrap();
+    members[victim].env.push((
+        schema::failpoint::APPLY_READ_FAIL_ONCE.into(),
+        trigger.display().to_string(),
+    ));
+    members[victim].start();
+    wait_healthy(&members[victim], Duration::from_secs(60));
+    let first = members[victim].pid("consensus");
+    for i in 0..5 {
+        members[leader].ctl_ok(&["put", &format!("fresh{i}"), &format!("v{i}")]);
+    }
+    eventually(Duration::from_secs(20), "the failpoint to fire", || {
+        (!trigger.exists()).then_some(())
+    });
+    eventually(
+        Duration::from_secs(30),
+        "start-node.sh to restart consensus",
+        || {
+            let now = members[victim].pids().get("consensus").copied();
+            now.filter(|pid| *pid != first)
+        },
+    );
+    assert!(
+        members[victim].logged("applying raft entry"),
+        "{}",
+        members[victim].log_tail()
+    );
+    wait_healthy(&members[victim], Duration::from_secs(60));
+    // Its own state (a serializable read) holds every write.
+    for i in 0..5 {
+        let key = format!("fresh{i}");
+        let want = format!("v{i}");
+        eventually(
+            Duration::from_secs(10),
+            "the write on the restarted member",
+            || {
+                (value_of(&members[victim], &key, &["--consistency=s"]).as_deref()
+                    == Some(want.as_str()))
+                .then_some(())
+            },
+        );
+    }
+    let revision = members[leader].status().unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let hash_at = |m: &Member| -> u64 {
+        eventually(Duration::from_secs(10), "a hash", || {
+            let out = m.etcdctl(&[
+                "endpoint",
+                "hashkv",
+                &format!("--rev={revision}"),
+                "-w",
+                "json",
+            ]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v[0]["HashKV"]["hash"].as_u64()
+        })
+    };
+    let hashes: Vec<u64> = members.iter().map(hash_at).collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    for m in &mut members {
+        m.stop();
+    }
 }

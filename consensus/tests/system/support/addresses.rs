@@ -49,6 +49,7 @@ pub const SLOW_NETWORK: [&str; 3] = ["127.0.0.54", "127.0.0.55", "127.0.0.56"];
 // member::recovery
 pub const REPLAY: &str = "127.0.0.16";
 pub const NO_QUORUM: [&str; 3] = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+pub const APPLY_FAILURE: [&str; 3] = ["127.0.0.76", "127.0.0.77", "127.0.0.78"];
 
 // linearizable
 pub const LINEARIZABLE: [&str; 3] = ["127.0.0.57", "127.0.0.58", "127.0.0.59"];
@@ -106,6 +107,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::recovery::a_write_without_quorum_gets_etcds_timeout",
         hosts: &NO_QUORUM,
+    },
+    Claim {
+        owner: "member::recovery::a_failed_apply_read_stops_the_member_until_it_applies_the_entry",
+        hosts: &APPLY_FAILURE,
     },
     Claim {
         owner: "member::apply_and_reads::followers_apply_in_batches_without_reads_seeing_it",
