@@ -340,6 +340,7 @@ struct Metrics {
   # 1 ms * 2^i (etcd's etcd_disk_wal_fsync_duration_seconds buckets, 1 ms to 8.192 s), and the last,
   # one more, those above. Absent from an older consensus.
   fsyncBuckets @13 :List(UInt64);
+  peerMessagesRefused @14 :UInt64; # raft messages from peers dropped before raft saw them
 }
 
 # ---------------------------------------------------------------- the raft log

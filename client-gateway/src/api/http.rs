@@ -266,7 +266,7 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
     fsync.push(("_bucket{le=\"+Inf\"}".into(), m.fsyncs.to_string()));
     fsync.push(("_sum".into(), (m.fsync_nanos as f64 / 1e9).to_string()));
     fsync.push(("_count".into(), m.fsyncs.to_string()));
-    let families: [Family; 14] = [
+    let families: [Family; 15] = [
         labelled(
             "etcd_cluster_version",
             "The cluster version, as a label.",
@@ -350,6 +350,13 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
             "The etcd release whose API this member speaks, as a label.",
             "server_version",
             SERVER_VERSION,
+        ),
+        // Ours, not etcd's (so under our own prefix).
+        single(
+            "etcdrs_peer_messages_refused_total",
+            "counter",
+            "Raft messages from peers dropped before raft saw them (malformed or unsafe).",
+            m.peer_messages_refused,
         ),
     ];
     let mut out = String::with_capacity(2048);

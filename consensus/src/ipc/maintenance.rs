@@ -155,6 +155,7 @@ pub(super) async fn metrics(
     m.set_has_leader(load(&s.leader) != 0);
     m.set_committed_index(load(&s.commit));
     m.set_db_size(state.ctx.db.size());
+    m.set_peer_messages_refused(load(&s.peer_messages_refused));
     let mut buckets = m.init_fsync_buckets(s.fsync_buckets.len() as u32);
     for (i, b) in s.fsync_buckets.iter().enumerate() {
         buckets.set(i as u32, load(b));

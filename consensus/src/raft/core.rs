@@ -248,8 +248,48 @@ impl<L: LogStore> Core<L> {
         self.node.transfer_leader(target);
     }
 
+    /// Why raft must not see `m`, a message from a peer: raft-rs trusts its peers, and panics
+    /// (`fatal!`) on, or indexes past the end of, what a correct member never sends. A member
+    /// must survive a peer that is buggy, of another version, or not a member at all.
+    fn refusal(&self, m: &Message) -> Option<&'static str> {
+        let raft = &self.node.raft;
+        match m.get_msg_type() {
+            MessageType::MsgPropose if m.entries.is_empty() => Some("a proposal without entries"),
+            MessageType::MsgReadIndex | MessageType::MsgReadIndexResp if m.entries.len() != 1 => {
+                Some("a read index without exactly one context")
+            }
+            MessageType::MsgHeartbeat
+                if m.term >= raft.term && m.commit > raft.raft_log.last_index() =>
+            {
+                Some("a heartbeat that commits past the end of this member's log")
+            }
+            MessageType::MsgAppend
+                if m.entries
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| Some(e.index) != m.index.checked_add(1 + i as u64)) =>
+            {
+                Some("an append whose entries do not follow its index")
+            }
+            MessageType::MsgSnapshot => Some("a snapshot (this version installs none)"),
+            _ => None,
+        }
+    }
+
     /// A raft message from another member.
     pub(crate) fn step(&mut self, m: Message) {
+        if let Some(why) = self.refusal(&m) {
+            self.shared
+                .peer_messages_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                from = format!("{:x}", m.from),
+                kind = ?m.get_msg_type(),
+                term = m.term,
+                "dropping a raft message from a peer: {why}"
+            );
+            return;
+        }
         if self.follower_acks.receive(&self.node.raft, &m) {
             let durable = self.node.raft.raft_log.persisted;
             self.commit_ahead(durable);

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub read_indexes: AtomicU64,
     pub linearizable_reads: AtomicU64,
     pub leader_changes: AtomicU64,
+    /// Raft messages from peers dropped before raft saw them ([`super::core::Core::step`]).
+    pub peer_messages_refused: AtomicU64,
     /// The counter behind request IDs (the IPC and raft threads both hand them out).
     pub next_request: AtomicU64,
 }

@@ -631,6 +631,19 @@ impl Sim {
     }
 
     fn check(&mut self) -> std::result::Result<(), String> {
+        // Every message here comes from a correct member: none may be refused as malformed.
+        for m in &self.c.members {
+            let refused = m
+                .shared
+                .peer_messages_refused
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if refused > 0 {
+                return Err(format!(
+                    "member {} refused {refused} messages of correct peers",
+                    m.id
+                ));
+            }
+        }
         // At most one leader per term.
         for m in &self.c.members {
             if let Some(core) = &m.core
@@ -1264,4 +1277,78 @@ fn conf_changes_of_either_format_are_applied_and_stored_with_the_log() {
         let conf = m.core().raft().prs().conf().to_conf_state();
         assert_eq!(conf.learners, vec![4, 5], "member {id}'s raft");
     }
+}
+
+/// Messages raft-rs would panic on (or index past the end of) are dropped and counted; the
+/// member goes on, and its log and commit index are untouched.
+#[test]
+fn malformed_and_unsafe_peer_messages_are_dropped_not_stepped() {
+    use raft::eraftpb::Snapshot;
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let _rx = propose_at(&mut c, 1, 1);
+    c.settle();
+    let forged = |kind: MessageType, to: u64, term: u64| {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = 3;
+        m.to = to;
+        m.term = term;
+        m
+    };
+    let term = c.member(1).core().term();
+    let last = c.member(2).core().raft().raft_log.last_index();
+    let committed = c.member(2).core().raft().raft_log.committed;
+    let mut bad = Vec::new();
+    // A leader asked for a read index without a context, and a proposal without entries.
+    bad.push(forged(MessageType::MsgReadIndex, 1, term));
+    bad.push(forged(MessageType::MsgPropose, 1, term));
+    // A heartbeat that commits past the follower's log.
+    let mut hb = forged(MessageType::MsgHeartbeat, 2, term);
+    hb.from = 1;
+    hb.commit = last + 100;
+    bad.push(hb);
+    // An append whose entries rewrite committed ones out of order.
+    let mut app = forged(MessageType::MsgAppend, 2, term);
+    app.from = 1;
+    app.index = last;
+    app.log_term = term;
+    app.entries = vec![Entry {
+        index: 1,
+        term: term + 5,
+        ..Default::default()
+    }]
+    .into();
+    bad.push(app);
+    // A snapshot, which nothing here installs.
+    let mut snap = forged(MessageType::MsgSnapshot, 2, term);
+    snap.from = 1;
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = last + 10;
+    s.mut_metadata().term = term;
+    snap.set_snapshot(s);
+    bad.push(snap);
+    let n = bad.len() as u64;
+    for m in bad {
+        let to = m.to;
+        c.member(to).core().step(m);
+        c.pump(to);
+    }
+    let refused = |c: &mut Cluster, id: u64| {
+        c.member(id)
+            .shared
+            .peer_messages_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(refused(&mut c, 1) + refused(&mut c, 2), n);
+    assert_eq!(c.member(2).core().raft().raft_log.last_index(), last);
+    assert_eq!(c.member(2).core().raft().raft_log.committed, committed);
+    // And the cluster still works.
+    c.settle();
+    let mut rx = propose_at(&mut c, 2, 9);
+    c.settle();
+    c.advance(TICK);
+    c.tick(1);
+    c.settle();
+    assert!(rx.try_recv().is_ok_and(|r| r.is_ok()));
 }
