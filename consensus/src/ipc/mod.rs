@@ -89,14 +89,9 @@ impl State {
         }
     }
 
-    /// Waits until RocksDB holds every write already answered (see `Shared::answered`): the raft
-    /// thread writes the batch right after the answers, so this is microseconds, and only for a
-    /// read that races an answer.
+    /// Waits until RocksDB holds every write already answered (see `Shared::answered`).
     async fn settled(&self) {
-        while !self.ctx.shared.settled() {
-            std::thread::yield_now();
-            tokio::task::yield_now().await;
-        }
+        self.ctx.shared.wait_settled().await;
     }
 
     fn request_id(&self) -> u64 {

@@ -618,12 +618,17 @@ impl<L: LogStore> Core<L> {
         };
         let revision = sm.apply(&entries, &mut hooks)?;
         let local = std::mem::take(&mut hooks.local);
+        let streamed = hooks.streamed;
         self.shared
             .proposals_committed
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.applied = last;
         self.shared.revision.store(revision, Ordering::Release);
         self.shared.applied.store(last, Ordering::Release);
+        if streamed {
+            // Reads on the IPC thread may wait for this batch (`Shared::wait_settled`).
+            self.shared.settled_changed.notify_waiters();
+        }
         for (reply, result) in local {
             let _ = reply.send(result);
         }

@@ -32,6 +32,9 @@ pub(crate) struct Shared {
     pub leader_changes: AtomicU64,
     /// Raft messages from peers dropped before raft saw them ([`super::core::Core::step`]).
     pub peer_messages_refused: AtomicU64,
+    /// Told when `applied` catches up with `answered` after answers left before RocksDB had their
+    /// batch: the IPC thread's reads wait on it ([`Shared::settled`]) instead of spinning.
+    pub settled_changed: tokio::sync::Notify,
     /// The counter behind request IDs (the IPC and raft threads both hand them out).
     pub next_request: AtomicU64,
 }
@@ -60,6 +63,21 @@ impl Shared {
         self.answered.load(Ordering::Acquire) <= self.applied.load(Ordering::Acquire)
     }
 
+    /// Waits until [`Shared::settled`]: the raft thread writes the batch right after the answers,
+    /// so this is microseconds, and only for a read that races an answer (or a RocksDB stall).
+    pub(crate) async fn wait_settled(&self) {
+        loop {
+            let notified = self.settled_changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so that a notice between the two is not lost.
+            notified.as_mut().enable();
+            if self.settled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Request IDs unique across members (as etcd's idutil): the member ID's low 16 bits, then a
     /// counter seeded from the clock at start, so a restarted member does not reuse its old IDs.
     pub(crate) fn request_id(&self, member_id: u64) -> u64 {
@@ -77,6 +95,32 @@ mod tests {
     use super::{FSYNC_BUCKETS, Shared, fsync_bucket};
     use std::sync::atomic::Ordering;
     use std::time::Duration;
+
+    #[test]
+    fn a_read_waits_for_the_batch_of_answered_writes_without_spinning() {
+        let shared = std::sync::Arc::new(Shared::default());
+        shared.answered.store(5, Ordering::Release);
+        shared.applied.store(4, Ordering::Release);
+        let raft = shared.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            raft.applied.store(5, Ordering::Release);
+            raft.settled_changed.notify_waiters();
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let waited = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), shared.wait_settled()).await
+        });
+        assert!(waited.is_ok(), "never woken");
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        writer.join().unwrap();
+        // Already settled: no wait at all.
+        runtime.block_on(shared.wait_settled());
+    }
 
     #[test]
     fn fsyncs_fall_in_etcds_buckets() {
