@@ -325,6 +325,11 @@ impl RaftLoop {
         for event in events.drain(..) {
             match event {
                 Event::Step(m) => self.core.step(m),
+                Event::Forged { .. } => {
+                    self.shared
+                        .peer_messages_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Event::Unreachable(id) => self.core.report_unreachable(id),
                 Event::SnapshotStatus { to, ok } => self.core.report_snapshot(to, ok),
             }

@@ -18,8 +18,17 @@ use raft::eraftpb::MessageType;
 #[derive(Debug, PartialEq)]
 pub enum Event {
     Step(Message),
+    /// A message whose raft `from` is not the member the peer gateway received it from (the
+    /// one its connection's handshake named): dropped, for the raft thread to count.
+    Forged {
+        claimed: u64,
+        sender: u64,
+    },
     Unreachable(u64),
-    SnapshotStatus { to: u64, ok: bool },
+    SnapshotStatus {
+        to: u64,
+        ok: bool,
+    },
 }
 
 /// Output the gateway has not taken yet, at most; beyond it messages are dropped (raft resends,
@@ -141,6 +150,18 @@ fn decode(
                     continue;
                 };
                 match Message::parse_from_bytes(data) {
+                    Ok(msg) if msg.from != m.get_from() => {
+                        warn!(
+                            claimed = format!("{:x}", msg.from),
+                            sender = format!("{:x}", m.get_from()),
+                            "dropping a raft message that claims another sender than the \
+                             member it came from"
+                        );
+                        events.push(Event::Forged {
+                            claimed: msg.from,
+                            sender: m.get_from(),
+                        });
+                    }
                     Ok(msg) if msg.to == me => events.push(Event::Step(msg)),
                     Ok(msg) => debug!(
                         to = msg.to,
@@ -213,9 +234,10 @@ mod tests {
         input.extend(frame(|f| {
             let mut list = f.init_messages(3);
             for (i, m) in [&for_us, &for_other].into_iter().enumerate() {
-                list.reborrow()
-                    .get(i as u32)
-                    .set_data(&m.write_to_bytes().unwrap());
+                let mut entry = list.reborrow().get(i as u32);
+                // As the peer gateway sends them: from the member the connection is with.
+                entry.set_from(m.from);
+                entry.set_data(&m.write_to_bytes().unwrap());
             }
             list.reborrow().get(2).set_data(b"\xff\xff not protobuf");
         }));
@@ -313,5 +335,28 @@ mod tests {
             received += n;
         }
         assert!(received > 8 << 20, "{received}");
+    }
+
+    #[test]
+    fn a_message_claiming_another_sender_than_its_connection_is_dropped() {
+        let (mut stream, mut gateway) = pair();
+        let mut input = hello(schema::PROTOCOL_VERSION);
+        // Member 4's connection carries a message that claims to be from member 9.
+        let forged = append(1, 5);
+        input.extend(frame(|f| {
+            let mut entry = f.init_messages(1).get(0);
+            entry.set_from(4);
+            entry.set_data(&forged.write_to_bytes().unwrap());
+        }));
+        gateway.write_all(&input).unwrap();
+        let (events, result) = read_all(&mut stream);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            events,
+            vec![Event::Forged {
+                claimed: 9,
+                sender: 4
+            }]
+        );
     }
 }
