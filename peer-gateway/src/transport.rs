@@ -14,7 +14,7 @@ mod handshake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 use crate::peer_url::PeerUrl;
 use crate::tls::PeerTls;
 use frame::{MAX_MESSAGE_FRAME, MAX_SNAPSHOT_FRAME, STREAM_MESSAGES, STREAM_SNAPSHOT};
-use handshake::{ACCEPTED, HELLO_LEN, Hello, MAX_REASON, REFUSED, WIRE_VERSION};
+use handshake::{ACCEPTED, HELLO_LEN, Hello, MAX_REASON, REFUSED, Refusal, WIRE_VERSION};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Messages waiting for one peer's connection; beyond this they are dropped (raft resends).
 const QUEUE_LEN: usize = 4096;
@@ -118,8 +119,9 @@ struct Shared {
     incarnation: u64,
     client_config: quinn::ClientConfig,
     endpoints: Vec<Endpoint>,
-    /// Who may connect to us: every member of the table.
-    members: Mutex<HashSet<u64>>,
+    /// Who may connect to us: every member of the table, with its peer URLs (a peer's TLS
+    /// certificate must name one of their hosts).
+    members: Mutex<HashMap<u64, Vec<String>>>,
     /// Whom we dial: every member but us.
     peers: Mutex<HashMap<u64, PeerHandle>>,
     /// The last incarnation each member greeted us with.
@@ -223,7 +225,7 @@ impl Transport {
             incarnation: random_u64(),
             client_config: client,
             endpoints,
-            members: Mutex::new(HashSet::new()),
+            members: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             incarnations: Mutex::new(HashMap::new()),
             inbound: inbound_tx,
@@ -304,7 +306,7 @@ impl Transport {
     /// Replaces the member table: dials new members, stops dialing removed ones.
     pub fn set_members(&self, members: Vec<Peer>) {
         let shared = &self.shared;
-        *lock(&shared.members) = members.iter().map(|m| m.id).collect();
+        *lock(&shared.members) = members.iter().map(|m| (m.id, m.urls.clone())).collect();
         let wanted: HashMap<u64, String> = members
             .into_iter()
             .filter(|m| m.id != shared.member_id)
@@ -808,7 +810,17 @@ async fn answer(shared: &Shared, conn: &Connection) -> Result<Hello> {
     let verdict = {
         let members = lock(&shared.members);
         handshake::check(&bytes, shared.cluster_id, shared.member_id, |id| {
-            members.contains(&id)
+            members.contains_key(&id)
+        })
+        .and_then(|hello| {
+            let urls = members.get(&hello.from).map_or(&[][..], Vec::as_slice);
+            match certificate_names_member(conn, urls) {
+                Ok(()) => Ok(hello),
+                Err(hosts) => Err(Refusal::Certificate {
+                    member: hello.from,
+                    hosts,
+                }),
+            }
         })
     };
     match verdict {
@@ -830,6 +842,34 @@ async fn answer(shared: &Shared, conn: &Connection) -> Result<Hello> {
             Err(Error::Refused(refusal.local()))
         }
     }
+}
+
+/// With mutual TLS, whether the dialer's certificate names a host of one of `urls`, the peer
+/// URLs of the member it claims to be (etcd checks a peer certificate's SANs against the peer's
+/// URLs the same way): a certificate of the cluster's CA for another host is not that member.
+/// `Err` lists the hosts it had to name. Without a client certificate (no client-cert auth, or
+/// `http://` peers) there is nothing to check.
+fn certificate_names_member(conn: &Connection, urls: &[String]) -> std::result::Result<(), String> {
+    let Some(chain) = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+    else {
+        return Ok(());
+    };
+    let hosts: Vec<String> = urls
+        .iter()
+        .filter_map(|u| PeerUrl::parse(u).ok())
+        .map(|u| u.host)
+        .collect();
+    let named = chain.first().is_some_and(|leaf| {
+        webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| {
+            hosts.iter().any(|host| {
+                ServerName::try_from(host.as_str())
+                    .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+        })
+    });
+    if named { Ok(()) } else { Err(hosts.join(", ")) }
 }
 
 async fn read_stream(inbound: mpsc::Sender<Inbound>, mut stream: RecvStream, from: u64) {

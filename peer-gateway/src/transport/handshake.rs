@@ -59,10 +59,23 @@ impl Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     BadMagic,
-    Version { theirs: u32 },
-    Cluster { theirs: u64, ours: u64 },
-    Receiver { intended: u64, ours: u64 },
+    Version {
+        theirs: u32,
+    },
+    Cluster {
+        theirs: u64,
+        ours: u64,
+    },
+    Receiver {
+        intended: u64,
+        ours: u64,
+    },
     UnknownSender(u64),
+    /// The sender's TLS certificate names none of the hosts of the member it claims to be.
+    Certificate {
+        member: u64,
+        hosts: String,
+    },
 }
 
 impl Refusal {
@@ -80,6 +93,10 @@ impl Refusal {
                 format!("connection meant for member {intended:x} reached us, member {ours:x}")
             }
             Refusal::UnknownSender(id) => format!("member {id:x} is not in our member table"),
+            Refusal::Certificate { member, hosts } => format!(
+                "its certificate names none of member {member:x}'s peer URL hosts ({hosts}), \
+                 so it is not that member"
+            ),
         }
     }
 
@@ -99,6 +116,9 @@ impl Refusal {
             Refusal::UnknownSender(id) => {
                 format!("sender member {id:x} is not in the receiver's member table")
             }
+            Refusal::Certificate { member, hosts } => format!(
+                "sender's certificate names none of member {member:x}'s peer URL hosts ({hosts})"
+            ),
         }
     }
 }

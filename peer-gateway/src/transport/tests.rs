@@ -412,3 +412,31 @@ async fn drops_are_reported_at_most_every_100ms() {
     a.set_members(table(&[(A, addr(&a))]));
     assert_eq!(a.send(B, b"x".to_vec(), false), Err(Dropped::UnknownPeer));
 }
+
+/// A certificate of the cluster's own CA, but for another host than the peer URL of the member
+/// its holder claims to be, is refused: the CA vouches for hosts, and the hello for the member.
+#[tokio::test]
+async fn a_certificate_for_another_host_cannot_claim_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cluster CA");
+    let files = |name: &str, ip: &str| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        tls::configure(&ca.write_files(&sub, ip, true)).unwrap()
+    };
+    let ((a, mut ea), (b, _eb)) = pair(files("a", "127.0.0.1"), files("b", "127.0.0.1"));
+    wait_connected(&a, B).await;
+    // C listens on 127.0.0.1, as the member table says, with a certificate for 127.0.0.9.
+    let (c, _ec) = start(CLUSTER, C, any_port(), files("c", "127.0.0.9"));
+    let members = table(&[(A, addr(&a)), (B, addr(&b)), (C, addr(&c))]);
+    a.set_members(members.clone());
+    c.set_members(members);
+    sleep(Duration::from_millis(1500)).await;
+    // C's own dial to A (whose certificate checks out for C) is refused by A.
+    assert!(!c.is_connected(A));
+    let _ = c.send(A, b"from a stranger".to_vec(), false);
+    sleep(Duration::from_millis(300)).await;
+    assert!(ea.inbound.try_recv().is_err());
+    // A and B, whose certificates name their hosts, still talk.
+    assert!(a.is_connected(B));
+}
