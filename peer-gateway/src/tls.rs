@@ -60,13 +60,20 @@ pub fn configure(files: &TlsFiles) -> Result<PeerTls> {
 fn from_files(cert: &Path, key: &Path, files: &TlsFiles) -> Result<PeerTls> {
     let chain = load_certs(cert, "peer certificate")?;
     let key_der = load_key(key)?;
-    let roots = match &files.trusted_ca_file {
-        Some(ca) => Some(load_certs(ca, "peer trusted CA")?),
-        None => None,
+    // Without a CA nothing could tell a member's certificate from anyone's: fail closed, as
+    // etcd does (it verifies against the system's roots, which reject a cluster's own CA).
+    let Some(ca) = &files.trusted_ca_file else {
+        return Err(Error::Tls(format!(
+            "peer certificate {} without a peer trusted CA file would accept any peer: set \
+             --peer-trusted-ca-file (ETCD_PEER_TRUSTED_CA_FILE)",
+            cert.display()
+        )));
     };
-    if roots.is_none() {
+    let roots = Some(load_certs(ca, "peer trusted CA")?);
+    if !files.client_cert_auth {
         tracing::warn!(
-            "peer server certificates are not verified: no peer trusted CA file configured"
+            "peers that connect to us are not authenticated: --peer-client-cert-auth is off, so \
+             anyone who can reach the peer port can claim to be a member"
         );
     }
     from_parts(chain, key_der, roots, files.client_cert_auth).map_err(|e| match e {
@@ -364,6 +371,19 @@ mod tests {
         };
         let err = configure(&mismatched).unwrap_err().to_string();
         assert!(err.contains("peer.crt"), "{err}");
+    }
+
+    #[test]
+    fn a_peer_certificate_without_a_trusted_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("test CA");
+        let files = TlsFiles {
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            ..ca.write_files(dir.path(), "127.0.0.1", true)
+        };
+        let err = configure(&files).unwrap_err().to_string();
+        assert!(err.contains("peer-trusted-ca-file"), "{err}");
     }
 
     #[test]
