@@ -33,6 +33,8 @@ impl Batch<'_> {
 pub struct RaftLog {
     wal: Wal,
     hard_state: HardState,
+    /// The commit index the WAL holds, as of the last hard state queued for it.
+    written_commit: u64,
     conf_state: ConfState,
     /// Index and term of the last entry folded into a snapshot (0/0 before the first one).
     snapshot_index: u64,
@@ -67,6 +69,7 @@ impl RaftLog {
         let (last_index, last_term) = wal.last().unwrap_or((snapshot_index, snapshot_term));
         Ok(RaftLog {
             wal,
+            written_commit: hard_state.commit,
             hard_state,
             conf_state,
             snapshot_index,
@@ -142,6 +145,7 @@ impl RaftLog {
             return;
         }
         self.hard_state = hs.clone();
+        self.written_commit = hs.commit;
         self.wal.set_hard_state(hs);
     }
 
@@ -166,6 +170,13 @@ impl RaftLog {
     /// (nothing if they gave nothing); with `sync`, nothing may depend on it being durable before
     /// `finish_persist`.
     pub fn begin_persist(&mut self, sync: bool) -> Result<()> {
+        // A record of new entries carries the commit index too (a few bytes): a member restarted
+        // on its own then knows, and applies, what was committed up to its last record, instead
+        // of only what RocksDB had flushed (its applied state is written without RocksDB's WAL).
+        if self.hard_state.commit > self.written_commit && self.wal.has_pending_entries() {
+            self.written_commit = self.hard_state.commit;
+            self.wal.set_hard_state(&self.hard_state);
+        }
         self.wal.write(sync)
     }
 
@@ -301,6 +312,33 @@ pub(super) mod tests {
         let db = Db::open(&dir.join("db")).unwrap();
         let log = RaftLog::load(&db, &dir.join("wal")).unwrap();
         (db, log)
+    }
+
+    #[test]
+    fn a_record_of_new_entries_carries_the_commit_index() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, mut log) = open(dir.path());
+            let mut b = db.batch();
+            log.bootstrap(vec![1], &mut b);
+            db.write(b, true).unwrap();
+            log.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>());
+            log.set_hard_state(&HardState {
+                term: 1,
+                vote: 1,
+                commit: 0,
+                ..Default::default()
+            });
+            log.persist(true).unwrap();
+            // Committed through 3, learnt in memory; the next record of entries records it.
+            log.set_commit(3);
+            log.append(&[entry(4, 1)]);
+            log.persist(true).unwrap();
+            // Not written on its own: no record of entries follows.
+            log.set_commit(4);
+        }
+        let (_db, log) = open(dir.path());
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 3);
     }
 
     #[test]

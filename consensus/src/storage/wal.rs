@@ -523,6 +523,10 @@ impl Wal {
         self.pending_hs.is_some() || !self.pending_entries.is_empty()
     }
 
+    pub fn has_pending_entries(&self) -> bool {
+        !self.pending_entries.is_empty()
+    }
+
     /// Writes what `append` and `set_hard_state` queued as one record; with `durable`, returns
     /// only once it is on disk (`fdatasync`).
     pub fn sync(&mut self, durable: bool) -> Result<()> {
