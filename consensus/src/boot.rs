@@ -91,6 +91,10 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<Flock<fs::File>> {
     }
 }
 
+/// The file in the data dir that keeps a member that has already been bootstrapped from taking
+/// part again (see [`Error::AlreadyBootstrapped`]): it holds the one-line reason.
+const ALREADY_BOOTSTRAPPED: &str = "already-bootstrapped";
+
 /// How long a starting consensus waits for the data dir's lock.
 const DATA_DIR_LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -108,7 +112,12 @@ pub fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))?;
     let _lock = lock_data_dir(dir)?;
 
+    let refused = dir.join(ALREADY_BOOTSTRAPPED);
+    if let Ok(why) = fs::read_to_string(&refused) {
+        return Err(Error::Startup(why.trim().to_string()));
+    }
     let db = Db::open(&dir.join("db"))?;
+    let started_empty = db.identity()?.is_none();
     let (identity, members, mut log) = cluster::load_or_bootstrap(&db, &config)?;
     let applied = db.applied_index()?;
     // Applied entries were committed; raft-rs refuses an applied index above the commit, which
@@ -192,13 +201,38 @@ pub fn run(config: Config) -> Result<()> {
         request_timeout,
     );
     let machine = Machine::new(db.clone(), shared.clone());
+    let mut core = core;
+    if started_empty {
+        core.set_started_empty(true);
+    }
     let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
+    let name = identity.name.clone();
+    let member = ids::format_id(identity.member_id);
+    let refused_file = refused.clone();
+    let refused_dir = dir.clone();
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            if let Err(e) = raft_loop.run() {
-                error!("raft loop stopped: {e}");
-                std::process::exit(1);
+            match raft_loop.run() {
+                Ok(()) => {}
+                Err(Error::AlreadyBootstrapped { leader }) => {
+                    // As etcd refuses it. Kept in the data dir, so that no restart takes part.
+                    let why = format!(
+                        "member {name} ({member}) has already been bootstrapped: leader \
+                         {leader:x} holds entries it acknowledged before its data dir {} was \
+                         emptied; restore the data dir, or remove the member (etcdctl member \
+                         remove {member}) and add it again with an empty one",
+                        refused_dir.display()
+                    );
+                    let _ = fs::write(&refused_file, &why);
+                    error!("{why}");
+                    eprintln!("consensus: {why}");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    error!("raft loop stopped: {e}");
+                    std::process::exit(1);
+                }
             }
         })
         .map_err(|e| Error::io("starting the raft thread", e))?;

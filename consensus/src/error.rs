@@ -20,6 +20,12 @@ pub enum Error {
     },
     #[error("corrupt data on disk: {0}")]
     Corrupt(String),
+    /// This member started from an empty data dir, but the leader holds entries this member
+    /// acknowledged before: its data was lost or wiped, and it must not take part as itself.
+    #[error(
+        "the leader {leader:x} holds entries this member acknowledged before its data dir was emptied"
+    )]
+    AlreadyBootstrapped { leader: u64 },
     /// Applying a committed entry failed for a reason of this member's own (storage, not the
     /// request): it must not skip the entry, so it stops and applies it again after a restart.
     #[error("applying raft entry {index}: {message}; stopping without recording it as applied")]

@@ -105,6 +105,10 @@ pub(crate) struct Core<L: LogStore> {
     /// [`FOLLOWER_APPLY_BATCH`]), and since when the oldest waits.
     unapplied: Vec<Entry>,
     unapplied_since: Option<Instant>,
+    /// This member's data dir was empty when this run started ([`Core::set_started_empty`]).
+    started_empty: bool,
+    /// The leader whose heartbeat proved this member lost data it had acknowledged.
+    lost_data_to: Option<u64>,
 }
 
 impl<L: LogStore> Core<L> {
@@ -140,7 +144,23 @@ impl<L: LogStore> Core<L> {
             follower_acks: FollowerAcks::default(),
             unapplied: Vec::new(),
             unapplied_since: None,
+            started_empty: false,
+            lost_data_to: None,
         }
+    }
+
+    /// This run started from an empty data dir (a new member of a new cluster, or one whose data
+    /// was lost or wiped). A leader's heartbeat commits no further than what the member
+    /// acknowledged, so one that commits past its empty log means the cluster knows this member
+    /// from before: it has already been bootstrapped ([`Core::lost_data_to`]).
+    pub(crate) fn set_started_empty(&mut self, empty: bool) {
+        self.started_empty = empty;
+    }
+
+    /// The leader that knows this member acknowledged entries it no longer has, if any: the
+    /// member must stop rather than take part (its votes could elect a leader without them).
+    pub(crate) fn lost_data_to(&self) -> Option<u64> {
+        self.lost_data_to
     }
 
     /// A single voter needs no election timeout to know it wins.
@@ -278,6 +298,14 @@ impl<L: LogStore> Core<L> {
 
     /// A raft message from another member.
     pub(crate) fn step(&mut self, m: Message) {
+        if self.started_empty
+            && m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.term >= self.node.raft.term
+            && m.commit > self.node.raft.raft_log.last_index()
+        {
+            self.lost_data_to = Some(m.from);
+            return;
+        }
         if let Some(why) = self.refusal(&m) {
             self.shared
                 .peer_messages_refused

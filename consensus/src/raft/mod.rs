@@ -226,6 +226,9 @@ impl RaftLoop {
             }
             if peer_ready || commands {
                 self.pump_peer_stream();
+                if let Some(leader) = self.core.lost_data_to() {
+                    return Err(crate::error::Error::AlreadyBootstrapped { leader });
+                }
             }
             if writes_ready || commands {
                 self.pump_write_stream();
@@ -323,6 +326,9 @@ impl RaftLoop {
         let mut events = std::mem::take(&mut self.events);
         let result = peer.read(&mut events).and_then(|()| peer.flush());
         for event in events.drain(..) {
+            if self.core.lost_data_to().is_some() {
+                break;
+            }
             match event {
                 Event::Step(m) => self.core.step(m),
                 Event::Forged { .. } => {

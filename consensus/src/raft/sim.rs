@@ -324,6 +324,8 @@ impl Cluster {
             .collect();
         for m in &mut members {
             m.start(now);
+            // A new cluster: every member starts from an empty data dir.
+            m.core().set_started_empty(true);
         }
         Cluster {
             members,
@@ -640,6 +642,15 @@ impl Sim {
             if refused > 0 {
                 return Err(format!(
                     "member {} refused {refused} messages of correct peers",
+                    m.id
+                ));
+            }
+        }
+        // No member of a new cluster is taken for one that lost its data.
+        for m in &self.c.members {
+            if let Some(leader) = m.core.as_ref().and_then(|c| c.lost_data_to()) {
+                return Err(format!(
+                    "member {} was taken for a wiped member by {leader}'s heartbeat",
                     m.id
                 ));
             }
@@ -1285,6 +1296,10 @@ fn conf_changes_of_either_format_are_applied_and_stored_with_the_log() {
 fn malformed_and_unsafe_peer_messages_are_dropped_not_stepped() {
     use raft::eraftpb::Snapshot;
     let mut c = Cluster::new(3);
+    // Members with a history: a forged heartbeat would otherwise look like a wiped member's.
+    for id in 1..=3 {
+        c.member(id).core().set_started_empty(false);
+    }
     c.elect(1);
     let _rx = propose_at(&mut c, 1, 1);
     c.settle();
@@ -1351,4 +1366,46 @@ fn malformed_and_unsafe_peer_messages_are_dropped_not_stepped() {
     c.tick(1);
     c.settle();
     assert!(rx.try_recv().is_ok_and(|r| r.is_ok()));
+}
+
+/// A member that started from an empty data dir learns from the leader's heartbeat whether the
+/// cluster knew it before: a new member's heartbeats commit nothing past what it acknowledged
+/// (nothing), a wiped member's commit what it acknowledged before it lost it.
+#[test]
+fn a_wiped_member_learns_from_the_leaders_heartbeat_that_it_was_bootstrapped() {
+    let mut c = Cluster::new(3);
+    // Member 3 of a new cluster starts late and empty: not refused.
+    c.member(3).core = None;
+    c.elect(1);
+    let _rx = propose_at(&mut c, 1, 1);
+    c.settle();
+    let now = c.now;
+    c.member(3).start(now);
+    c.member(3).core().set_started_empty(true);
+    for _ in 0..3 {
+        c.advance(TICK);
+        c.tick(1);
+        c.settle();
+    }
+    assert_eq!(c.member(3).core().lost_data_to(), None);
+    assert!(
+        c.member(3).core().raft().raft_log.committed > 0,
+        "it caught up"
+    );
+
+    // Member 2 acknowledged entries, then loses its log and state and starts again, empty.
+    let _rx = propose_at(&mut c, 1, 2);
+    c.settle();
+    let m = c.member(2);
+    m.core = None;
+    m.log = MemLog::new(vec![1, 2, 3]);
+    m.machine = MemMachine::default();
+    c.net.retain(|msg| msg.to != 2);
+    let now = c.now;
+    c.member(2).start(now);
+    c.member(2).core().set_started_empty(true);
+    c.advance(TICK);
+    c.tick(1);
+    c.settle();
+    assert_eq!(c.member(2).core().lost_data_to(), Some(1));
 }

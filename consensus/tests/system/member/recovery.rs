@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::value_of;
-use crate::support::addresses::{ALONE_AFTER_KILL, APPLY_FAILURE, NO_QUORUM, REPLAY};
+use crate::support::addresses::{ALONE_AFTER_KILL, APPLY_FAILURE, NO_QUORUM, REPLAY, WIPED_MEMBER};
 use crate::support::*;
 
 /// Applied state goes to RocksDB without its WAL, so kill -9 loses what no memtable flush has
@@ -244,4 +244,58 @@ fn a_member_killed_and_restarted_alone_serves_what_it_had_applied() {
         Some("v")
     );
     members[leader].stop();
+}
+
+/// A member that lost its data dir must not come back as itself: with one follower paused and a
+/// put acknowledged by the leader and the other follower, a wiped and restarted other follower
+/// would side with the paused one (whose log lacks the put) in the next election. It refuses,
+/// as etcd does ("has already been bootstrapped"), and keeps refusing; the put survives a leader
+/// change.
+#[test]
+fn a_member_whose_data_dir_was_wiped_cannot_rejoin_as_itself() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = http_cluster(tmp.path(), "wm", &WIPED_MEMBER, "", &[]);
+    let leader = leader_index(&members, &[0, 1, 2]);
+    let paused = (0..3).find(|i| *i != leader).unwrap();
+    let wiped = (0..3).find(|i| *i != leader && *i != paused).unwrap();
+    let paused_pid = Pid::from_raw(members[paused].pid("consensus"));
+    kill(paused_pid, Signal::SIGSTOP).unwrap();
+    members[leader].ctl_ok(&["put", "acked", "yes"]);
+    members[wiped].kill9("consensus");
+    members[wiped].kill9_all();
+    std::fs::remove_dir_all(&members[wiped].data_dir).unwrap();
+    members[wiped].start();
+    eventually(
+        Duration::from_secs(30),
+        "the wiped member to refuse",
+        || {
+            members[wiped]
+                .logged("has already been bootstrapped")
+                .then_some(())
+        },
+    );
+    let marker = members[wiped].data_dir.join("already-bootstrapped");
+    assert!(marker.exists(), "{}", members[wiped].log_tail());
+    // It keeps refusing: no consensus of it stays up.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        members[wiped].logged_times("has already been bootstrapped") >= 1,
+        "{}",
+        members[wiped].log_tail()
+    );
+    kill(paused_pid, Signal::SIGCONT).unwrap();
+    // A leader change: the leader's consensus is killed and comes back.
+    members[leader].kill9("consensus");
+    for m in [&members[paused], &members[leader]] {
+        eventually(
+            Duration::from_secs(60),
+            "the acknowledged put, after a new election",
+            || (value_of(m, "acked", &[]).as_deref() == Some("yes")).then_some(()),
+        );
+    }
+    for m in &mut members {
+        m.stop();
+    }
 }
