@@ -117,8 +117,12 @@ pub fn run(config: Config) -> Result<()> {
         return Err(Error::Startup(why.trim().to_string()));
     }
     let db = Db::open(&dir.join("db"))?;
-    let started_empty = db.identity()?.is_none();
-    let (identity, members, mut log) = cluster::load_or_bootstrap(&db, &config)?;
+    let cluster::Loaded {
+        identity,
+        members,
+        mut log,
+        bootstrapped: started_empty,
+    } = cluster::load_or_bootstrap(&db, &config)?;
     let applied = db.applied_index()?;
     // Applied entries were committed; raft-rs refuses an applied index above the commit, which
     // the WAL may hold from before the last apply (it is only written with new entries).
@@ -192,7 +196,7 @@ pub fn run(config: Config) -> Result<()> {
     .map_err(|e| Error::Startup(format!("encoding this member's attributes: {e}")))?;
     // Read-index contexts of this run start above any an earlier run used (see `Reads::starting_at`).
     let first_read = clock_ms << 20;
-    let core = Core::new(
+    let mut core = Core::new(
         node,
         shared.clone(),
         applied,
@@ -201,10 +205,7 @@ pub fn run(config: Config) -> Result<()> {
         request_timeout,
     );
     let machine = Machine::new(db.clone(), shared.clone());
-    let mut core = core;
-    if started_empty {
-        core.set_started_empty(true);
-    }
+    core.set_started_empty(started_empty);
     let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
     let name = identity.name.clone();
     let member = ids::format_id(identity.member_id);

@@ -42,11 +42,17 @@ pub fn initial_members(config: &Config) -> Vec<MemberInfo> {
         .collect()
 }
 
+/// What a member starts from.
+pub(crate) struct Loaded {
+    pub identity: Identity,
+    pub members: Vec<MemberInfo>,
+    pub log: RaftLog,
+    /// The data dir was empty: this start bootstrapped it.
+    pub bootstrapped: bool,
+}
+
 /// Loads identity, members and raft log, or creates them on first start (with one fsync).
-pub fn load_or_bootstrap(
-    db: &Arc<Db>,
-    config: &Config,
-) -> Result<(Identity, Vec<MemberInfo>, RaftLog)> {
+pub(crate) fn load_or_bootstrap(db: &Arc<Db>, config: &Config) -> Result<Loaded> {
     let mut log = RaftLog::load(db, &config.data_dir.join("wal"))?;
     if let Some(bytes) = db.identity()? {
         let identity = decode_identity(&bytes)?;
@@ -62,7 +68,12 @@ pub fn load_or_bootstrap(
             cluster = ids::format_id(identity.cluster_id),
             "restarting member from its data dir"
         );
-        return Ok((identity, members, log));
+        return Ok(Loaded {
+            identity,
+            members,
+            log,
+            bootstrapped: false,
+        });
     }
     if config.initial_cluster_state == ClusterState::Existing {
         return Err(Error::Config(format!(
@@ -100,7 +111,12 @@ pub fn load_or_bootstrap(
         members = members.len(),
         "bootstrapped a new cluster member"
     );
-    Ok((identity, members, log))
+    Ok(Loaded {
+        identity,
+        members,
+        log,
+        bootstrapped: true,
+    })
 }
 
 /// etcd's checks of a MoveLeader: only the leader (`leader`, as this member `me` knows it)
@@ -195,7 +211,12 @@ mod tests {
                 "--initial-advertise-peer-urls=http://127.0.0.1:2380",
                 cluster,
             ]);
-            let (identity, members, log) = load_or_bootstrap(&db, &c).unwrap();
+            let Loaded {
+                identity,
+                members,
+                log,
+                ..
+            } = load_or_bootstrap(&db, &c).unwrap();
             assert_eq!(
                 identity.member_id,
                 ids::member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
@@ -217,7 +238,11 @@ mod tests {
             cluster,
             "--initial-cluster-token=other",
         ]);
-        let (again, members, _) = load_or_bootstrap(&db, &c).unwrap();
+        let Loaded {
+            identity: again,
+            members,
+            ..
+        } = load_or_bootstrap(&db, &c).unwrap();
         assert_eq!(again, first);
         assert_eq!(members.len(), 2);
     }
