@@ -15,3 +15,4 @@ mod etcdctl_vs_etcd;
 mod http_endpoints;
 mod linearizable;
 mod member;
+mod nemesis;

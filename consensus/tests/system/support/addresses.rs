@@ -56,6 +56,11 @@ pub const WIPED_MEMBER: [&str; 3] = ["127.0.0.82", "127.0.0.83", "127.0.0.84"];
 // linearizable
 pub const LINEARIZABLE: [&str; 3] = ["127.0.0.57", "127.0.0.58", "127.0.0.59"];
 
+// nemesis
+pub const NEMESIS: [&str; 3] = ["127.0.0.91", "127.0.0.92", "127.0.0.93"];
+/// The UDP proxies in front of the nemesis members' peer ports; their advertised peer URLs.
+pub const NEMESIS_PROXIES: [&str; 3] = ["127.0.0.94", "127.0.0.95", "127.0.0.96"];
+
 // http_endpoints
 pub const HTTP_OURS: &str = "127.0.0.61";
 pub const HTTP_ETCD: &str = "127.0.0.62";
@@ -149,6 +154,14 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "linearizable::histories_under_process_kills_are_linearizable",
         hosts: &LINEARIZABLE,
+    },
+    Claim {
+        owner: "nemesis::a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable",
+        hosts: &NEMESIS,
+    },
+    Claim {
+        owner: "nemesis (its proxies)",
+        hosts: &NEMESIS_PROXIES,
     },
     Claim {
         owner: "http_endpoints::health_version_and_metrics_answer_as_real_etcd",

@@ -2,6 +2,7 @@
 //! certificates for the seed's https configuration. Everything started here is stopped by PID.
 
 pub mod addresses;
+pub mod history;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,14 @@ impl Member {
             .spawn()
             .expect("starting scripts/start-node.sh");
         self.script = Some(child);
+    }
+
+    /// Whether this member's start-node.sh has exited (it gives up when consensus cannot start).
+    pub fn script_exited(&mut self) -> bool {
+        match &mut self.script {
+            Some(script) => !matches!(script.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     /// PIDs from `<data-dir>/member.pids`, by process name.
