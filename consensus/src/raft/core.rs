@@ -362,6 +362,12 @@ impl<L: LogStore> Core<L> {
         }
     }
 
+    /// Once a tick: the commit index of an idle member reaches its log
+    /// ([`LogStore::record_commit`]).
+    pub(crate) fn record_commit(&mut self) -> Result<()> {
+        self.node.mut_store().record_commit().map(|_| ())
+    }
+
     /// When the core next needs the runtime, at the latest: the next tick, or the end of a
     /// follower's apply delay.
     pub(crate) fn wake_at(&self, next_tick: Instant) -> Instant {

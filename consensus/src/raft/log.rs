@@ -14,6 +14,9 @@ pub(crate) trait LogStore: raft::Storage {
     fn set_hard_state(&mut self, hs: &HardState);
     /// Raises the commit index in memory (a commit index need not be durable).
     fn set_commit(&mut self, commit: u64);
+    /// Writes the in-memory commit index when the log's lags it and nothing else will carry it
+    /// (see [`RaftLog::record_commit`]).
+    fn record_commit(&mut self) -> Result<bool>;
     /// Writes what was staged; with `sync`, nothing may rely on it before `finish_persist`.
     fn begin_persist(&mut self, sync: bool) -> Result<()>;
     /// Starts the device on what `begin_persist` wrote, for a caller with work meanwhile.
@@ -34,6 +37,9 @@ impl LogStore for RaftLog {
     }
     fn set_commit(&mut self, commit: u64) {
         RaftLog::set_commit(self, commit)
+    }
+    fn record_commit(&mut self) -> Result<bool> {
+        RaftLog::record_commit(self)
     }
     fn begin_persist(&mut self, sync: bool) -> Result<()> {
         RaftLog::begin_persist(self, sync)

@@ -242,6 +242,7 @@ impl RaftLoop {
                     next_tick = now + tick;
                 }
                 self.core.tick(now, &mut self.io);
+                self.core.record_commit()?;
             }
             if self.core.has_ready() {
                 self.core.on_ready(now, &mut self.io, &mut self.machine)?;

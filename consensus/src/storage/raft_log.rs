@@ -157,6 +157,20 @@ impl RaftLog {
         }
     }
 
+    /// Writes the commit index as a record of its own when the WAL's lags it and no entries are
+    /// on their way to carry it (an idle member), without waiting for the disk: a member killed
+    /// then and restarted alone still applies, and serves, everything it knew was committed.
+    /// Called every tick, which bounds that staleness to one tick. Returns whether it wrote.
+    pub fn record_commit(&mut self) -> Result<bool> {
+        if self.hard_state.commit <= self.written_commit || self.wal.has_pending() {
+            return Ok(false);
+        }
+        self.written_commit = self.hard_state.commit;
+        self.wal.set_hard_state(&self.hard_state);
+        self.wal.write(false)?;
+        Ok(true)
+    }
+
     /// `begin_persist` then `finish_persist`, for tests; returns whether there was anything.
     #[cfg(test)]
     pub fn persist(&mut self, sync: bool) -> Result<bool> {
@@ -312,6 +326,31 @@ pub(super) mod tests {
         let db = Db::open(&dir.join("db")).unwrap();
         let log = RaftLog::load(&db, &dir.join("wal")).unwrap();
         (db, log)
+    }
+
+    #[test]
+    fn an_idle_member_records_its_commit_index_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, mut log) = open(dir.path());
+            let mut b = db.batch();
+            log.bootstrap(vec![1], &mut b);
+            db.write(b, true).unwrap();
+            log.append(&[entry(1, 1), entry(2, 1)]);
+            log.set_hard_state(&HardState {
+                term: 1,
+                vote: 1,
+                commit: 0,
+                ..Default::default()
+            });
+            log.persist(true).unwrap();
+            // Committed after the entries' record: only the idle record can carry it.
+            log.set_commit(2);
+            assert!(log.record_commit().unwrap());
+            assert!(!log.record_commit().unwrap(), "nothing new to record");
+        }
+        let (_db, log) = open(dir.path());
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 2);
     }
 
     #[test]

@@ -104,6 +104,9 @@ impl LogStore for MemLog {
         }
     }
     fn set_commit(&mut self, _commit: u64) {}
+    fn record_commit(&mut self) -> Result<bool> {
+        Ok(false)
+    }
     fn begin_persist(&mut self, _sync: bool) -> Result<()> {
         Ok(())
     }
