@@ -99,6 +99,7 @@ pub(super) async fn compact(
     mut results: client_plane::CompactResults,
 ) -> capnp::Result<()> {
     let request = params.get()?.get_request()?;
+    let (asked, physical) = (request.get_revision(), request.get_physical());
     let applied = or_refuse!(
         results,
         state
@@ -109,6 +110,10 @@ pub(super) async fn compact(
     let Applied::Compaction { revision } = applied else {
         refuse!(results, unexpected("compaction", &applied));
     };
+    if physical {
+        // As etcd: answered once this member deleted the old versions, not just recorded it.
+        state.ctx.shared.wait_compacted(asked).await;
+    }
     codec::write_header(
         results.get().init_response().init_header(),
         &state.header(revision),

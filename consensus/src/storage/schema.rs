@@ -55,6 +55,11 @@ pub const META_MEMBER_PREFIX: &[u8] = b"cluster/member/";
 pub const META_REVISION: &[u8] = b"mvcc/revision";
 /// The MVCC revision of the last compaction.
 pub const META_COMPACT_REVISION: &[u8] = b"mvcc/compact_revision";
+/// The compaction whose background pass is under way: its revision (big-endian) and the
+/// `kv_key` row it goes on from.
+pub const META_COMPACT_CURSOR: &[u8] = b"mvcc/compact_cursor";
+/// The revision of the last compaction whose background pass finished.
+pub const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
 
 /// Ends the escaped user key of a `kv_key` row; the inverted revision follows.
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
