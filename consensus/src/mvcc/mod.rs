@@ -32,7 +32,9 @@ pub use types::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
-pub use validate::{check_delete, check_put, check_range, check_txn, txn_is_read_only};
+pub use validate::{
+    check_delete, check_put, check_range, check_txn, is_point_read, txn_is_read_only,
+};
 pub use view::View;
 
 /// The compacted revision of a store that was never compacted (etcd starts at -1 too).

@@ -133,7 +133,7 @@ impl<'a> View<'a> {
             if !f(&user_key, it.value().unwrap_or_default())? || *end == End::Single {
                 break;
             }
-            it.seek_after(&user_key);
+            it.next_key(&user_key);
         }
         it.status("scanning the key space")
     }

@@ -362,6 +362,20 @@ impl VersionCursor<'_> {
         self.0.seek(schema::after_key_row(key));
     }
 
+    /// From a version of `key` to the first row after every version of it: a step or two when
+    /// it has few older versions (most keys), a seek past many. Saves a seek per key in scans.
+    pub fn next_key(&mut self, key: &[u8]) {
+        const STEPS: usize = 4;
+        for _ in 0..STEPS {
+            self.0.next();
+            match self.0.key() {
+                Some(row) if schema::is_row_of(row, key) => {}
+                _ => return,
+            }
+        }
+        self.seek_after(key);
+    }
+
     pub fn next(&mut self) {
         self.0.next();
     }
