@@ -64,6 +64,7 @@ use crate::raft::command::{Applied, Command};
 use crate::raft::inbox;
 use crate::storage::Db;
 
+pub(crate) use pool::lower_priority;
 pub use registration::{GatewayConfig, TlsFiles};
 
 pub struct Context {

@@ -25,6 +25,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     loop {
                         // The lock is only held while waiting for the next job.
                         let job = match queue.lock() {
@@ -58,6 +59,15 @@ impl Pool {
             .await
             .map_err(|_| ee::internal(format!("a {} thread stopped", self.name)))
     }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10): the member's raft and IPC threads, and
+/// its gateways, share a few cores with this long work and must not wait behind it, or
+/// heartbeats and `/health` are late. Best effort: a failure leaves the default priority.
+pub(crate) fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers; on Linux, nice is per
+    // thread and PRIO_PROCESS with a thread ID changes that thread only.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
 }
 
 /// The IPC thread's pools.

@@ -22,6 +22,7 @@ use super::types::CompactionRequest;
 use super::view::View;
 use crate::error::{Error, Result};
 use crate::etcd_error::{self as ee, EtcdError};
+use crate::ipc::lower_priority;
 use crate::storage::{Db, PassCursor, ReadView, parse_row};
 
 /// Rows one background batch looks at (etcd deletes up to 1,000 revisions a batch).
@@ -272,6 +273,7 @@ impl Compactor {
         std::thread::Builder::new()
             .name("compactor".into())
             .spawn(move || {
+                lower_priority();
                 loop {
                     match run_passes(&db, usize::MAX, BATCH_PAUSE) {
                         Ok(Some(done)) => finished(done),
