@@ -36,11 +36,18 @@ struct TlsConfig {
   keyFile @1 :Text;
   trustedCaFile @2 :Text;
   clientCertAuth @3 :Bool;
+  # --peer-cert-allowed-cn / --peer-cert-allowed-hostname (etcd 3.5's comma-separated lists; at
+  # most one of the two is set). Empty: any certificate of the trusted CA. Peer TLS only.
+  allowedCns @4 :List(Text);
+  allowedHostnames @5 :List(Text);
 }
 
 struct PeerGatewayConfig {
   listenPeerUrls @0 :List(Text);
   tls @1 :TlsConfig;
+  # --max-request-bytes: bounds the size of a raft message (see schema::limits); 0 from an older
+  # consensus means etcd's default.
+  maxRequestBytes @2 :UInt64;
 }
 
 struct ClientGatewayConfig {
@@ -89,7 +96,16 @@ struct PeerFrame {
     messages @1 :List(RaftMessage);     # both directions
     unreachable @2 :UInt64;             # gateway -> consensus: this member could not be reached
     snapshotStatus @3 :SnapshotStatus;  # gateway -> consensus: how sending a snapshot ended
+    counters @4 :PeerGatewayCounters;   # gateway -> consensus: what it refused and dropped
   }
+}
+
+# What the peer gateway counted since its previous `counters` frame (increments, not totals, so
+# that consensus's sums survive a gateway restart). Consensus adds them to its Metrics.
+struct PeerGatewayCounters {
+  certRefused @0 :UInt64;      # TLS handshakes refused: certificate outside the allowed CN/hostname
+  framesRefused @1 :UInt64;    # peer streams closed for an oversized frame or an unsupported kind
+  messagesDropped @2 :UInt64;  # raft messages dropped: to a peer not connected or whose queue is full
 }
 
 struct SnapshotStatus {
@@ -341,6 +357,11 @@ struct Metrics {
   # one more, those above. Absent from an older consensus.
   fsyncBuckets @13 :List(UInt64);
   peerMessagesRefused @14 :UInt64; # raft messages from peers dropped before raft saw them
+  # From the peer gateway's `counters` frames (PeerGatewayCounters) plus consensus's own drops.
+  peerCertRefused @15 :UInt64;     # peer TLS handshakes refused by the allowed CN/hostname
+  peerFramesRefused @16 :UInt64;   # peer streams closed for an oversized frame or a snapshot
+  peerMessagesDropped @17 :UInt64; # outbound raft messages dropped (raft resends)
+  streamFramesRefused @18 :UInt64; # oversized frames on raft.sock or write.sock (stream closed)
 }
 
 # ---------------------------------------------------------------- the raft log

@@ -38,6 +38,8 @@ fn gateway_config(config: &Config) -> GatewayConfig {
             key_file: path_text(&config.peer_key_file),
             trusted_ca_file: path_text(&config.peer_trusted_ca_file),
             client_cert_auth: config.peer_client_cert_auth,
+            allowed_cns: config.peer_cert_allowed_cn.clone(),
+            allowed_hostnames: config.peer_cert_allowed_hostname.clone(),
         },
         listen_client_urls: urls(&config.listen_client_urls),
         client_tls: TlsFiles {
@@ -45,6 +47,7 @@ fn gateway_config(config: &Config) -> GatewayConfig {
             key_file: path_text(&config.key_file),
             trusted_ca_file: path_text(&config.trusted_ca_file),
             client_cert_auth: config.client_cert_auth,
+            ..TlsFiles::default()
         },
         max_request_bytes: config.max_request_bytes,
         max_txn_ops: config.max_txn_ops.min(u32::MAX as u64) as u32,

@@ -498,8 +498,11 @@ async fn read_raft(
                     s.last = now;
                     delivered = true;
                 }
-                // Reports: A cannot reach B until its QUIC connection is up.
-                peer_frame::Unreachable(_) | peer_frame::SnapshotStatus(_) => {}
+                // Reports: A cannot reach B until its QUIC connection is up. Counters: drops
+                // meanwhile.
+                peer_frame::Unreachable(_)
+                | peer_frame::SnapshotStatus(_)
+                | peer_frame::Counters(_) => {}
             }
         }
         if let Some(sink) = sink.as_ref().filter(|_| delivered) {

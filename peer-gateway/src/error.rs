@@ -49,8 +49,6 @@ pub enum Error {
     Read(#[from] quinn::ReadExactError),
     #[error("QUIC stream already closed")]
     ClosedStream(#[from] quinn::ClosedStream),
-    #[error("the peer stopped the stream with code {0}")]
-    StreamStopped(u64),
     #[error("QUIC stream failed: {0}")]
     Stopped(#[from] quinn::StoppedError),
     #[error("no listen-peer URL configured")]

@@ -5,6 +5,7 @@
 //! between the members, with [`tls`] and [`peer_url`].
 
 mod consensus;
+mod counters;
 mod error;
 mod peer_url;
 mod tls;

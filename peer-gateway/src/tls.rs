@@ -1,5 +1,8 @@
 //! TLS for peer traffic: the rustls configs the QUIC endpoints use, from etcd's peer TLS files or,
 //! without them, from an ephemeral self-signed certificate (encrypted but not authenticated).
+//! [`allowed`] narrows the trusted CA's certificates to those of an allowed CN or hostname.
+
+mod allowed;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +14,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::counters::Counters;
 use crate::error::{Error, Result};
+pub use allowed::Restriction;
+use allowed::{Allowed, ClientCheck, ServerCheck};
 
 /// The ALPN protocol of our peer traffic; a peer speaking anything else fails the handshake.
 pub const ALPN: &[u8] = b"etcd-rs-peer/1";
@@ -23,6 +29,8 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
+    /// `--peer-cert-allowed-cn` or `--peer-cert-allowed-hostname`.
+    pub allowed: Restriction,
 }
 
 /// Server and client side of one member's peer TLS.
@@ -30,6 +38,8 @@ pub struct TlsFiles {
 pub struct PeerTls {
     pub server: Arc<rustls::ServerConfig>,
     pub client: Arc<rustls::ClientConfig>,
+    /// Where the verifiers count refused certificates; the transport counts into it too.
+    pub counters: Arc<Counters>,
 }
 
 /// Builds the peer TLS configs from the configured files, or a self-signed setup without them.
@@ -43,9 +53,10 @@ pub fn configure(files: &TlsFiles) -> Result<PeerTls> {
                         .to_string(),
                 ));
             }
-            tracing::warn!(
-                "peer traffic is encrypted but not authenticated: no peer certificate configured (http:// peer URLs)"
-            );
+            if !files.allowed.is_any() {
+                // Consensus's configuration already warned that it has no effect here.
+                tracing::debug!("no peer certificate: ignoring {}", files.allowed.setting());
+            }
             self_signed()
         }
         (Some(_), None) => Err(Error::Tls(
@@ -70,13 +81,28 @@ fn from_files(cert: &Path, key: &Path, files: &TlsFiles) -> Result<PeerTls> {
         )));
     };
     let roots = Some(load_certs(ca, "peer trusted CA")?);
-    if !files.client_cert_auth {
+    if !files.client_cert_auth && files.allowed.is_any() {
         tracing::warn!(
             "peers that connect to us are not authenticated: --peer-client-cert-auth is off, so \
              anyone who can reach the peer port can claim to be a member"
         );
+    } else if !files.client_cert_auth {
+        // etcd asks connecting peers for a certificate whenever a peer trusted CA is set; an
+        // allowed CN or hostname has nothing to check without one.
+        tracing::info!(
+            "connecting peers must present a certificate of the trusted CA for {}, although \
+             --peer-client-cert-auth is off",
+            files.allowed.setting()
+        );
     }
-    from_parts(chain, key_der, roots, files.client_cert_auth).map_err(|e| match e {
+    from_parts(
+        chain,
+        key_der,
+        roots,
+        files.client_cert_auth,
+        &files.allowed,
+    )
+    .map_err(|e| match e {
         Error::Tls(reason) => Error::TlsFileInvalid {
             what: "peer certificate",
             path: cert.to_path_buf(),
@@ -93,19 +119,33 @@ pub fn self_signed() -> Result<PeerTls> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         generated.signing_key.serialize_der(),
     ));
-    from_parts(vec![generated.cert.der().clone()], key, None, false)
+    from_parts(
+        vec![generated.cert.der().clone()],
+        key,
+        None,
+        false,
+        &Restriction::Any,
+    )
 }
 
 /// Builds both sides from a certificate chain and key. `roots` verifies the other side's
 /// certificate; without roots the server certificate is accepted unverified and clients are not
-/// asked for one.
+/// asked for one. With roots, `allowed` further restricts the other side's certificate on both
+/// sides, and connecting peers must then present one even without `client_cert_auth`.
 pub fn from_parts(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Option<Vec<CertificateDer<'static>>>,
     client_cert_auth: bool,
+    allowed: &Restriction,
 ) -> Result<PeerTls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let counters = Arc::new(Counters::default());
+    let allowed = if roots.is_some() {
+        Allowed::new(allowed, counters.clone())?
+    } else {
+        None
+    };
     let tls_err = |e: rustls::Error| Error::Tls(e.to_string());
 
     let root_store = match roots {
@@ -126,21 +166,27 @@ pub fn from_parts(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?;
     let server_builder = match (&root_store, client_cert_auth) {
-        (Some(store), true) => {
+        (Some(store), auth) if auth || allowed.is_some() => {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
                     .build()
                     .map_err(|e| {
                         Error::Tls(format!("cannot verify peer client certificates: {e}"))
                     })?;
-            server_builder.with_client_cert_verifier(verifier)
+            match &allowed {
+                Some(allowed) => server_builder.with_client_cert_verifier(Arc::new(ClientCheck {
+                    inner: verifier,
+                    allowed: allowed.clone(),
+                })),
+                None => server_builder.with_client_cert_verifier(verifier),
+            }
         }
         (None, true) => {
             return Err(Error::Tls(
                 "client-cert-auth for peers needs a peer trusted CA file".to_string(),
             ));
         }
-        (_, false) => server_builder.with_no_client_auth(),
+        _ => server_builder.with_no_client_auth(),
     };
     let mut server = server_builder
         .with_single_cert(chain.clone(), key.clone_key())
@@ -155,11 +201,19 @@ pub fn from_parts(
             let verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
                 .build()
                 .map_err(|e| Error::Tls(format!("cannot verify peer server certificates: {e}")))?;
+            let builder = match &allowed {
+                Some(allowed) => {
+                    client_builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(ServerCheck {
+                            inner: verifier,
+                            allowed: allowed.clone(),
+                        }))
+                }
+                None => client_builder.with_webpki_verifier(verifier),
+            };
             // Present our certificate: the other member may require it (client-cert-auth).
-            client_builder
-                .with_webpki_verifier(verifier)
-                .with_client_auth_cert(chain, key)
-                .map_err(tls_err)?
+            builder.with_client_auth_cert(chain, key).map_err(tls_err)?
         }
         None => client_builder
             .dangerous()
@@ -171,6 +225,7 @@ pub fn from_parts(
     Ok(PeerTls {
         server: Arc::new(server),
         client: Arc::new(client),
+        counters,
     })
 }
 
@@ -297,8 +352,14 @@ pub mod test_certs {
 
         /// A leaf for `ip`, usable as server and client certificate; returns (cert PEM, key PEM).
         pub fn leaf(&self, ip: &str) -> (String, String) {
-            let mut params = CertificateParams::new(vec![ip.to_string()]).unwrap();
-            params.distinguished_name.push(DnType::CommonName, ip);
+            self.leaf_named(ip, &[ip])
+        }
+
+        /// A leaf with subject CN `cn` and the SANs `names` (IP addresses or DNS names).
+        pub fn leaf_named(&self, cn: &str, names: &[&str]) -> (String, String) {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
             params.extended_key_usages = vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -310,7 +371,16 @@ pub mod test_certs {
 
         /// Writes a leaf for `ip` and this CA into `dir`; returns the TLS files for them.
         pub fn write_files(&self, dir: &Path, ip: &str, client_cert_auth: bool) -> super::TlsFiles {
-            let (cert, key) = self.leaf(ip);
+            self.write_leaf(dir, self.leaf(ip), client_cert_auth)
+        }
+
+        /// Writes `leaf` (from [`TestCa::leaf_named`]) and this CA into `dir`.
+        pub fn write_leaf(
+            &self,
+            dir: &Path,
+            (cert, key): (String, String),
+            client_cert_auth: bool,
+        ) -> super::TlsFiles {
             let write = |name: &str, pem: &str| -> PathBuf {
                 let path = dir.join(name);
                 std::fs::write(&path, pem).unwrap();
@@ -321,6 +391,7 @@ pub mod test_certs {
                 key_file: Some(write("peer.key", &key)),
                 trusted_ca_file: Some(write("ca.crt", &self.pem)),
                 client_cert_auth,
+                allowed: super::Restriction::Any,
             }
         }
     }

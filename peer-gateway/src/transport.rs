@@ -8,6 +8,16 @@
 //!
 //! This module knows nothing of consensus: messages go in through [`Transport::send`] and come
 //! out of [`Events::inbound`]; what consensus must hear about comes out of [`Events::reports`].
+//!
+//! Memory is bounded by bytes (audit M2), with etcd's defaults:
+//! - a message is at most [`TransportConfig::max_message`] (about 3.6 MiB, from
+//!   `--max-request-bytes`; see [`schema::limits`]); a longer length prefix closes the stream
+//!   before anything is allocated for it;
+//! - inbound messages not yet handed to consensus hold at most [`INBOUND_BYTES`]; past it, streams
+//!   are not read, so QUIC flow control holds the senders back (nothing is dropped);
+//! - QUIC buffers at most [`RECEIVE_WINDOW`] per connection that we have not read;
+//! - outbound messages wait per peer up to [`OUTBOUND_BYTES`]; past it they are dropped and
+//!   counted (raft resends).
 
 mod frame;
 mod handshake;
@@ -22,21 +32,36 @@ use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::peer_url::PeerUrl;
 use crate::tls::PeerTls;
-use frame::{MAX_MESSAGE_FRAME, MAX_SNAPSHOT_FRAME, STREAM_MESSAGES, STREAM_SNAPSHOT};
+use frame::{STREAM_MESSAGES, STREAM_SNAPSHOT};
 use handshake::{ACCEPTED, HELLO_LEN, Hello, MAX_REASON, REFUSED, Refusal, WIRE_VERSION};
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Messages waiting for one peer's connection; beyond this they are dropped (raft resends).
 const QUEUE_LEN: usize = 4096;
+/// Bytes of messages waiting for one peer's connection; beyond this they are dropped and
+/// counted. raft-rs keeps at most 256 appends of about 1 MiB in flight per follower, but a
+/// connection that takes less than this in one go is slow or gone, and raft resends.
+pub const OUTBOUND_BYTES: usize = 64 << 20;
 /// Inbound messages waiting for consensus; a full channel slows down reading from peers.
 const INBOUND_LEN: usize = 4096;
+/// Bytes of inbound messages read from peers and not yet written to consensus: four of the
+/// peer gateway's batches to consensus ([`schema::limits::RAFT_BATCH_BYTES`]), so one fills
+/// while consensus reads another, and 17 of the largest messages with etcd's defaults. A full
+/// budget stops reading from peers (backpressure), so it bounds memory without dropping.
+pub const INBOUND_BYTES: usize = 64 << 20;
+/// What QUIC buffers per connection before we read it (its connection-level flow control
+/// window; quinn's default is unlimited, with 1.25 MB per stream).
+const RECEIVE_WINDOW: u32 = 16 << 20;
+/// Streams a peer may have open on one connection: one for messages each way and a spare.
+const MAX_UNI_STREAMS: u32 = 16;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// consensus hears that a peer is unreachable at most this often per peer.
@@ -60,6 +85,7 @@ mod code {
     pub const RECONNECT: u32 = 2;
     pub const FRAME_TOO_LARGE: u32 = 3;
     pub const BAD_STREAM: u32 = 4;
+    pub const SNAPSHOTS_UNSUPPORTED: u32 = 5;
 }
 
 /// One entry of the member table.
@@ -76,14 +102,26 @@ pub struct TransportConfig {
     /// The member table; our own entry is skipped when dialing.
     pub members: Vec<Peer>,
     pub tls: PeerTls,
+    /// The largest message sent or accepted, in bytes
+    /// ([`schema::limits::raft_message_limit`] of `--max-request-bytes`).
+    pub max_message: usize,
 }
 
 /// A raft message a peer sent us.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Inbound {
     pub from: u64,
     pub is_snapshot: bool,
     pub data: Vec<u8>,
+    /// Its share of [`INBOUND_BYTES`], given back when dropped: keep it until the message is
+    /// written to consensus (or dropped).
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+impl PartialEq for Inbound {
+    fn eq(&self, other: &Inbound) -> bool {
+        (self.from, self.is_snapshot, &self.data) == (other.from, other.is_snapshot, &other.data)
+    }
 }
 
 /// What raft must hear about its outbound messages.
@@ -105,6 +143,8 @@ pub enum Dropped {
     NotConnected,
     QueueFull,
     TooLarge,
+    /// A snapshot: not supported yet.
+    Unsupported,
 }
 
 pub struct Transport {
@@ -127,6 +167,10 @@ struct Shared {
     /// The last incarnation each member greeted us with.
     incarnations: Mutex<HashMap<u64, u64>>,
     inbound: mpsc::Sender<Inbound>,
+    /// [`INBOUND_BYTES`] as permits of one byte.
+    inbound_budget: Arc<Semaphore>,
+    max_message: usize,
+    counters: Arc<Counters>,
     reports: mpsc::UnboundedSender<Report>,
     /// When we last logged a failed inbound connection, per remote address.
     accept_log: Mutex<HashMap<SocketAddr, Instant>>,
@@ -138,6 +182,8 @@ struct Shared {
 struct PeerHandle {
     url: String,
     queue: mpsc::Sender<Outgoing>,
+    /// [`OUTBOUND_BYTES`] as permits of one byte, for `queue`.
+    budget: Arc<Semaphore>,
     link: Arc<PeerLink>,
     task: JoinHandle<()>,
 }
@@ -183,7 +229,8 @@ impl PeerLink {
 
 struct Outgoing {
     data: Vec<u8>,
-    is_snapshot: bool,
+    /// Its share of the peer's [`OUTBOUND_BYTES`], given back once it is written.
+    _budget: OwnedSemaphorePermit,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,6 +246,7 @@ impl Transport {
             return Err(Error::NoListenUrl);
         }
         let quic = quic_transport_config();
+        let counters = config.tls.counters.clone();
         let server_crypto = QuicServerConfig::try_from(config.tls.server)
             .map_err(|e| Error::Tls(format!("unusable for QUIC: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -229,6 +277,9 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             incarnations: Mutex::new(HashMap::new()),
             inbound: inbound_tx,
+            inbound_budget: Arc::new(Semaphore::new(INBOUND_BYTES)),
+            max_message: config.max_message,
+            counters,
             reports: reports_tx,
             accept_log: Mutex::new(HashMap::new()),
             send_delay: schema::failpoint::pause(schema::failpoint::PEER_SEND_DELAY),
@@ -262,45 +313,64 @@ impl Transport {
     }
 
     /// Queues one message for member `to` without waiting for the network. A message that cannot
-    /// be queued is dropped (raft resends) and reported as described on [`Report`].
+    /// be queued is dropped (raft resends), counted, and reported as described on [`Report`].
+    /// Snapshots are refused until they are implemented (see [`STREAM_SNAPSHOT`]).
     pub fn send(&self, to: u64, data: Vec<u8>, is_snapshot: bool) -> Result<(), Dropped> {
         let shared = &self.shared;
+        let result = self.enqueue(to, data, is_snapshot);
+        if result.is_err() {
+            Counters::bump(&shared.counters.messages_dropped);
+            if is_snapshot {
+                let _ = shared.reports.send(Report::Snapshot { to, ok: false });
+            }
+        }
+        result
+    }
+
+    fn enqueue(&self, to: u64, data: Vec<u8>, is_snapshot: bool) -> Result<(), Dropped> {
+        let shared = &self.shared;
         let peers = lock(&shared.peers);
-        let limit = if is_snapshot {
-            MAX_SNAPSHOT_FRAME
-        } else {
-            MAX_MESSAGE_FRAME
-        };
-        let dropped = match peers.get(&to) {
-            None => {
-                debug!("dropping a message to member {to:x}: not in the member table");
-                Dropped::UnknownPeer
-            }
-            Some(_) if data.len() > limit => {
-                warn!(
-                    "dropping a message of {} bytes to member {to:x}: the limit is {limit} bytes",
-                    data.len()
-                );
-                Dropped::TooLarge
-            }
-            Some(peer) => {
-                let dropped = if !peer.link.connected.load(Ordering::Acquire) {
-                    Dropped::NotConnected
-                } else {
-                    match peer.queue.try_send(Outgoing { data, is_snapshot }) {
-                        Ok(()) => return Ok(()),
-                        Err(mpsc::error::TrySendError::Full(_)) => Dropped::QueueFull,
-                        Err(mpsc::error::TrySendError::Closed(_)) => Dropped::NotConnected,
-                    }
-                };
-                peer.link.report_unreachable(&shared.reports, to);
-                dropped
-            }
+        let Some(peer) = peers.get(&to) else {
+            debug!("dropping a message to member {to:x}: not in the member table");
+            return Err(Dropped::UnknownPeer);
         };
         if is_snapshot {
-            let _ = shared.reports.send(Report::Snapshot { to, ok: false });
+            debug!("dropping a snapshot to member {to:x}: snapshots are not supported yet");
+            return Err(Dropped::Unsupported);
         }
+        if data.len() > shared.max_message {
+            warn!(
+                "dropping a message of {} bytes to member {to:x}: the limit is {} bytes",
+                data.len(),
+                shared.max_message
+            );
+            return Err(Dropped::TooLarge);
+        }
+        let dropped = if !peer.link.connected.load(Ordering::Acquire) {
+            Dropped::NotConnected
+        } else {
+            // A message larger than the whole budget goes alone.
+            let charge = data.len().clamp(1, OUTBOUND_BYTES) as u32;
+            match peer.budget.clone().try_acquire_many_owned(charge) {
+                Err(_) => Dropped::QueueFull,
+                Ok(budget) => match peer.queue.try_send(Outgoing {
+                    data,
+                    _budget: budget,
+                }) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Dropped::QueueFull,
+                    Err(mpsc::error::TrySendError::Closed(_)) => Dropped::NotConnected,
+                },
+            }
+        };
+        peer.link.report_unreachable(&shared.reports, to);
         Err(dropped)
+    }
+
+    /// What this transport and its TLS verifiers counted.
+    #[cfg(test)]
+    fn counters(&self) -> crate::counters::Sample {
+        self.shared.counters.sample()
     }
 
     /// Replaces the member table: dials new members, stops dialing removed ones.
@@ -340,6 +410,7 @@ impl Transport {
                         PeerHandle {
                             url,
                             queue,
+                            budget: Arc::new(Semaphore::new(OUTBOUND_BYTES)),
                             link,
                             task,
                         },
@@ -390,6 +461,9 @@ fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
     ack.max_ack_delay(Some(MAX_ACK_DELAY));
     t.ack_frequency_config(Some(ack));
+    // What a peer can make us buffer, whatever it sends (see the module comment).
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
     Arc::new(t)
 }
 
@@ -520,16 +594,17 @@ async fn run_peer(
     }
 }
 
-/// Drops queued messages, telling raft about the peer and about any snapshot among them.
+/// Drops queued messages (counted), telling raft about the peer.
 fn drain(shared: &Shared, id: u64, link: &PeerLink, queue: &mut mpsc::Receiver<Outgoing>) {
-    let mut any = false;
-    while let Ok(m) = queue.try_recv() {
-        any = true;
-        if m.is_snapshot {
-            let _ = shared.reports.send(Report::Snapshot { to: id, ok: false });
-        }
+    let mut dropped = 0;
+    while queue.try_recv().is_ok() {
+        dropped += 1;
     }
-    if any {
+    if dropped > 0 {
+        shared
+            .counters
+            .messages_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
         link.report_unreachable(&shared.reports, id);
     }
 }
@@ -629,14 +704,12 @@ async fn pump(
         };
         let queued = Instant::now();
         buf.clear();
+        // Their budget goes back once the batch is written.
+        let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(m) = next {
-            if m.is_snapshot {
-                // Its own stream, so a big snapshot never holds up heartbeats and appends.
-                spawn_snapshot(shared.reports.clone(), conn.clone(), id, m.data);
-            } else {
-                frame::encode(&mut buf, &m.data);
-            }
+            frame::encode(&mut buf, &m.data);
+            batch.push(m._budget);
             next = if buf.len() < WRITE_BATCH {
                 queue.try_recv().ok()
             } else {
@@ -652,6 +725,7 @@ async fn pump(
         {
             return format!("writing messages failed: {e}");
         }
+        drop(batch);
     }
 }
 
@@ -686,41 +760,6 @@ async fn write_batch(
         }
     }
     own.write_all(buf).await
-}
-
-fn spawn_snapshot(
-    reports: mpsc::UnboundedSender<Report>,
-    conn: Connection,
-    to: u64,
-    data: Vec<u8>,
-) {
-    tokio::spawn(async move {
-        let ok = match send_snapshot(&conn, &data).await {
-            Ok(()) => {
-                info!("sent a snapshot of {} bytes to member {to:x}", data.len());
-                true
-            }
-            Err(e) => {
-                warn!("sending a snapshot to member {to:x} failed: {e}");
-                false
-            }
-        };
-        let _ = reports.send(Report::Snapshot { to, ok });
-    });
-}
-
-async fn send_snapshot(conn: &Connection, data: &[u8]) -> Result<()> {
-    let mut stream = conn.open_uni().await?;
-    stream.write_all(&[STREAM_SNAPSHOT]).await?;
-    stream.write_all(&frame::header(data.len())).await?;
-    stream.write_all(data).await?;
-    stream.finish()?;
-    // Done only once the peer has all of it.
-    match stream.stopped().await {
-        Ok(None) => Ok(()),
-        Ok(Some(code)) => Err(Error::StreamStopped(code.into_inner())),
-        Err(e) => Err(Error::Stopped(e)),
-    }
 }
 
 // ---------------------------------------------------------------- inbound: what others dialed
@@ -792,7 +831,7 @@ async fn read_streams(shared: &Shared, conn: Connection, from: u64) {
     loop {
         match conn.accept_uni().await {
             Ok(stream) => {
-                tokio::spawn(read_stream(shared.inbound.clone(), stream, from));
+                tokio::spawn(read_stream(StreamReader::of(shared), stream, from));
             }
             Err(e) => {
                 debug!("connection from member {from:x} ended: {e}");
@@ -872,35 +911,54 @@ fn certificate_names_member(conn: &Connection, urls: &[String]) -> std::result::
     if named { Ok(()) } else { Err(hosts.join(", ")) }
 }
 
-async fn read_stream(inbound: mpsc::Sender<Inbound>, mut stream: RecvStream, from: u64) {
+/// What reading one peer stream needs of [`Shared`].
+struct StreamReader {
+    inbound: mpsc::Sender<Inbound>,
+    budget: Arc<Semaphore>,
+    max_message: usize,
+    counters: Arc<Counters>,
+}
+
+impl StreamReader {
+    fn of(shared: &Shared) -> StreamReader {
+        StreamReader {
+            inbound: shared.inbound.clone(),
+            budget: shared.inbound_budget.clone(),
+            max_message: shared.max_message,
+            counters: shared.counters.clone(),
+        }
+    }
+}
+
+async fn read_stream(reader: StreamReader, mut stream: RecvStream, from: u64) {
     let mut kind = [0u8; 1];
     if stream.read_exact(&mut kind).await.is_err() {
         return;
     }
-    let Some(limit) = frame::limit_of(kind[0]) else {
-        warn!(
-            "member {from:x} opened a stream of unknown kind {}",
-            kind[0]
-        );
-        let _ = stream.stop(VarInt::from_u32(code::BAD_STREAM));
-        return;
-    };
-    let is_snapshot = kind[0] == STREAM_SNAPSHOT;
+    match kind[0] {
+        STREAM_MESSAGES => {}
+        STREAM_SNAPSHOT => {
+            warn!(
+                "refusing a snapshot stream from member {from:x}: snapshots are not supported yet"
+            );
+            Counters::bump(&reader.counters.frames_refused);
+            let _ = stream.stop(VarInt::from_u32(code::SNAPSHOTS_UNSUPPORTED));
+            return;
+        }
+        other => {
+            warn!("member {from:x} opened a stream of unknown kind {other}");
+            Counters::bump(&reader.counters.frames_refused);
+            let _ = stream.stop(VarInt::from_u32(code::BAD_STREAM));
+            return;
+        }
+    }
     loop {
-        match frame::read(&mut stream, limit).await {
-            Ok(Some(data)) => {
-                let message = Inbound {
-                    from,
-                    is_snapshot,
-                    data,
-                };
-                if inbound.send(message).await.is_err() {
-                    return;
-                }
-            }
+        let len = match frame::read_len(&mut stream, reader.max_message).await {
+            Ok(Some(len)) => len,
             Ok(None) => return,
             Err(e @ Error::FrameTooLarge { .. }) => {
                 warn!("closing a stream from member {from:x}: {e}");
+                Counters::bump(&reader.counters.frames_refused);
                 let _ = stream.stop(VarInt::from_u32(code::FRAME_TOO_LARGE));
                 return;
             }
@@ -908,6 +966,29 @@ async fn read_stream(inbound: mpsc::Sender<Inbound>, mut stream: RecvStream, fro
                 debug!("stream from member {from:x} ended: {e}");
                 return;
             }
+        };
+        // Wait for room before reading the body: while the budget is full this stream is not
+        // read, and QUIC flow control stops the sender. A message larger than the whole budget
+        // waits for all of it.
+        let charge = len.clamp(1, INBOUND_BYTES) as u32;
+        let Ok(budget) = reader.budget.clone().acquire_many_owned(charge).await else {
+            return;
+        };
+        let data = match frame::read_body(&mut stream, len).await {
+            Ok(data) => data,
+            Err(e) => {
+                debug!("stream from member {from:x} ended: {e}");
+                return;
+            }
+        };
+        let message = Inbound {
+            from,
+            is_snapshot: false,
+            data,
+            budget: Some(budget),
+        };
+        if reader.inbound.send(message).await.is_err() {
+            return;
         }
     }
 }

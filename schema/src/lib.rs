@@ -10,6 +10,7 @@ pub mod member_capnp {
 pub use member_capnp::PROTOCOL_VERSION;
 
 pub mod failpoint;
+pub mod limits;
 pub mod rules;
 pub mod stream;
 pub mod supervisor;

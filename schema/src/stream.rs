@@ -47,19 +47,37 @@ pub fn write_frame<A: capnp::message::Allocator>(out: &mut Vec<u8>, message: &Bu
 
 /// The length of the frame at the start of `buf` once all of it is there; `None` before.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, String> {
-    Ok(declared_len(buf)?.filter(|len| buf.len() >= *len))
+    Ok(declared_len(buf, MAX_FRAME_BYTES)
+        .map_err(|e| e.to_string())?
+        .filter(|len| buf.len() >= *len))
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    TooLarge { len: usize, limit: usize },
+    Segments(usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooLarge { len, limit } => {
+                write!(f, "a frame of {len} bytes (at most {limit})")
+            }
+            Refusal::Segments(n) => write!(f, "a frame with {n} segments (at most {MAX_SEGMENTS})"),
+        }
+    }
 }
 
 /// The length the frame at the start of `buf` declares, once its segment table is there.
-fn declared_len(buf: &[u8]) -> Result<Option<usize>, String> {
+fn declared_len(buf: &[u8], limit: usize) -> Result<Option<usize>, Refusal> {
     let Some(head) = buf.get(..4) else {
         return Ok(None);
     };
     let segments = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize + 1;
     if segments > MAX_SEGMENTS {
-        return Err(format!(
-            "a frame with {segments} segments (at most {MAX_SEGMENTS})"
-        ));
+        return Err(Refusal::Segments(segments));
     }
     // The table (count, then one size per segment) is padded to whole 8-byte words.
     let table = (4 + 4 * segments).next_multiple_of(8);
@@ -71,10 +89,8 @@ fn declared_len(buf: &[u8]) -> Result<Option<usize>, String> {
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
         .sum();
     let len = table + 8 * words;
-    if len > MAX_FRAME_BYTES {
-        return Err(format!(
-            "a frame of {len} bytes (at most {MAX_FRAME_BYTES})"
-        ));
+    if len > limit {
+        return Err(Refusal::TooLarge { len, limit });
     }
     Ok(Some(len))
 }
@@ -160,19 +176,48 @@ impl FrameSocket {
 }
 
 /// Bytes read from a stream, handed out as whole frames.
-#[derive(Default)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The largest frame taken; a larger one is refused as soon as its segment table is there,
+    /// before any room is made for it.
+    limit: usize,
+    /// The declared length of the frame refused as too large, once one was.
+    refused: Option<usize>,
+}
+
+impl Default for FrameBuffer {
+    fn default() -> FrameBuffer {
+        FrameBuffer::with_limit(MAX_FRAME_BYTES)
+    }
 }
 
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameBuffer {
+    /// A buffer for frames of up to [`MAX_FRAME_BYTES`], for streams from a process that may
+    /// send anything Cap'n Proto carries (consensus's answers).
     pub fn new() -> FrameBuffer {
         FrameBuffer::default()
+    }
+
+    /// A buffer for frames of at most `limit` bytes (see [`crate::limits`]); `limit` is capped
+    /// at [`MAX_FRAME_BYTES`].
+    pub fn with_limit(limit: usize) -> FrameBuffer {
+        FrameBuffer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            limit: limit.min(MAX_FRAME_BYTES),
+            refused: None,
+        }
+    }
+
+    /// The declared length of a frame `next_frame` refused for its size, if it refused one.
+    pub fn refused_len(&self) -> Option<usize> {
+        self.refused
     }
 
     /// Room to read into (at least 64 KiB, or the rest of a frame whose size is known); report
@@ -180,7 +225,7 @@ impl FrameBuffer {
     pub fn spare_mut(&mut self) -> &mut [u8] {
         let pending = self.end - self.start;
         // An oversized frame is refused by `next_frame` before anyone reads for it.
-        let rest = match declared_len(&self.buf[self.start..self.end]) {
+        let rest = match declared_len(&self.buf[self.start..self.end], self.limit) {
             Ok(Some(len)) => len.saturating_sub(pending),
             _ => 0,
         };
@@ -212,8 +257,16 @@ impl FrameBuffer {
     /// The next whole frame, if one has arrived. An error means the stream is corrupt and must be
     /// closed.
     pub fn next_frame(&mut self) -> Result<Option<Reader<BufferSegments<&[u8]>>>, String> {
-        let Some(len) = frame_len(&self.buf[self.start..self.end])? else {
-            return Ok(None);
+        let pending = &self.buf[self.start..self.end];
+        let len = match declared_len(pending, self.limit) {
+            Ok(Some(len)) if pending.len() >= len => len,
+            Ok(_) => return Ok(None),
+            Err(refusal) => {
+                if let Refusal::TooLarge { len, .. } = refusal {
+                    self.refused = Some(len);
+                }
+                return Err(refusal.to_string());
+            }
         };
         let start = self.start;
         self.start += len;
@@ -274,6 +327,7 @@ mod tests {
                     }
                     peer_frame::Unreachable(id) => format!("unreachable {id}"),
                     peer_frame::SnapshotStatus(_) => "snapshot".into(),
+                    peer_frame::Counters(_) => "counters".into(),
                 });
             }
         }
@@ -323,6 +377,33 @@ mod tests {
         buf.filled(16);
         let frame = buf.next_frame().unwrap().unwrap();
         assert!(frame.get_root::<peer_frame::Reader>().is_err());
+    }
+
+    /// A frame over the buffer's limit is refused from its segment table alone: no room is made
+    /// for it, and the buffer says how large it claimed to be.
+    #[test]
+    fn a_frame_over_the_limit_is_refused_without_room_for_it() {
+        let mut buf = FrameBuffer::with_limit(1 << 20);
+        // One segment of 2^27 words: 1 GiB.
+        let header = [0, 0, 0, 0, 0, 0, 0, 8];
+        buf.spare_mut()[..8].copy_from_slice(&header);
+        buf.filled(8);
+        let err = buf.next_frame().err().unwrap();
+        assert!(err.contains("1073741832 bytes (at most 1048576)"), "{err}");
+        assert_eq!(buf.refused_len(), Some((1 << 30) + 8));
+        assert!(
+            buf.spare_mut().len() <= READ_CHUNK,
+            "room was made for the frame"
+        );
+
+        // At the limit it is taken.
+        let mut buf = FrameBuffer::with_limit(24);
+        let mut ok = vec![0, 0, 0, 0, 2, 0, 0, 0];
+        ok.extend([0; 16]);
+        buf.spare_mut()[..24].copy_from_slice(&ok);
+        buf.filled(24);
+        assert!(buf.next_frame().unwrap().is_some());
+        assert_eq!(buf.refused_len(), None);
     }
 
     #[test]

@@ -266,7 +266,7 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
     fsync.push(("_bucket{le=\"+Inf\"}".into(), m.fsyncs.to_string()));
     fsync.push(("_sum".into(), (m.fsync_nanos as f64 / 1e9).to_string()));
     fsync.push(("_count".into(), m.fsyncs.to_string()));
-    let families: [Family; 15] = [
+    let families: [Family; 19] = [
         labelled(
             "etcd_cluster_version",
             "The cluster version, as a label.",
@@ -357,6 +357,31 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
             "counter",
             "Raft messages from peers dropped before raft saw them (malformed or unsafe).",
             m.peer_messages_refused,
+        ),
+        single(
+            "etcdrs_peer_cert_refused_total",
+            "counter",
+            "Peer TLS handshakes refused: the certificate is not of an allowed CN or hostname.",
+            m.peer_cert_refused,
+        ),
+        single(
+            "etcdrs_peer_frames_refused_total",
+            "counter",
+            "Peer streams closed for a frame over the size limit or an unsupported snapshot.",
+            m.peer_frames_refused,
+        ),
+        single(
+            "etcdrs_peer_messages_dropped_total",
+            "counter",
+            "Raft messages dropped between members: peer unreachable, queue full, or no \
+             connection to consensus (raft resends).",
+            m.peer_messages_dropped,
+        ),
+        single(
+            "etcdrs_stream_frames_refused_total",
+            "counter",
+            "Frames over the size limit that closed consensus's raft or write stream.",
+            m.stream_frames_refused,
         ),
     ];
     let mut out = String::with_capacity(2048);

@@ -192,6 +192,10 @@ impl Session {
             is_leader: m.get_is_leader(),
             leader_changes: m.get_leader_changes(),
             peer_messages_refused: m.get_peer_messages_refused(),
+            peer_cert_refused: m.get_peer_cert_refused(),
+            peer_frames_refused: m.get_peer_frames_refused(),
+            peer_messages_dropped: m.get_peer_messages_dropped(),
+            stream_frames_refused: m.get_stream_frames_refused(),
             committed_index: m.get_committed_index(),
             applied_index: m.get_applied_index(),
             proposals_failed: m.get_proposals_failed(),
@@ -229,6 +233,14 @@ pub struct MemberMetrics {
     pub is_leader: bool,
     pub leader_changes: u64,
     pub peer_messages_refused: u64,
+    /// Peer TLS handshakes refused by `--peer-cert-allowed-cn` / `--peer-cert-allowed-hostname`.
+    pub peer_cert_refused: u64,
+    /// Peer streams closed for an oversized frame or a snapshot.
+    pub peer_frames_refused: u64,
+    /// Raft messages dropped on their way between members (raft resends).
+    pub peer_messages_dropped: u64,
+    /// Oversized frames that ended consensus's raft or write stream.
+    pub stream_frames_refused: u64,
     pub committed_index: u64,
     pub applied_index: u64,
     pub proposals_failed: u64,

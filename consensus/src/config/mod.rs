@@ -88,6 +88,26 @@ fn env_name(flag: &str) -> String {
     format!("ETCD_{}", flag.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// Whether `name` can match a certificate: an IP address (IPv6 bracketed or not) or a DNS name
+/// of letters, digits, `-` and `_` labels (a trailing dot allowed), as Go's `VerifyHostname` takes.
+fn is_hostname_or_ip(name: &str) -> bool {
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::InvalidValue {
         flag,
@@ -137,6 +157,12 @@ pub struct Config {
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// `--peer-client-cert-auth` (`false`).
     pub peer_client_cert_auth: bool,
+    /// `--peer-cert-allowed-cn`: a peer's certificate must have one of these subject CNs
+    /// (etcd 3.5's comma-separated list; etcd 3.4 took a single value). Empty: no restriction.
+    pub peer_cert_allowed_cn: Vec<String>,
+    /// `--peer-cert-allowed-hostname`: a peer's certificate must be valid for one of these
+    /// hostnames or IP addresses (its SANs). At most one of this and `peer_cert_allowed_cn`.
+    pub peer_cert_allowed_hostname: Vec<String>,
     /// `--heartbeat-interval`, in milliseconds (`100`).
     pub heartbeat_interval: u64,
     /// `--election-timeout`, in milliseconds (`1000`).
@@ -275,6 +301,7 @@ impl Config {
         config.env_file = flags.env_file.map(PathBuf::from);
         config.warnings = warnings;
         config.validate(&raw)?;
+        config.warn_about_peer_security();
         Ok(config)
     }
 
@@ -374,6 +401,8 @@ impl Config {
             peer_key_file: raw.path("peer-key-file"),
             peer_trusted_ca_file: raw.path("peer-trusted-ca-file"),
             peer_client_cert_auth: raw.bool_or("peer-client-cert-auth", false)?,
+            peer_cert_allowed_cn: raw.list("peer-cert-allowed-cn"),
+            peer_cert_allowed_hostname: raw.list("peer-cert-allowed-hostname"),
             heartbeat_interval: raw.u64_or("heartbeat-interval", 100)?,
             election_timeout: raw.u64_or("election-timeout", 1000)?,
             max_request_bytes: raw.u64_or("max-request-bytes", 1_572_864)?,
@@ -500,6 +529,29 @@ impl Config {
             }
         }
 
+        // etcd refuses both restrictions at once when it builds its peer TLS config, that is,
+        // with a peer certificate; without one it never reads them (a warning here).
+        if peer_tls
+            && !self.peer_cert_allowed_cn.is_empty()
+            && !self.peer_cert_allowed_hostname.is_empty()
+        {
+            return Err(ConfigError::Inconsistent(format!(
+                "--peer-cert-allowed-cn {:?} and --peer-cert-allowed-hostname {:?} cannot both be \
+                 set (etcd: mutually exclusive)",
+                self.peer_cert_allowed_cn.join(","),
+                self.peer_cert_allowed_hostname.join(",")
+            )));
+        }
+        for name in &self.peer_cert_allowed_hostname {
+            if !is_hostname_or_ip(name) {
+                return Err(invalid(
+                    "peer-cert-allowed-hostname",
+                    &self.peer_cert_allowed_hostname.join(","),
+                    format!("{name:?} is neither a hostname nor an IP address"),
+                ));
+            }
+        }
+
         // The member and its entry in the initial cluster.
         let cluster_text = match raw.get("initial-cluster") {
             Some(v) => v.trim().to_string(),
@@ -543,6 +595,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Warnings (in [`Config::warnings`]) for peer security settings that have no effect.
+    fn warn_about_peer_security(&mut self) {
+        let peer_tls = self.peer_cert_file.is_some() && self.peer_key_file.is_some();
+        if peer_tls {
+            return;
+        }
+        for (flag, values) in [
+            ("peer-cert-allowed-cn", &self.peer_cert_allowed_cn),
+            (
+                "peer-cert-allowed-hostname",
+                &self.peer_cert_allowed_hostname,
+            ),
+        ] {
+            if !values.is_empty() {
+                self.warnings.push(format!(
+                    "--{flag} {:?} ({}) has no effect without --peer-cert-file and \
+                     --peer-key-file: peers present no certificate to check (etcd ignores it too)",
+                    values.join(","),
+                    env_name(flag)
+                ));
+            }
+        }
     }
 
     /// The members of the initial cluster with their peer URLs as text (what member IDs hash),

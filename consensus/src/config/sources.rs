@@ -34,6 +34,8 @@ const SETTINGS: &[(&str, Kind)] = &[
     ("peer-key-file", Kind::Value),
     ("peer-trusted-ca-file", Kind::Value),
     ("peer-client-cert-auth", Kind::Bool),
+    ("peer-cert-allowed-cn", Kind::Value),
+    ("peer-cert-allowed-hostname", Kind::Value),
     ("heartbeat-interval", Kind::Value),
     ("election-timeout", Kind::Value),
     ("max-request-bytes", Kind::Value),
@@ -279,6 +281,18 @@ impl Raw {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
+    }
+
+    /// A comma-separated list, as etcd 3.5 reads `--peer-cert-allowed-cn` (3.4 took one value):
+    /// items trimmed, empty ones dropped; empty when not set.
+    pub(super) fn list(&self, flag: &'static str) -> Vec<String> {
+        self.get(flag)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     pub(super) fn urls_or(

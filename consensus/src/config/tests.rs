@@ -134,6 +134,8 @@ fn seed_file() {
         peer_key_file: Some("/opt/etcd/ssl/server-key.pem".into()),
         peer_trusted_ca_file: Some("/opt/etcd/ssl/ca.pem".into()),
         peer_client_cert_auth: true,
+        peer_cert_allowed_cn: vec![],
+        peer_cert_allowed_hostname: vec![],
         heartbeat_interval: 100,
         election_timeout: 1000,
         max_request_bytes: 1_572_864,
@@ -580,6 +582,103 @@ fn tls_rules() {
     )
     .expect("config");
     assert_eq!(c.cert_file, Some(PathBuf::from("c.pem")));
+}
+
+/// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname` from every source, as etcd 3.5's
+/// comma-separated lists, and etcd's rule that they exclude each other.
+#[test]
+fn peer_cert_allowed_cn_and_hostname() {
+    let peer_tls = [
+        "--peer-cert-file",
+        "c.pem",
+        "--peer-key-file",
+        "k.pem",
+        "--peer-trusted-ca-file",
+        "ca.pem",
+    ];
+    let with_tls = |extra: &[&str]| {
+        let mut all = peer_tls.to_vec();
+        all.extend_from_slice(extra);
+        local(&all)
+    };
+    // Flags, lists trimmed.
+    let c = load(
+        &with_tls(&["--peer-cert-allowed-cn", "etcd-peer, other ,"]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.peer_cert_allowed_cn, vec!["etcd-peer", "other"]);
+    assert!(c.peer_cert_allowed_hostname.is_empty());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = load(
+        &with_tls(&["--peer-cert-allowed-hostname=peer1.example.com"]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.peer_cert_allowed_hostname, vec!["peer1.example.com"]);
+    // The environment, and the env file under it.
+    let c = load(
+        &with_tls(&[]),
+        &env(&[("ETCD_PEER_CERT_ALLOWED_HOSTNAME", "10.0.0.1,[::1],n2.")]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.peer_cert_allowed_hostname,
+        vec!["10.0.0.1", "[::1]", "n2."]
+    );
+    let file = env_file("ETCD_PEER_CERT_ALLOWED_CN=\"from-file\"\n");
+    let mut a = with_tls(&[]);
+    a.extend(args(&["--env-file", &path_of(&file)]));
+    let c = load(&a, &[]).unwrap();
+    assert_eq!(c.peer_cert_allowed_cn, vec!["from-file"]);
+    let c = load(&a, &env(&[("ETCD_PEER_CERT_ALLOWED_CN", "from-env")])).unwrap();
+    assert_eq!(c.peer_cert_allowed_cn, vec!["from-env"]);
+
+    // Both at once: etcd stops ("mutually exclusive"), naming both values.
+    let err = match load(
+        &with_tls(&[
+            "--peer-cert-allowed-cn",
+            "a",
+            "--peer-cert-allowed-hostname",
+            "b",
+        ]),
+        &[],
+    ) {
+        Err(e) => e.to_string(),
+        Ok(c) => panic!("expected an error, got {c:?}"),
+    };
+    assert_eq!(
+        err,
+        "--peer-cert-allowed-cn \"a\" and --peer-cert-allowed-hostname \"b\" cannot both be set \
+         (etcd: mutually exclusive)"
+    );
+    // A hostname no certificate can carry.
+    let err = match load(&with_tls(&["--peer-cert-allowed-hostname", "a b"]), &[]) {
+        Err(e) => e.to_string(),
+        Ok(c) => panic!("expected an error, got {c:?}"),
+    };
+    assert!(
+        err.starts_with("invalid value \"a b\" for --peer-cert-allowed-hostname (ETCD_PEER_CERT_ALLOWED_HOSTNAME)"),
+        "{err}"
+    );
+
+    // Without peer TLS etcd never reads them: a warning each, and no error for both.
+    let c = load(
+        &local(&[
+            "--peer-cert-allowed-cn",
+            "a",
+            "--peer-cert-allowed-hostname",
+            "b",
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0]
+            .starts_with("--peer-cert-allowed-cn \"a\" (ETCD_PEER_CERT_ALLOWED_CN) has no effect")
+    );
+    assert!(c.warnings[1].contains("--peer-cert-allowed-hostname \"b\""));
 }
 
 #[test]

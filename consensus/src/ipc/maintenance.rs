@@ -160,6 +160,10 @@ pub(super) async fn metrics(
     m.set_committed_index(load(&s.commit));
     m.set_db_size(state.ctx.db.size());
     m.set_peer_messages_refused(load(&s.peer_messages_refused));
+    m.set_peer_cert_refused(load(&s.peer_cert_refused));
+    m.set_peer_frames_refused(load(&s.peer_frames_refused));
+    m.set_peer_messages_dropped(load(&s.peer_messages_dropped));
+    m.set_stream_frames_refused(load(&s.stream_frames_refused));
     let mut buckets = m.init_fsync_buckets(s.fsync_buckets.len() as u32);
     for (i, b) in s.fsync_buckets.iter().enumerate() {
         buckets.set(i as u32, load(b));

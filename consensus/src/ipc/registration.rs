@@ -24,6 +24,10 @@ pub struct TlsFiles {
     pub key_file: String,
     pub trusted_ca_file: String,
     pub client_cert_auth: bool,
+    /// `--peer-cert-allowed-cn` (peer TLS only; empty for clients).
+    pub allowed_cns: Vec<String>,
+    /// `--peer-cert-allowed-hostname` (peer TLS only; empty for clients).
+    pub allowed_hostnames: Vec<String>,
 }
 
 /// What the gateways are told at registration besides the identity.
@@ -54,11 +58,19 @@ fn fill_tls(mut b: tls_config::Builder, t: &TlsFiles) {
     b.set_key_file(t.key_file.as_str());
     b.set_trusted_ca_file(t.trusted_ca_file.as_str());
     b.set_client_cert_auth(t.client_cert_auth);
+    fill_texts(
+        b.reborrow().init_allowed_cns(t.allowed_cns.len() as u32),
+        &t.allowed_cns,
+    );
+    fill_texts(
+        b.init_allowed_hostnames(t.allowed_hostnames.len() as u32),
+        &t.allowed_hostnames,
+    );
 }
 
-fn fill_urls(mut list: capnp::text_list::Builder, urls: &[String]) {
-    for (i, u) in urls.iter().enumerate() {
-        list.set(i as u32, u.as_str());
+fn fill_texts(mut list: capnp::text_list::Builder, texts: &[String]) {
+    for (i, t) in texts.iter().enumerate() {
+        list.set(i as u32, t.as_str());
     }
 }
 
@@ -91,11 +103,12 @@ impl peer_registrar::Server for PeerRegistrar {
         fill_identity(state, r.reborrow().init_identity());
         let mut c: peer_gateway_config::Builder = r.reborrow().init_config();
         let g = &state.ctx.gateways;
-        fill_urls(
+        fill_texts(
             c.reborrow()
                 .init_listen_peer_urls(g.listen_peer_urls.len() as u32),
             &g.listen_peer_urls,
         );
+        c.set_max_request_bytes(g.max_request_bytes);
         fill_tls(c.init_tls(), &g.peer_tls);
         Ok(())
     }
@@ -148,7 +161,7 @@ impl client_registrar::Server for ClientRegistrar {
         fill_identity(state, r.reborrow().init_identity());
         let mut c: client_gateway_config::Builder = r.reborrow().init_config();
         let g = &state.ctx.gateways;
-        fill_urls(
+        fill_texts(
             c.reborrow()
                 .init_listen_client_urls(g.listen_client_urls.len() as u32),
             &g.listen_client_urls,

@@ -24,6 +24,7 @@ pub(crate) mod shared;
 mod sim;
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Message, MessageType};
@@ -76,6 +77,8 @@ struct Io {
     /// its append acknowledgements, and those held with when they are due.
     append_ack_delay: Option<Duration>,
     held_acks: VecDeque<(Instant, Message)>,
+    /// For the counters of what is dropped and refused here.
+    shared: std::sync::Arc<Shared>,
 }
 
 impl Io {
@@ -83,23 +86,39 @@ impl Io {
         if msgs.is_empty() {
             return;
         }
-        if let Some(peer) = self.peer.as_mut()
-            && let Err(why) = peer.send(msgs)
-        {
-            self.lose_peer_stream(&why);
-        }
+        let dropped = match self.peer.as_mut() {
+            Some(peer) => match peer.send(msgs) {
+                Ok(dropped) => dropped,
+                Err(why) => {
+                    self.lose_peer_stream(&why);
+                    0
+                }
+            },
+            None => msgs.len(),
+        };
+        self.shared
+            .peer_messages_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
     }
 
     fn lose_peer_stream(&mut self, why: &str) {
         warn!(
             "raft stream ended ({why}); raft messages are dropped until the peer gateway connects again"
         );
-        self.peer = None;
+        if self.peer.take().is_some_and(|p| p.oversized().is_some()) {
+            self.shared
+                .stream_frames_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn lose_write_stream(&mut self, why: &str) {
         warn!("write stream ended ({why}); the client gateway's writes in flight go unanswered");
-        self.writes = None;
+        if self.writes.take().is_some_and(|w| w.oversized().is_some()) {
+            self.shared
+                .stream_frames_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Sends the append acknowledgements the `APPEND_ACK_DELAY` failpoint held that are due.
@@ -169,6 +188,7 @@ impl RaftLoop {
             },
             append_ack_delay: schema::failpoint::pause(schema::failpoint::APPEND_ACK_DELAY),
             held_acks: VecDeque::new(),
+            shared: shared.clone(),
         };
         RaftLoop {
             core,
@@ -258,7 +278,11 @@ impl RaftLoop {
             Command::Propose { id, data, reply } => self.core.propose_local(id, data, reply),
             Command::ReadIndex { reply } => self.core.read_index(reply),
             Command::TransferLeader { target } => self.core.transfer_leader(target),
-            Command::PeerStream(sock) => match PeerStream::new(sock, self.settings.member_id) {
+            Command::PeerStream(sock) => match PeerStream::new(
+                sock,
+                self.settings.member_id,
+                self.settings.limits.max_request_bytes,
+            ) {
                 Ok(stream) => {
                     if self.io.peer.replace(stream).is_some() {
                         info!("the peer gateway's new raft stream replaces the old one");
@@ -335,7 +359,20 @@ impl RaftLoop {
                 Event::Forged { .. } => {
                     self.shared
                         .peer_messages_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Counters {
+                    cert_refused,
+                    frames_refused,
+                    messages_dropped,
+                } => {
+                    let s = &self.shared;
+                    s.peer_cert_refused
+                        .fetch_add(cert_refused, Ordering::Relaxed);
+                    s.peer_frames_refused
+                        .fetch_add(frames_refused, Ordering::Relaxed);
+                    s.peer_messages_dropped
+                        .fetch_add(messages_dropped, Ordering::Relaxed);
                 }
                 Event::Unreachable(id) => self.core.report_unreachable(id),
                 Event::SnapshotStatus { to, ok } => self.core.report_snapshot(to, ok),

@@ -32,6 +32,15 @@ pub(crate) struct Shared {
     pub leader_changes: AtomicU64,
     /// Raft messages from peers dropped before raft saw them ([`super::core::Core::step`]).
     pub peer_messages_refused: AtomicU64,
+    /// Peer TLS handshakes the peer gateway refused for the allowed CN or hostname.
+    pub peer_cert_refused: AtomicU64,
+    /// Peer streams the peer gateway closed for an oversized frame or a snapshot.
+    pub peer_frames_refused: AtomicU64,
+    /// Outbound raft messages dropped, here (no raft stream, or the gateway too far behind)
+    /// or by the peer gateway (peer not connected, its queue full).
+    pub peer_messages_dropped: AtomicU64,
+    /// Oversized frames that ended the raft stream or the write stream.
+    pub stream_frames_refused: AtomicU64,
     /// Told when `applied` catches up with `answered` after answers left before RocksDB had their
     /// batch: the IPC thread's reads wait on it ([`Shared::settled`]) instead of spinning.
     pub settled_changed: tokio::sync::Notify,

@@ -26,11 +26,17 @@ pub struct FrameStream {
 }
 
 impl FrameStream {
-    pub fn new(sock: UnixStream, peer: &'static str) -> std::io::Result<FrameStream> {
+    /// A stream whose input frames may be at most `max_frame` bytes (see [`schema::limits`]): a
+    /// larger one ends the stream before any memory is set aside for it.
+    pub fn new(
+        sock: UnixStream,
+        peer: &'static str,
+        max_frame: usize,
+    ) -> std::io::Result<FrameStream> {
         sock.set_nonblocking(true)?;
         Ok(FrameStream {
             sock,
-            input: FrameBuffer::new(),
+            input: FrameBuffer::with_limit(max_frame),
             output: Vec::new(),
             written: 0,
             peer,
@@ -44,6 +50,11 @@ impl FrameStream {
     /// Whether output is waiting for the socket to take it.
     pub fn wants_write(&self) -> bool {
         self.written < self.output.len()
+    }
+
+    /// The declared size of the input frame that ended the stream for being over the limit.
+    pub fn oversized(&self) -> Option<usize> {
+        self.input.refused_len()
     }
 
     /// Bytes queued and not yet taken by the socket.

@@ -29,10 +29,17 @@ pub enum Event {
         to: u64,
         ok: bool,
     },
+    /// What the peer gateway counted since its last report, for [`Metrics`](schema::member_capnp::metrics).
+    Counters {
+        cert_refused: u64,
+        frames_refused: u64,
+        messages_dropped: u64,
+    },
 }
 
-/// Output the gateway has not taken yet, at most; beyond it messages are dropped (raft resends,
-/// and a gateway this far behind is stuck or gone).
+/// Output the gateway has not taken yet, at most; beyond it messages are dropped and counted (raft
+/// resends, and a gateway this far behind is stuck or gone). About 18 of the largest messages
+/// with etcd's defaults ([`schema::limits::raft_message_limit`]); raft needs far fewer in flight.
 const MAX_PENDING_OUTPUT: usize = 64 << 20;
 
 pub struct PeerStream {
@@ -43,9 +50,12 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
-    pub fn new(sock: UnixStream, me: u64) -> std::io::Result<PeerStream> {
+    /// The raft stream of member `me`, whose `--max-request-bytes` bounds the frames it reads
+    /// ([`schema::limits::raft_stream_frame_limit`]).
+    pub fn new(sock: UnixStream, me: u64, max_request_bytes: u64) -> std::io::Result<PeerStream> {
+        let limit = schema::limits::raft_stream_frame_limit(max_request_bytes);
         Ok(PeerStream {
-            frames: FrameStream::new(sock, "the peer gateway")?,
+            frames: FrameStream::new(sock, "the peer gateway", limit)?,
             greeted: false,
             me,
         })
@@ -60,6 +70,11 @@ impl PeerStream {
         self.frames.wants_write()
     }
 
+    /// The size of the frame that ended the stream for being over the limit, if one did.
+    pub fn oversized(&self) -> Option<usize> {
+        self.frames.oversized()
+    }
+
     /// Reads what has arrived and decodes it into `events`. An error means the stream is over
     /// (closed, failed or corrupt); events decoded before it are still valid.
     pub fn read(&mut self, events: &mut Vec<Event>) -> Result<(), String> {
@@ -67,15 +82,16 @@ impl PeerStream {
         self.frames.read(|frame| decode(frame, greeted, me, events))
     }
 
-    /// Queues `msgs` as one frame and writes what the socket takes now. An error means the
+    /// Queues `msgs` as one frame and writes what the socket takes now; returns how many were
+    /// dropped instead (all of them, while the gateway is too far behind). An error means the
     /// stream is over.
-    pub fn send(&mut self, msgs: &[Message]) -> Result<(), String> {
+    pub fn send(&mut self, msgs: &[Message]) -> Result<usize, String> {
         if self.frames.pending_output() > MAX_PENDING_OUTPUT {
             debug!(
                 count = msgs.len(),
                 "the peer gateway is not reading; dropping raft messages"
             );
-            return Ok(());
+            return Ok(msgs.len());
         }
         // Protobuf sizes plus capnp's per-message overhead (pointers, padding).
         let size = msgs
@@ -99,7 +115,7 @@ impl PeerStream {
             }
         }
         self.frames.queue(&frame);
-        self.frames.flush()
+        self.frames.flush().map(|()| 0)
     }
 
     /// Writes pending output until the socket would block.
@@ -182,6 +198,14 @@ fn decode(
                 ok: s.get_ok(),
             });
         }
+        peer_frame::Counters(c) => {
+            let c = c.map_err(|e| format!("unreadable counters: {e}"))?;
+            events.push(Event::Counters {
+                cert_refused: c.get_cert_refused(),
+                frames_refused: c.get_frames_refused(),
+                messages_dropped: c.get_messages_dropped(),
+            });
+        }
     }
     Ok(())
 }
@@ -216,7 +240,10 @@ mod tests {
 
     fn pair() -> (PeerStream, UnixStream) {
         let (ours, gateway) = UnixStream::pair().unwrap();
-        (PeerStream::new(ours, 1).unwrap(), gateway)
+        (
+            PeerStream::new(ours, 1, schema::limits::DEFAULT_MAX_REQUEST_BYTES).unwrap(),
+            gateway,
+        )
     }
 
     fn read_all(stream: &mut PeerStream) -> (Vec<Event>, Result<(), String>) {
@@ -335,6 +362,44 @@ mod tests {
             received += n;
         }
         assert!(received > 8 << 20, "{received}");
+    }
+
+    /// A frame over the raft stream's limit (1 GiB declared) ends the stream as soon as its
+    /// segment table is there, and says how large it was, for the counter.
+    #[test]
+    fn an_oversized_frame_ends_the_stream_before_it_is_read() {
+        let (mut stream, mut gateway) = pair();
+        let mut input = hello(schema::PROTOCOL_VERSION);
+        input.extend([0, 0, 0, 0, 0, 0, 0, 8]);
+        gateway.write_all(&input).unwrap();
+        let (events, result) = read_all(&mut stream);
+        assert!(events.is_empty());
+        let err = result.unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        assert_eq!(stream.oversized(), Some((1 << 30) + 8));
+    }
+
+    #[test]
+    fn the_gateways_counters_become_an_event() {
+        let (mut stream, mut gateway) = pair();
+        let mut input = hello(schema::PROTOCOL_VERSION);
+        input.extend(frame(|f| {
+            let mut c = f.init_counters();
+            c.set_cert_refused(1);
+            c.set_frames_refused(2);
+            c.set_messages_dropped(3);
+        }));
+        gateway.write_all(&input).unwrap();
+        let (events, result) = read_all(&mut stream);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            events,
+            vec![Event::Counters {
+                cert_refused: 1,
+                frames_refused: 2,
+                messages_dropped: 3
+            }]
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub struct WriteStream {
 impl WriteStream {
     pub fn new(sock: UnixStream, limits: Limits) -> std::io::Result<WriteStream> {
         Ok(WriteStream {
-            frames: FrameStream::new(sock, "the client gateway")?,
+            frames: FrameStream::new(
+                sock,
+                "the client gateway",
+                schema::limits::write_stream_frame_limit(limits.max_request_bytes),
+            )?,
             greeted: false,
             limits,
         })
@@ -50,6 +54,11 @@ impl WriteStream {
 
     pub fn wants_write(&self) -> bool {
         self.frames.wants_write()
+    }
+
+    /// The size of the frame that ended the stream for being over the limit, if one did.
+    pub fn oversized(&self) -> Option<usize> {
+        self.frames.oversized()
     }
 
     /// Reads what has arrived; each request becomes an `Incoming`, its raft entry carrying a

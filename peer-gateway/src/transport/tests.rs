@@ -8,7 +8,7 @@ use tokio::net::UdpSocket;
 use tokio::time::{sleep, timeout};
 
 use super::*;
-use crate::tls::{self, PeerTls, test_certs::TestCa};
+use crate::tls::{self, PeerTls, Restriction, test_certs::TestCa};
 
 const CLUSTER: u64 = 0x1a2b_3c4d;
 const OTHER_CLUSTER: u64 = 0x9e8f_7a6b;
@@ -17,6 +17,10 @@ const B: u64 = 0xb2;
 const C: u64 = 0xc3;
 /// Generous: the machine is shared, and debug builds are slow.
 const WAIT: Duration = Duration::from_secs(20);
+/// The message limit with etcd's default `--max-request-bytes`.
+fn max_message() -> usize {
+    schema::limits::raft_message_limit(schema::limits::DEFAULT_MAX_REQUEST_BYTES)
+}
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -29,6 +33,7 @@ fn start(cluster_id: u64, member_id: u64, addr: SocketAddr, tls: PeerTls) -> (Tr
         listen: vec![addr],
         members: vec![],
         tls,
+        max_message: max_message(),
     })
     .unwrap()
 }
@@ -48,6 +53,7 @@ async fn start_on(
             listen: vec![addr],
             members: vec![],
             tls: tls.clone(),
+            max_message: max_message(),
         }) {
             Ok(started) => return started,
             Err(Error::Bind { .. }) if Instant::now() < deadline => {
@@ -136,7 +142,8 @@ async fn messages_flow_both_ways_in_order() {
             Inbound {
                 from: A,
                 is_snapshot: false,
-                data: i.to_be_bytes().to_vec()
+                data: i.to_be_bytes().to_vec(),
+                budget: None,
             }
         );
     }
@@ -149,43 +156,101 @@ async fn messages_flow_both_ways_in_order() {
     assert!(recv(&mut ea).await.data.is_empty());
 }
 
+/// Snapshots are refused until they are implemented: ours are dropped (raft hears it failed),
+/// and a snapshot stream a peer opens is stopped before anything is read from it.
 #[tokio::test]
-async fn snapshots_do_not_hold_up_small_messages() {
-    let ((a, mut ea), (b, mut eb)) = pair(self_signed(), self_signed());
+async fn snapshots_are_refused_both_ways() {
+    let ((a, mut ea), (b, eb)) = pair(self_signed(), self_signed());
+    wait_connected(&a, B).await;
+    assert_eq!(
+        a.send(B, vec![0x5a; 1 << 20], true),
+        Err(Dropped::Unsupported)
+    );
+    assert_eq!(
+        ea.reports.try_recv(),
+        Ok(Report::Snapshot { to: B, ok: false })
+    );
+    assert_eq!(a.counters().messages_dropped, 1);
+
+    // A raw snapshot stream, as an older gateway would send it.
+    let conn = dial(&a.shared, B, &PeerUrl::parse(&url_of(addr(&b))).unwrap())
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(&[STREAM_SNAPSHOT]).await.unwrap();
+    stream.write_all(&frame::header(1 << 20)).await.unwrap();
+    let stopped = timeout(WAIT, stream.stopped()).await.unwrap().unwrap();
+    assert_eq!(stopped, Some(VarInt::from_u32(code::SNAPSHOTS_UNSUPPORTED)));
+    assert_eq!(b.counters().frames_refused, 1);
+    drop(eb);
+}
+
+/// A length prefix over the message limit (1 GiB here) closes that stream at once: nothing is
+/// read or allocated for the frame, and the refusal is counted.
+#[tokio::test]
+async fn an_oversized_frame_closes_its_stream() {
+    let ((a, _ea), (b, mut eb)) = pair(self_signed(), self_signed());
+    let conn = dial(&a.shared, B, &PeerUrl::parse(&url_of(addr(&b))).unwrap())
+        .await
+        .unwrap();
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(&[STREAM_MESSAGES]).await.unwrap();
+    let mut ok = Vec::new();
+    frame::encode(&mut ok, b"fits");
+    stream.write_all(&ok).await.unwrap();
+    stream.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    let stopped = timeout(WAIT, stream.stopped()).await.unwrap().unwrap();
+    assert_eq!(stopped, Some(VarInt::from_u32(code::FRAME_TOO_LARGE)));
+    assert_eq!(recv(&mut eb).await.data, b"fits");
+    assert!(eb.inbound.try_recv().is_err());
+    assert_eq!(b.counters().frames_refused, 1);
+    // One byte over the limit is refused as well; at the limit a message is sent.
+    assert_eq!(
+        a.send(B, vec![0; max_message() + 1], false),
+        Err(Dropped::TooLarge)
+    );
+}
+
+/// While consensus does not take inbound messages, at most INBOUND_BYTES of them wait in
+/// memory: the rest stay with the sender (QUIC flow control), and arrive, in order and none
+/// dropped, once the receiver reads again.
+#[tokio::test]
+async fn inbound_messages_wait_within_a_byte_budget() {
+    let ((a, _ea), (b, mut eb)) = pair(self_signed(), self_signed());
     wait_connected(&a, B).await;
     let _b = b;
-
-    let snapshot = vec![0x5a; 1 << 20];
-    for _ in 0..4 {
-        a.send(B, snapshot.clone(), true).unwrap();
-    }
-    a.send(B, b"heartbeat".to_vec(), false).unwrap();
-
-    let mut snapshots = 0;
-    loop {
-        let m = recv(&mut eb).await;
-        if !m.is_snapshot {
-            assert_eq!(m.data, b"heartbeat");
-            break;
+    const MIB: usize = 1 << 20;
+    let count = INBOUND_BYTES / MIB + 32;
+    let sender = tokio::spawn(async move {
+        for i in 0..count {
+            let mut m = vec![0u8; MIB];
+            m[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            // Our own queue holds OUTBOUND_BYTES: wait for room rather than drop.
+            while let Err(e) = a.send(B, m.clone(), false) {
+                assert_eq!(e, Dropped::QueueFull);
+                sleep(Duration::from_millis(5)).await;
+            }
         }
-        snapshots += 1;
+        a
+    });
+    // Let the transport read all it will.
+    let mut waiting = 0;
+    for _ in 0..20 {
+        sleep(Duration::from_millis(100)).await;
+        waiting = eb.inbound.len();
     }
-    assert!(snapshots < 4, "the heartbeat waited behind every snapshot");
-    while snapshots < 4 {
+    assert!(waiting > 0, "nothing arrived");
+    assert!(
+        waiting <= INBOUND_BYTES / MIB,
+        "{waiting} messages of 1 MiB waiting, over the budget"
+    );
+    for i in 0..count {
         let m = recv(&mut eb).await;
-        assert!(m.is_snapshot);
-        assert_eq!(m.data, snapshot);
-        assert_eq!(m.from, A);
-        snapshots += 1;
+        assert_eq!(m.data[..4], (i as u32).to_be_bytes());
     }
-
-    let mut reported = 0;
-    while reported < 4 {
-        match timeout(WAIT, ea.reports.recv()).await.unwrap().unwrap() {
-            Report::Snapshot { to: B, ok: true } => reported += 1,
-            other => panic!("unexpected report {other:?}"),
-        }
-    }
+    // Every refusal of our own full queue, which the sender retried, was counted as a drop.
+    let a = timeout(WAIT, sender).await.unwrap().unwrap();
+    assert!(a.counters().messages_dropped > 0);
 }
 
 #[tokio::test]
@@ -398,14 +463,10 @@ async fn drops_are_reported_at_most_every_100ms() {
     );
 
     sleep(UNREACHABLE_EVERY).await;
-    assert_eq!(a.send(B, b"x".to_vec(), true), Err(Dropped::NotConnected));
+    assert_eq!(a.send(B, b"x".to_vec(), false), Err(Dropped::NotConnected));
     assert_eq!(ea.reports.try_recv(), Ok(Report::Unreachable(B)));
-    assert_eq!(
-        ea.reports.try_recv(),
-        Ok(Report::Snapshot { to: B, ok: false })
-    );
 
-    let too_big = vec![0u8; MAX_MESSAGE_FRAME + 1];
+    let too_big = vec![0u8; max_message() + 1];
     assert_eq!(a.send(B, too_big, false), Err(Dropped::TooLarge));
 
     // A removed member is no longer dialed or routed to.
@@ -439,4 +500,75 @@ async fn a_certificate_for_another_host_cannot_claim_a_member() {
     assert!(ea.inbound.try_recv().is_err());
     // A and B, whose certificates name their hosts, still talk.
     assert!(a.is_connected(B));
+}
+
+/// Members A and B, with certificates of one CA named by `leaf` (CN, SANs) and `allowed`, and a
+/// third endpoint C with a certificate of the same CA named by `stranger` (and no restriction of
+/// its own): A and B talk, while C can neither dial A (A refuses C's client certificate) nor be
+/// dialed by A (A refuses C's server certificate). Both refusals are counted at A.
+async fn only_allowed_certificates_connect(
+    allowed: Restriction,
+    leaf: (&str, &[&str]),
+    stranger: (&str, &[&str]),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cluster CA");
+    let files = |name: &str, (cn, names): (&str, &[&str]), allowed: &Restriction| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        let mut files = ca.write_leaf(&sub, ca.leaf_named(cn, names), true);
+        files.allowed = allowed.clone();
+        tls::configure(&files).unwrap()
+    };
+    let ((a, mut ea), (b, mut eb)) = pair(files("a", leaf, &allowed), files("b", leaf, &allowed));
+    wait_connected(&a, B).await;
+    wait_connected(&b, A).await;
+    deliver_eventually(&a, B, &mut eb, b"ping").await;
+    deliver_eventually(&b, A, &mut ea, b"pong").await;
+    assert_eq!(a.counters().cert_refused, 0);
+
+    let (c, mut ec) = start(
+        CLUSTER,
+        C,
+        any_port(),
+        files("c", stranger, &Restriction::Any),
+    );
+    let members = table(&[(A, addr(&a)), (B, addr(&b)), (C, addr(&c))]);
+    a.set_members(members.clone());
+    c.set_members(members);
+    let deadline = Instant::now() + WAIT;
+    // One refusal of each kind: C's dial (accepting side) and A's dial (dialing side).
+    while a.counters().cert_refused < 2 {
+        assert!(Instant::now() < deadline, "{:?}", a.counters());
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!a.is_connected(C));
+    assert!(!c.is_connected(A));
+    let _ = c.send(A, b"from a stranger".to_vec(), false);
+    sleep(Duration::from_millis(300)).await;
+    assert!(ea.inbound.try_recv().is_err());
+    assert!(ec.inbound.try_recv().is_err());
+    // A and B still talk.
+    assert!(a.is_connected(B));
+}
+
+#[tokio::test]
+async fn allowed_cn_refuses_a_certificate_with_another_cn() {
+    only_allowed_certificates_connect(
+        Restriction::Cns(vec!["other".into(), "etcd-peer".into()]),
+        ("etcd-peer", &["127.0.0.1"]),
+        ("etcd-client", &["127.0.0.1"]),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn allowed_hostname_refuses_a_certificate_without_it() {
+    only_allowed_certificates_connect(
+        Restriction::Hostnames(vec!["peers.cluster.test".into()]),
+        ("a", &["127.0.0.1", "*.cluster.test"]),
+        // The same CN, and a name in the same domain: neither makes it valid for the hostname.
+        ("a", &["127.0.0.1", "peers.other.test"]),
+    )
+    .await;
 }
