@@ -328,7 +328,9 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
     let mut changes: Vec<Change> = Vec::new();
     let mut observations: Vec<Observation> = Vec::new();
     let mut failed = 0;
+    let mut unanswered_deletes = Vec::new();
     for o in outcomes {
+        unanswered_deletes.extend(o.unanswered_deletes);
         ops.extend(o.ops);
         changes.extend(o.changes);
         observations.extend(o.observations);
@@ -388,7 +390,7 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
                 verdicts.push(format!("key {} is not linearizable: {e}", key_name(key)));
             }
         }
-        if let Err(e) = history::revisions_hold(&changes, &observations) {
+        if let Err(e) = history::revisions_hold(&changes, &observations, &unanswered_deletes) {
             verdicts.push(e);
         }
         (verdicts, ops)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use crate::support::history::{Change, Kind, Observation, Op, xorshift};
+use crate::support::history::{Change, Kind, Observation, Op, UnansweredDelete, xorshift};
 
 pub const KEYS: usize = 8;
 /// How long a client waits for an answer before it counts the request as unanswered.
@@ -27,6 +27,8 @@ pub struct Outcome {
     pub changes: Vec<Change>,
     /// Every version any read returned.
     pub observations: Vec<Observation>,
+    /// Deletes that got no answer.
+    pub unanswered_deletes: Vec<UnansweredDelete>,
     /// Requests that got an error or no answer in time.
     pub failed: usize,
 }
@@ -79,6 +81,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                         key,
                         revision,
                         value: Some(v),
+                        answered: start.elapsed(),
                     });
                     revisions.push(revision);
                     last_seen[key] = Some(v);
@@ -115,6 +118,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                             key,
                             revision,
                             value: Some(new),
+                            answered: start.elapsed(),
                         });
                         last_seen[key] = Some(new);
                     }
@@ -146,6 +150,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                             key,
                             revision,
                             value: None,
+                            answered: start.elapsed(),
                         });
                     }
                     last_seen[key] = None;
@@ -154,6 +159,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                 }
                 _ => {
                     out.failed += 1;
+                    out.unanswered_deletes.push(UnansweredDelete { key, call });
                     None
                 }
             };
