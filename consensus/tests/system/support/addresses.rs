@@ -56,6 +56,9 @@ pub const WIPED_MEMBER: [&str; 3] = ["127.0.0.82", "127.0.0.83", "127.0.0.84"];
 // linearizable
 pub const LINEARIZABLE: [&str; 3] = ["127.0.0.57", "127.0.0.58", "127.0.0.59"];
 
+// member::formation::peer_cert_allowed_cn
+pub const ALLOWED_CN: [&str; 2] = ["127.0.0.88", "127.0.0.89"];
+
 // http_endpoints
 pub const HTTP_OURS: &str = "127.0.0.61";
 pub const HTTP_ETCD: &str = "127.0.0.62";
@@ -65,6 +68,10 @@ pub const JSON_ETCD: &str = "127.0.0.72";
 
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
+    Claim {
+        owner: "member::formation::peer_cert_allowed_cn_keeps_other_certificates_out",
+        hosts: &ALLOWED_CN,
+    },
     Claim {
         owner: "member::formation::{three_member_cluster_from_seed_configs, \
                 no_configuration_starts_one_member_on_2379}, one at a time",
