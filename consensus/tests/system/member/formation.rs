@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use consensus::ids;
 
 use super::value_of;
-use crate::support::addresses::{LOCALHOST, LOCALHOST_TURN, SEED_CLUSTER, SEED_PLAIN_HTTP};
+use crate::support::addresses::{
+    ALLOWED_CN, LOCALHOST, LOCALHOST_TURN, SEED_CLUSTER, SEED_PLAIN_HTTP,
+};
 use crate::support::*;
 
 /// A seed-format etcd.conf: https on `host`, and plain http for clients on `local` too.
@@ -332,4 +334,93 @@ fn scopeguard(child: std::process::Child) -> impl Drop {
         }
     }
     Guard(child)
+}
+
+/// `ETCD_PEER_CERT_ALLOWED_CN` on one member of two: while it names a CN the other member's
+/// certificate does not carry, the TLS handshake is refused both ways (no leader), the member
+/// logs why and counts it in `/metrics`; restarted allowing that CN, the two form a cluster.
+#[test]
+fn peer_cert_allowed_cn_keeps_other_certificates_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One certificate for both hosts, CN "etcd-rs test member" (as the seed's members share one).
+    let certs = make_certs(tmp.path(), &ALLOWED_CN);
+    let cluster = ALLOWED_CN
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("cn{i}=https://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let conf = |i: usize, allowed: &str| {
+        let (name, host) = (format!("cn{i}"), ALLOWED_CN[i]);
+        let data = tmp.path().join(format!("{name}-data"));
+        let path = tmp.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &path,
+            format!(
+                "ETCD_NAME=\"{name}\"\nETCD_DATA_DIR=\"{data}\"\n\
+                 ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\n\
+                 ETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
+                 ETCD_LISTEN_PEER_URLS=\"https://{host}:2380\"\n\
+                 ETCD_INITIAL_ADVERTISE_PEER_URLS=\"https://{host}:2380\"\n\
+                 ETCD_INITIAL_CLUSTER=\"{cluster}\"\n\
+                 ETCD_PEER_CERT_FILE=\"{cert}\"\nETCD_PEER_KEY_FILE=\"{key}\"\n\
+                 ETCD_PEER_TRUSTED_CA_FILE=\"{ca}\"\nETCD_PEER_CLIENT_CERT_AUTH=\"true\"\n\
+                 ETCD_PEER_CERT_ALLOWED_CN=\"{allowed}\"\n",
+                data = data.display(),
+                cert = certs.cert.display(),
+                key = certs.key.display(),
+                ca = certs.ca.display(),
+            ),
+        )
+        .unwrap();
+        Member::new(&name, path, data, format!("http://{host}:2379"), vec![])
+    };
+    let mut strict = conf(0, "someone-else");
+    let mut other = conf(1, "");
+    strict.start();
+    other.start();
+
+    let refused = || {
+        let body = metrics(ALLOWED_CN[0])?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("etcdrs_peer_cert_refused_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| *n >= 2.0)
+    };
+    eventually(Duration::from_secs(60), "refusals in /metrics", refused);
+    assert!(
+        strict.logged("not allowed by --peer-cert-allowed-cn \"someone-else\""),
+        "{}",
+        strict.log_tail()
+    );
+    assert!(
+        strict
+            .leader_and_term()
+            .is_none_or(|(leader, _)| leader == 0)
+    );
+
+    strict.stop();
+    let mut strict = conf(0, "someone-else,etcd-rs test member");
+    strict.start();
+    wait_healthy(&strict, Duration::from_secs(60));
+    wait_healthy(&other, Duration::from_secs(60));
+    strict.ctl_ok(&["put", "k", "allowed"]);
+    assert_eq!(value_of(&other, "k", &[]).as_deref(), Some("allowed"));
+    strict.stop();
+    other.stop();
+}
+
+/// The body of `GET /metrics` on `host`:2379, if it answers.
+fn metrics(host: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((host, 2379)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {host}:2379\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    Some(raw)
 }

@@ -62,6 +62,9 @@ pub const NEMESIS: [&str; 3] = ["127.0.0.91", "127.0.0.92", "127.0.0.93"];
 /// The UDP proxies in front of the nemesis members' peer ports; their advertised peer URLs.
 pub const NEMESIS_PROXIES: [&str; 3] = ["127.0.0.94", "127.0.0.95", "127.0.0.96"];
 
+// member::formation::peer_cert_allowed_cn
+pub const ALLOWED_CN: [&str; 2] = ["127.0.0.88", "127.0.0.89"];
+
 // http_endpoints
 pub const HTTP_OURS: &str = "127.0.0.61";
 pub const HTTP_ETCD: &str = "127.0.0.62";
@@ -71,6 +74,10 @@ pub const JSON_ETCD: &str = "127.0.0.72";
 
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
+    Claim {
+        owner: "member::formation::peer_cert_allowed_cn_keeps_other_certificates_out",
+        hosts: &ALLOWED_CN,
+    },
     Claim {
         owner: "member::formation::{three_member_cluster_from_seed_configs, \
                 no_configuration_starts_one_member_on_2379}, one at a time",
