@@ -70,23 +70,14 @@ const CLASSES: [Class; 5] = [
 /// A member whose peer URL is its proxy's: it listens on `host:2380` and advertises
 /// `proxy:2380`.
 fn member(dir: &std::path::Path, i: usize, cluster: &str) -> Member {
-    let name = format!("nemesis{i}");
-    let host = HOSTS[i];
-    let data = dir.join(format!("{name}-data"));
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "ETCD_NAME=\"{name}\"\nETCD_DATA_DIR=\"{data}\"\n\
-             ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
-             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{proxy}:2380\"\n\
-             ETCD_INITIAL_CLUSTER=\"{cluster}\"\nETCD_INITIAL_CLUSTER_TOKEN=\"nemesis\"\n",
-            data = data.display(),
-            proxy = PROXIES[i],
-        ),
+    unstarted_http_member_advertising(
+        dir,
+        &format!("nemesis{i}"),
+        HOSTS[i],
+        PROXIES[i],
+        cluster,
+        "ETCD_INITIAL_CLUSTER_TOKEN=\"nemesis\"\n",
     )
-    .unwrap();
-    Member::new(&name, conf, data, format!("http://{host}:2379"), vec![])
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

@@ -362,6 +362,19 @@ pub fn unstarted_http_member(
     cluster: &str,
     extra: &str,
 ) -> Member {
+    unstarted_http_member_advertising(dir, name, host, host, cluster, extra)
+}
+
+/// `unstarted_http_member` that listens for peers on `host:2380` but advertises
+/// `peer_host:2380` (a proxy in front of it).
+pub fn unstarted_http_member_advertising(
+    dir: &Path,
+    name: &str,
+    host: &str,
+    peer_host: &str,
+    cluster: &str,
+    extra: &str,
+) -> Member {
     let data = dir.join(format!("{name}-data"));
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
@@ -369,7 +382,7 @@ pub fn unstarted_http_member(
         format!(
             "ETCD_NAME=\"{name}\"\nETCD_DATA_DIR=\"{data}\"\n\
              ETCD_LISTEN_CLIENT_URLS=\"http://{host}:2379\"\nETCD_ADVERTISE_CLIENT_URLS=\"http://{host}:2379\"\n\
-             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{host}:2380\"\n\
+             ETCD_LISTEN_PEER_URLS=\"http://{host}:2380\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://{peer_host}:2380\"\n\
              ETCD_INITIAL_CLUSTER=\"{cluster}\"\n{extra}",
             data = data.display()
         ),
