@@ -207,11 +207,7 @@ pub fn run(config: Config) -> Result<()> {
         first_read,
         request_timeout,
     );
-    let compacted = shared.clone();
-    let compactor = mvcc::Compactor::start(db.clone(), move |revision| {
-        compacted.compacted_physically(revision)
-    })?;
-    let machine = Machine::new(db.clone(), shared.clone(), compactor);
+    let machine = Machine::new(db.clone(), shared.clone());
     core.set_started_empty(started_empty);
     let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
     let name = identity.name.clone();
