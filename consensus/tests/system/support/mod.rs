@@ -2,6 +2,8 @@
 //! certificates for the seed's https configuration. Everything started here is stopped by PID.
 
 pub mod addresses;
+pub mod loop_fs;
+pub mod lossy_fs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
