@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing a member needs on Debian/Ubuntu, when it is missing:
 # capnp (schema compiler), protoc (etcd's API), clang/libclang (RocksDB bindings), Debian's
-# RocksDB 7.8 (linked, not compiled), and etcd 3.4 (etcdctl for tests, etcd for comparisons).
+# RocksDB 7.8 (linked, not compiled), and etcd 3.4 (etcdctl for tests, etcd for comparisons);
+# fuse3 (fusermount3) and e2fsprogs (mkfs.ext4) for the system tests' power-loss and disk-full
+# faults.
 set -euo pipefail
-packages=(capnproto protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev etcd-server etcd-client)
+packages=(capnproto protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev etcd-server etcd-client fuse3 e2fsprogs)
 missing=()
 sudo=""
 [[ $(id -u) -eq 0 ]] || sudo="sudo"
