@@ -33,6 +33,18 @@ pub struct Outcome {
     pub failed: usize,
 }
 
+impl Outcome {
+    /// Records an acknowledged change that left `value` (`None`: removed the key).
+    fn acknowledged(&mut self, key: usize, revision: i64, value: Option<u64>, start: Instant) {
+        self.changes.push(Change {
+            key,
+            revision,
+            value,
+            answered: start.elapsed(),
+        });
+    }
+}
+
 fn parse(value: &[u8]) -> u64 {
     std::str::from_utf8(value)
         .ok()
@@ -77,12 +89,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
             let answer = match put {
                 Ok(Ok(resp)) => {
                     let revision = resp.header().map_or(0, |h| h.revision());
-                    out.changes.push(Change {
-                        key,
-                        revision,
-                        value: Some(v),
-                        answered: start.elapsed(),
-                    });
+                    out.acknowledged(key, revision, Some(v), start);
                     revisions.push(revision);
                     last_seen[key] = Some(v);
                     Some(start.elapsed())
@@ -114,12 +121,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                 Ok(Ok(resp)) => {
                     let revision = resp.header().map_or(0, |h| h.revision());
                     if resp.succeeded() {
-                        out.changes.push(Change {
-                            key,
-                            revision,
-                            value: Some(new),
-                            answered: start.elapsed(),
-                        });
+                        out.acknowledged(key, revision, Some(new), start);
                         last_seen[key] = Some(new);
                     }
                     revisions.push(revision);
@@ -146,12 +148,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                 Ok(Ok(resp)) => {
                     let revision = resp.header().map_or(0, |h| h.revision());
                     if resp.deleted() > 0 {
-                        out.changes.push(Change {
-                            key,
-                            revision,
-                            value: None,
-                            answered: start.elapsed(),
-                        });
+                        out.acknowledged(key, revision, None, start);
                     }
                     last_seen[key] = None;
                     revisions.push(revision);
