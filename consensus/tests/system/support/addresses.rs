@@ -71,6 +71,9 @@ pub const HTTP_CLUSTER: [&str; 3] = ["127.0.0.63", "127.0.0.64", "127.0.0.65"];
 pub const JSON_OURS: &str = "127.0.0.71";
 pub const JSON_ETCD: &str = "127.0.0.72";
 
+// support::lossy_fs
+pub const LOSSY_MEMBER: &str = "127.0.0.106";
+
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
     Claim {
@@ -189,6 +192,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::maintenance::hash_kv_agrees_across_members",
         hosts: &HASH_KV,
+    },
+    Claim {
+        owner: "support::lossy_fs::tests::a_member_keeps_every_acknowledged_put_through_power_losses",
+        hosts: &[LOSSY_MEMBER],
     },
 ];
 

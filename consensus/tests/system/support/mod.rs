@@ -3,6 +3,8 @@
 
 pub mod addresses;
 pub mod history;
+pub mod loop_fs;
+pub mod lossy_fs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

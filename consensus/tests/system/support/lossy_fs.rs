@@ -1,0 +1,1886 @@
+//! A FUSE filesystem that loses what was not fsynced: the system tests' power-loss fault.
+//!
+//! [`LossyFs::mount`] serves a passthrough view of a backing directory. It is write-through with
+//! an undo log: every write, truncate and fallocate goes straight to the backing file, so a full
+//! backing filesystem answers ENOSPC at write time as ext4 does, and reads need no overlay. Before
+//! changing a file, the layer records, per inode, what the change overwrote (the old bytes of the
+//! range and the old length). `fsync`/`fdatasync` of a file makes its changes durable: its undo
+//! records are forgotten and the backing file is fsynced.
+//!
+//! [`LossyFs::power_loss`], called once every process using the mount was killed with -9, rolls
+//! the unsynced changes back, newest first: [`Keep::Nothing`] leaves each file as it was at its
+//! last fsync, [`Keep::Prefix`] keeps a random prefix (in write order) of each file's unsynced
+//! changes, a torn tail as a disk leaves when the power fails mid-write. The mount stays up and
+//! newly started processes see the rolled-back files: entry and attribute TTLs are 0, opens never
+//! keep the kernel's page cache, and the kernel is told to drop what it cached of each rolled-back
+//! inode.
+//!
+//! Simplification: metadata operations (create, mkdir, mknod, symlink, link, rename, unlink,
+//! rmdir) are durable at once. A real filesystem may also lose directory entries that were not
+//! fsynced; this one loses only data, which is what the WAL's and RocksDB's recovery must survive.
+//! A created file that was never fsynced comes back empty, as with ext4's delayed allocation.
+//! Undo logs are kept by inode, so a renamed file keeps its own; an unlinked file needs none.
+//!
+//! Runs as root: it reopens backing files read-write to save old bytes whatever their mode, and
+//! mounts with mount(2) (fuser falls back to `fusermount3` elsewhere). Inodes are served as
+//! O_PATH descriptors of the backing objects, so renames need no path table; Unix sockets bound in
+//! the mount are made on the backing dir by mknod and found again through the same FUSE inode.
+//! POSIX and flock locks stay in the kernel (fuser does not ask for FUSE's lock ops).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+/// The kernel must ask again for every name and attribute: after a power loss they change under it.
+const TTL: Duration = Duration::ZERO;
+
+/// What a power loss keeps of each file's unsynced changes.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep {
+    /// None: every file is as it was at its last fsync.
+    Nothing,
+    /// A prefix (in write order) of random length, drawn per file from this seed.
+    Prefix(u64),
+}
+
+/// What a power loss rolled back, for the harness to print.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Files that had unsynced changes.
+    pub files: usize,
+    /// Of those, files that lost at least one change.
+    pub files_rolled_back: usize,
+    /// Unsynced changes dropped and kept.
+    pub changes_dropped: usize,
+    pub changes_kept: usize,
+    /// Bytes written (or lengths changed) by the dropped changes.
+    pub bytes_dropped: u64,
+    /// The files that lost changes, by the path (in the backing dir) they had when first changed
+    /// after their last fsync.
+    pub paths: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "power loss: {} of {} files with unsynced changes rolled back; {} changes ({} bytes) dropped, {} kept",
+            self.files_rolled_back,
+            self.files,
+            self.changes_dropped,
+            self.bytes_dropped,
+            self.changes_kept
+        )?;
+        let names: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        if !names.is_empty() {
+            write!(f, " ({})", names.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A mounted lossy filesystem; unmounted when dropped.
+pub struct LossyFs {
+    state: Arc<State>,
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl LossyFs {
+    /// Mounts a passthrough of `backing` (a directory) on `mountpoint` (an existing directory),
+    /// served on a background thread.
+    pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<LossyFs> {
+        if !Path::new("/dev/fuse").exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "/dev/fuse is missing: the power-loss tests need the kernel's fuse module \
+                 (modprobe fuse) and the fuse3 package (scripts/setup.sh installs it)",
+            ));
+        }
+        let root = open_path(libc::AT_FDCWD, &cstring(backing.as_os_str())?, 0)?;
+        let st = fstat(root.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", backing.display()),
+            ));
+        }
+        let state = Arc::new(State::new(root, key_of(&st), backing.canonicalize()?));
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(format!("lossy:{}", backing.display())),
+            MountOption::Subtype("lossy".into()),
+        ];
+        // The member's processes may run as another user than the test.
+        config.acl = SessionACL::All;
+        // A slow fsync must not hold every other process's reads.
+        config.n_threads = Some(4);
+        let session = fuser::spawn_mount(Server(state.clone()), mountpoint, &config)?;
+        Ok(LossyFs {
+            state,
+            session: Some(session),
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// How many requests of each operation the mount served so far.
+    pub fn ops(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.state.ops).clone()
+    }
+
+    /// Rolls back the changes not fsynced since, as `keep` says. Call it once every process that
+    /// used the mount is gone (killed with -9): a process still writing would race the rollback.
+    pub fn power_loss(&self, keep: Keep) -> io::Result<Report> {
+        let mut report = Report::default();
+        let mut touched = Vec::new();
+        {
+            let mut pending = lock(&self.state.pending);
+            let mut files: Vec<(Key, Arc<Mutex<Pending>>)> = pending.drain().collect();
+            // Files in a fixed order, so that a seed draws the same prefix lengths for the same
+            // history of inodes.
+            files.sort_by_key(|(k, _)| *k);
+            let mut rng = SplitMix(match keep {
+                Keep::Nothing => 0,
+                Keep::Prefix(seed) => seed,
+            });
+            let mut first_error = None;
+            for (key, p) in files {
+                let mut p = lock(&p);
+                p.retired = true;
+                if p.records.is_empty() {
+                    continue;
+                }
+                report.files += 1;
+                let n = p.records.len();
+                let kept = match keep {
+                    Keep::Nothing => 0,
+                    Keep::Prefix(_) => (rng.next() % (n as u64 + 1)) as usize,
+                };
+                report.changes_kept += kept;
+                if kept < n {
+                    report.files_rolled_back += 1;
+                    report.paths.push(p.path.clone());
+                    touched.push(key);
+                }
+                let dropped: Vec<Record> = p.records.drain(kept..).collect();
+                for r in dropped.iter().rev() {
+                    report.changes_dropped += 1;
+                    report.bytes_dropped += r.lost;
+                    if let Err(e) = p.undo(r) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                p.records.clear();
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        // Opens never keep the page cache, but a stat of a still-cached inode could show the old
+        // size until then; the errors are for inodes the kernel no longer holds.
+        if let Some(session) = &self.session {
+            let notifier = session.notifier();
+            for key in touched {
+                if let Some(ino) = self.state.ino_of(key) {
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, -1);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for LossyFs {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if session.umount_and_join().is_err() {
+            // Busy (a process still has a file open there): detach it from the tree now; the
+            // kernel ends the connection when its last user goes.
+            if let Ok(path) = cstring(self.mountpoint.as_os_str()) {
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+/// A backing inode: (st_dev, st_ino).
+type Key = (u64, u64);
+
+/// One unsynced change: what to write back at `offset` and the length to cut the file to.
+struct Record {
+    offset: u64,
+    old: Vec<u8>,
+    old_len: u64,
+    /// Bytes this change wrote or added, for the report.
+    lost: u64,
+}
+
+/// A file's unsynced changes, oldest first, and a read-write descriptor to undo them with.
+struct Pending {
+    file: File,
+    /// Where it was when first changed, for the report.
+    path: PathBuf,
+    records: Vec<Record>,
+    /// Taken out of the map (fsynced, unlinked, rolled back): writers must look it up again.
+    retired: bool,
+}
+
+impl Pending {
+    /// Saves what a change of `len` bytes at `offset` overwrites, and the current length.
+    fn record(&mut self, offset: u64, len: u64, lost: u64) -> io::Result<()> {
+        let old_len = self.file.metadata()?.len();
+        let end = offset.saturating_add(len).min(old_len);
+        let mut old = Vec::new();
+        if offset < end {
+            old = vec![0; (end - offset) as usize];
+            self.file.read_exact_at(&mut old, offset)?;
+        }
+        self.records.push(Record {
+            offset,
+            old,
+            old_len,
+            lost,
+        });
+        Ok(())
+    }
+
+    fn undo(&self, r: &Record) -> io::Result<()> {
+        if !r.old.is_empty() {
+            self.file.write_all_at(&r.old, r.offset)?;
+        }
+        self.file.set_len(r.old_len)
+    }
+}
+
+struct Node {
+    fd: Arc<OwnedFd>,
+    key: Key,
+    nlookup: u64,
+}
+
+struct Nodes {
+    by_ino: HashMap<u64, Node>,
+    by_key: HashMap<Key, u64>,
+    next: u64,
+}
+
+struct Handle {
+    file: File,
+    key: Key,
+}
+
+struct DirEntry {
+    ino: u64,
+    kind: FileType,
+    name: OsString,
+}
+
+struct State {
+    nodes: Mutex<Nodes>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    pending: Mutex<HashMap<Key, Arc<Mutex<Pending>>>>,
+    backing: PathBuf,
+    /// Requests served, by operation.
+    ops: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// Poisoning only says another request panicked; the maps are still consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn new(root: OwnedFd, root_key: Key, backing: PathBuf) -> State {
+        let mut by_ino = HashMap::new();
+        by_ino.insert(
+            INodeNo::ROOT.0,
+            Node {
+                fd: Arc::new(root),
+                key: root_key,
+                // The kernel never forgets the root.
+                nlookup: u64::MAX / 2,
+            },
+        );
+        let mut by_key = HashMap::new();
+        by_key.insert(root_key, INodeNo::ROOT.0);
+        State {
+            nodes: Mutex::new(Nodes {
+                by_ino,
+                by_key,
+                next: INodeNo::ROOT.0 + 1,
+            }),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            backing,
+            ops: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn count(&self, op: &'static str) {
+        *lock(&self.ops).entry(op).or_default() += 1;
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<(Arc<OwnedFd>, Key), Errno> {
+        let nodes = lock(&self.nodes);
+        let node = nodes.by_ino.get(&ino.0).ok_or(Errno::ESTALE)?;
+        Ok((node.fd.clone(), node.key))
+    }
+
+    fn ino_of(&self, key: Key) -> Option<u64> {
+        lock(&self.nodes).by_key.get(&key).copied()
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, file: File, key: Key) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(Handle { file, key }));
+        fh
+    }
+
+    /// Looks `name` up in `parent` and counts one kernel reference to it.
+    fn entry(&self, parent: &OwnedFd, name: &CStr) -> io::Result<FileAttr> {
+        let fd = open_path(parent.as_raw_fd(), name, libc::O_NOFOLLOW)?;
+        let st = fstat(fd.as_raw_fd())?;
+        let key = key_of(&st);
+        let mut nodes = lock(&self.nodes);
+        let ino = match nodes.by_key.get(&key).copied() {
+            Some(ino) => {
+                if let Some(n) = nodes.by_ino.get_mut(&ino) {
+                    n.nlookup += 1;
+                }
+                ino
+            }
+            None => {
+                let ino = nodes.next;
+                nodes.next += 1;
+                nodes.by_key.insert(key, ino);
+                nodes.by_ino.insert(
+                    ino,
+                    Node {
+                        fd: Arc::new(fd),
+                        key,
+                        nlookup: 1,
+                    },
+                );
+                ino
+            }
+        };
+        Ok(attr_of(ino, &st))
+    }
+
+    fn forget(&self, ino: u64, n: u64) {
+        if ino == INodeNo::ROOT.0 {
+            return;
+        }
+        let mut nodes = lock(&self.nodes);
+        let gone = match nodes.by_ino.get_mut(&ino) {
+            Some(node) => {
+                node.nlookup = node.nlookup.saturating_sub(n);
+                (node.nlookup == 0).then_some(node.key)
+            }
+            None => None,
+        };
+        if let Some(key) = gone {
+            nodes.by_ino.remove(&ino);
+            if nodes.by_key.get(&key) == Some(&ino) {
+                nodes.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Runs a change of the file `key` (reachable through `fd`) with its undo log, or with None
+    /// for an unlinked file, whose changes nobody will see after a power loss.
+    fn change<T>(
+        &self,
+        key: Key,
+        fd: RawFd,
+        f: impl FnOnce(Option<&mut Pending>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            let p = {
+                let mut pending = lock(&self.pending);
+                match pending.get(&key) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let file = reopen(fd, libc::O_RDWR)?;
+                        if file.metadata()?.nlink() == 0 {
+                            drop(pending);
+                            return f(None);
+                        }
+                        let path =
+                            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                                .map(|p| {
+                                    p.strip_prefix(&self.backing)
+                                        .map(Path::to_path_buf)
+                                        .unwrap_or(p)
+                                })
+                                .unwrap_or_default();
+                        let p = Arc::new(Mutex::new(Pending {
+                            file,
+                            path,
+                            records: Vec::new(),
+                            retired: false,
+                        }));
+                        pending.insert(key, p.clone());
+                        p
+                    }
+                }
+            };
+            let mut p = lock(&p);
+            if p.retired {
+                continue;
+            }
+            return f(Some(&mut p));
+        }
+    }
+
+    /// Syncs the file `key` through `sync` and forgets its undo log.
+    fn make_durable(&self, key: Key, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let Some(p) = lock(&self.pending).get(&key).cloned() else {
+            return sync();
+        };
+        {
+            // Writes wait while the file syncs, so none is forgotten unsynced.
+            let mut p = lock(&p);
+            sync()?;
+            p.records.clear();
+        }
+        let mut pending = lock(&self.pending);
+        if pending.get(&key).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+            let mut q = lock(&p);
+            if q.records.is_empty() {
+                q.retired = true;
+                drop(q);
+                pending.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the undo log of `name` in `parent` if removing that name is its last link.
+    fn about_to_unlink(&self, parent: &OwnedFd, name: &CStr) -> Option<Key> {
+        let st = fstatat(parent.as_raw_fd(), name).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink <= 1).then(|| key_of(&st))
+    }
+
+    fn unlinked(&self, key: Key) {
+        let mut pending = lock(&self.pending);
+        if let Some(p) = pending.remove(&key) {
+            lock(&p).retired = true;
+        }
+    }
+
+    fn truncate(&self, key: Key, file: &File, size: u64) -> io::Result<()> {
+        self.change(key, file.as_raw_fd(), |p| {
+            if let Some(p) = p {
+                // A cut to the same length (O_TRUNC of an empty file) changes nothing.
+                let len = file.metadata()?.len();
+                if size < len {
+                    p.record(size, len - size, len - size)?;
+                } else if size > len {
+                    p.record(size, 0, size - len)?;
+                }
+            }
+            file.set_len(size)
+        })
+    }
+}
+
+/// The FUSE side; `LossyFs` keeps the same state for `power_loss`.
+struct Server(Arc<State>);
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+}
+
+fn open_path(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let fd =
+        cvt(unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the object behind `fd` (an O_PATH descriptor or an open file) anew.
+fn reopen(fd: RawFd, flags: libc::c_int) -> io::Result<File> {
+    let fd = cvt(unsafe { libc::open(proc_path(fd).as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    fstatat(fd, c"")
+}
+
+/// `fstatat` without following symlinks; an empty name stats `dir` itself.
+fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+fn key_of(st: &libc::stat) -> Key {
+    (st.st_dev, st.st_ino)
+}
+
+fn kind_of(mode: libc::mode_t) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+    } else {
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs)
+    }
+}
+
+fn attr_of(ino: u64, st: &libc::stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: time(st.st_ctime, st.st_ctime_nsec),
+        kind: kind_of(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+            Err(e) => libc::timespec {
+                tv_sec: -(e.duration().as_secs() as libc::time_t),
+                tv_nsec: 0,
+            },
+        },
+    }
+}
+
+/// Open flags for the backing file: the kernel already did what the rest ask for, and O_APPEND
+/// would make pwrite ignore the offsets the kernel computed.
+fn backing_flags(flags: i32) -> i32 {
+    flags
+        & !(libc::O_APPEND
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_TRUNC
+            | libc::O_NOCTTY
+            | libc::O_NOFOLLOW
+            | libc::O_DIRECT)
+}
+
+/// Reads up to `size` bytes at `offset`, short only at the end of the file.
+fn read_full(file: &File, offset: u64, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; size];
+    let mut done = 0;
+    while done < size {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+impl Server {
+    fn reply_entry(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = (|| {
+            let (dir, _) = self
+                .0
+                .node(parent)
+                .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+            self.0.entry(&dir, &cstring(name)?)
+        })();
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getattr_io(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        let (fd, _) = self.0.node(ino)?;
+        let st = fstat(fd.as_raw_fd()).map_err(errno)?;
+        Ok(attr_of(ino.0, &st))
+    }
+}
+
+fn io_of(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.code())
+}
+
+impl Filesystem for Server {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.0.count("lookup");
+        self.reply_entry(parent, name, reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.count("forget");
+        self.0.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.0.count("getattr");
+        match self.getattr_io(ino) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.0.count("setattr");
+        let r = (|| -> io::Result<()> {
+            let (fd, key) = self.0.node(ino).map_err(io_of)?;
+            let path = proc_path(fd.as_raw_fd());
+            if let Some(size) = size {
+                match fh.map(|fh| self.0.handle(fh)) {
+                    Some(Ok(h)) => self.0.truncate(key, &h.file, size)?,
+                    _ => {
+                        let file = reopen(fd.as_raw_fd(), libc::O_WRONLY)?;
+                        self.0.truncate(key, &file, size)?;
+                    }
+                }
+            }
+            if let Some(mode) = mode {
+                cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
+            }
+            if uid.is_some() || gid.is_some() {
+                let uid = uid.unwrap_or(u32::MAX);
+                let gid = gid.unwrap_or(u32::MAX);
+                cvt(unsafe {
+                    libc::fchownat(
+                        fd.as_raw_fd(),
+                        c"".as_ptr(),
+                        uid,
+                        gid,
+                        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                })?;
+            }
+            if atime.is_some() || mtime.is_some() {
+                let times = [timespec(atime), timespec(mtime)];
+                cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
+            }
+            Ok(())
+        })();
+        match r.map_err(errno).and_then(|()| self.getattr_io(ino)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.0.count("readlink");
+        let r = (|| -> io::Result<Vec<u8>> {
+            let (fd, _) = self.0.node(ino).map_err(io_of)?;
+            let mut buf = vec![0u8; libc::PATH_MAX as usize];
+            let n = unsafe {
+                libc::readlinkat(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            buf.truncate(n as usize);
+            Ok(buf)
+        })();
+        match r {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.0.count("mknod");
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(name)?;
+            cvt(unsafe {
+                libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t)
+            })?;
+            self.0.entry(&dir, &name)
+        })();
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.0.count("mkdir");
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(name)?;
+            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })?;
+            self.0.entry(&dir, &name)
+        })();
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.0.count("unlink");
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(name)?;
+            let last = self.0.about_to_unlink(&dir, &name);
+            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+            if let Some(key) = last {
+                self.0.unlinked(key);
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.0.count("rmdir");
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(name)?;
+            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+        })();
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.0.count("symlink");
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(link_name)?;
+            let target = cstring(target.as_os_str())?;
+            cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+            self.0.entry(&dir, &name)
+        })();
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("rename");
+        let r = (|| {
+            let (from, _) = self.0.node(parent).map_err(io_of)?;
+            let (to, _) = self.0.node(newparent).map_err(io_of)?;
+            let name = cstring(name)?;
+            let newname = cstring(newname)?;
+            let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
+            let replaced = if exchange {
+                None
+            } else {
+                self.0.about_to_unlink(&to, &newname)
+            };
+            cvt(unsafe {
+                libc::renameat2(
+                    from.as_raw_fd(),
+                    name.as_ptr(),
+                    to.as_raw_fd(),
+                    newname.as_ptr(),
+                    flags.bits(),
+                )
+            })?;
+            if let Some(key) = replaced {
+                self.0.unlinked(key);
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.0.count("link");
+        let r = (|| {
+            let (fd, _) = self.0.node(ino).map_err(io_of)?;
+            let (dir, _) = self.0.node(newparent).map_err(io_of)?;
+            let name = cstring(newname)?;
+            let path = proc_path(fd.as_raw_fd());
+            cvt(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })?;
+            self.0.entry(&dir, &name)
+        })();
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.0.count("open");
+        let r = (|| {
+            let (fd, key) = self.0.node(ino).map_err(io_of)?;
+            let file = reopen(fd.as_raw_fd(), backing_flags(flags.0))?;
+            if flags.0 & libc::O_TRUNC != 0 {
+                self.0.truncate(key, &file, 0)?;
+            }
+            Ok(self.0.add_handle(file, key))
+        })();
+        match r {
+            // No FOPEN_KEEP_CACHE: every open drops the pages cached of the inode, which a power
+            // loss may have changed.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.0.count("read");
+        let r = self
+            .0
+            .handle(fh)
+            .and_then(|h| read_full(&h.file, offset, size as usize).map_err(errno));
+        match r {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.0.count("write");
+        let r = (|| {
+            let h = self.0.handle(fh).map_err(io_of)?;
+            self.0.change(h.key, h.file.as_raw_fd(), |p| {
+                if let Some(p) = p {
+                    p.record(offset, data.len() as u64, data.len() as u64)?;
+                }
+                h.file.write_all_at(data, offset)
+            })
+        })();
+        match r {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("flush");
+        // Data is in the backing file already; close() makes nothing durable.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("release");
+        lock(&self.0.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("fsync");
+        let r = (|| {
+            let h = self.0.handle(fh).map_err(io_of)?;
+            self.0.make_durable(h.key, || {
+                if datasync {
+                    h.file.sync_data()
+                } else {
+                    h.file.sync_all()
+                }
+            })
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.0.count("opendir");
+        let r = (|| -> io::Result<u64> {
+            let (fd, _) = self.0.node(ino).map_err(io_of)?;
+            let st = fstat(fd.as_raw_fd())?;
+            // Listed once at opendir: offsets then stay stable while the directory changes.
+            let mut entries = vec![
+                DirEntry {
+                    ino: st.st_ino,
+                    kind: FileType::Directory,
+                    name: ".".into(),
+                },
+                DirEntry {
+                    ino: 1,
+                    kind: FileType::Directory,
+                    name: "..".into(),
+                },
+            ];
+            let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            for e in std::fs::read_dir(path)? {
+                let e = e?;
+                let kind = match e.file_type() {
+                    Ok(t) => FileType::from_std(t).unwrap_or(FileType::RegularFile),
+                    Err(_) => FileType::RegularFile,
+                };
+                entries.push(DirEntry {
+                    ino: e.ino(),
+                    kind,
+                    name: e.file_name(),
+                });
+            }
+            let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
+            lock(&self.0.dirs).insert(fh, Arc::new(entries));
+            Ok(fh)
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.0.count("readdir");
+        let Some(entries) = lock(&self.0.dirs).get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            // The offset given is where the next readdir starts.
+            if reply.add(INodeNo(e.ino), i as u64 + 1, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("releasedir");
+        lock(&self.0.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("fsyncdir");
+        // Directory entries are durable at once here; pass the sync on all the same.
+        let r = (|| {
+            let (fd, _) = self.0.node(ino).map_err(io_of)?;
+            let dir = reopen(fd.as_raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            if datasync {
+                dir.sync_data()
+            } else {
+                dir.sync_all()
+            }
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.0.count("statfs");
+        let r = (|| {
+            let (fd, _) = self.0.node(ino).map_err(io_of)?;
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+            Ok(st)
+        })();
+        match r {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.0.count("access");
+        let r = (|| {
+            let (fd, _) = self.0.node(ino).map_err(io_of)?;
+            let path = proc_path(fd.as_raw_fd());
+            cvt(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask.bits(), 0) })
+        })();
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.0.count("create");
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(name)?;
+            // A new file: nothing to undo but its growth, which its writes record.
+            let fd = cvt(unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    backing_flags(flags) | libc::O_CREAT | libc::O_CLOEXEC,
+                    mode,
+                )
+            })?;
+            let file = unsafe { File::from_raw_fd(fd) };
+            let attr = self.0.entry(&dir, &name)?;
+            let key = key_of(&fstat(file.as_raw_fd())?);
+            if flags & libc::O_TRUNC != 0 {
+                self.0.truncate(key, &file, 0)?;
+            }
+            Ok((attr, self.0.add_handle(file, key)))
+        })();
+        match r {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.0.count("fallocate");
+        let r = (|| {
+            let h = self.0.handle(fh).map_err(io_of)?;
+            let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            let zeroes = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+            if mode
+                & !(libc::FALLOC_FL_KEEP_SIZE
+                    | libc::FALLOC_FL_PUNCH_HOLE
+                    | libc::FALLOC_FL_ZERO_RANGE)
+                != 0
+            {
+                // Collapse and insert move data around; nothing here uses them.
+                return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+            }
+            let call = || {
+                cvt(unsafe {
+                    libc::fallocate(
+                        h.file.as_raw_fd(),
+                        mode,
+                        offset as libc::off_t,
+                        length as libc::off_t,
+                    )
+                })
+                .map(drop)
+            };
+            if keep_size && !zeroes {
+                // Space only: nothing a reader can see changes.
+                return call();
+            }
+            self.0.change(h.key, h.file.as_raw_fd(), |p| {
+                if let Some(p) = p {
+                    let len = h.file.metadata()?.len();
+                    let grows = if keep_size {
+                        0
+                    } else {
+                        (offset + length).saturating_sub(len)
+                    };
+                    if zeroes {
+                        p.record(offset, length, length.max(grows))?;
+                    } else if grows > 0 {
+                        p.record(offset, 0, grows)?;
+                    }
+                }
+                call()
+            })
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    // Not served: the kernel then answers EOPNOTSUPP or falls back to reads and writes. Counted,
+    // to see whether the member asks for them.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        self.0.count("getxattr (unsupported)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        self.0.count("listxattr (unsupported)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        self.0.count("lseek (unsupported)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.0.count("copy_file_range (unsupported)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        self.0.count("ioctl (unsupported)");
+        reply.error(Errno::ENOSYS);
+    }
+}
+
+/// A small deterministic generator (splitmix64) for `Keep::Prefix`.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileExt, FileTypeExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use super::{Keep, LossyFs, Report};
+    use crate::support::addresses::LOSSY_MEMBER;
+    use crate::support::loop_fs::LoopFs;
+    use crate::support::{unstarted_http_member, wait_healthy};
+
+    /// `<dir>/backing` mounted on `<dir>/mnt`.
+    fn mounted(dir: &Path) -> (LossyFs, PathBuf, PathBuf) {
+        let backing = dir.join("backing");
+        let mnt = dir.join("mnt");
+        fs::create_dir_all(&backing).unwrap();
+        fs::create_dir_all(&mnt).unwrap();
+        let fs = LossyFs::mount(&backing, &mnt)
+            .unwrap_or_else(|e| panic!("mounting the lossy filesystem on {}: {e}", mnt.display()));
+        let mnt = fs.mountpoint().to_path_buf();
+        (fs, backing, mnt)
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| seed.wrapping_add((i % 251) as u8))
+            .collect()
+    }
+
+    fn synced(path: &Path, data: &[u8]) {
+        let mut f = File::create(path).unwrap();
+        f.write_all(data).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    fn unsynced(path: &Path, data: &[u8]) {
+        File::create(path).unwrap().write_all(data).unwrap();
+    }
+
+    #[test]
+    fn lossy_fs_loses_what_was_not_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fs, backing, m) = mounted(dir.path());
+        let a = pattern(1, 10_000);
+        synced(&m.join("a"), &a);
+        unsynced(&m.join("b"), b"never synced");
+        {
+            // Overwrites part of a synced file, and extends it.
+            let f = OpenOptions::new().write(true).open(m.join("a")).unwrap();
+            f.write_all_at(&[b'X'; 50], 100).unwrap();
+            f.write_all_at(&[b'Y'; 3000], 10_000).unwrap();
+        }
+        File::create(m.join("empty")).unwrap();
+        let c = pattern(2, 4096);
+        synced(&m.join("c"), &c);
+        fs::rename(m.join("c"), m.join("c2")).unwrap();
+        unsynced(&m.join("d"), b"renamed before any fsync");
+        fs::rename(m.join("d"), m.join("d2")).unwrap();
+        let e = pattern(3, 5000);
+        synced(&m.join("e"), &e);
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("e"))
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        synced(&m.join("w"), &[b'w'; 100]);
+        {
+            // The WAL's preallocation, not synced.
+            let f = OpenOptions::new().write(true).open(m.join("w")).unwrap();
+            nix::fcntl::posix_fallocate(&f, 0, 1 << 20).unwrap();
+        }
+        // The kernel has read (and may cache) what is about to be lost.
+        assert_eq!(fs::read(m.join("a")).unwrap()[100], b'X');
+        assert_eq!(fs::metadata(m.join("w")).unwrap().len(), 1 << 20);
+
+        let report = fs.power_loss(Keep::Nothing).unwrap();
+        eprintln!("{report}");
+        assert_eq!(fs::read(m.join("a")).unwrap(), a);
+        assert_eq!(fs::metadata(m.join("a")).unwrap().len(), a.len() as u64);
+        assert_eq!(fs::read(backing.join("a")).unwrap(), a);
+        assert_eq!(fs::read(m.join("b")).unwrap(), b"");
+        assert_eq!(fs::read(m.join("empty")).unwrap(), b"");
+        assert_eq!(fs::read(m.join("c2")).unwrap(), c);
+        assert_eq!(fs::read(m.join("d2")).unwrap(), b"");
+        assert_eq!(fs::read(m.join("e")).unwrap(), e);
+        assert_eq!(fs::read(m.join("w")).unwrap(), [b'w'; 100]);
+        // a (2 writes), b, d, e (a truncate), w (a fallocate). The kernel splits a write that
+        // crosses a page, so changes are not counted exactly.
+        assert_eq!(
+            (report.files, report.files_rolled_back, report.changes_kept),
+            (5, 5, 0)
+        );
+        assert!(report.changes_dropped >= 6, "{report:?}");
+        let mut paths = report.paths.clone();
+        paths.sort();
+        // d by the name it had when written.
+        assert_eq!(paths, ["a", "b", "d", "e", "w"].map(PathBuf::from));
+        assert_eq!(
+            report.bytes_dropped,
+            50 + 3000 + 12 + 24 + 4000 + ((1 << 20) - 100)
+        );
+        assert_eq!(fs.power_loss(Keep::Nothing).unwrap(), Report::default());
+    }
+
+    enum Op {
+        Write(u64, Vec<u8>),
+        Truncate(u64),
+    }
+
+    fn apply(content: &mut Vec<u8>, op: &Op) {
+        match op {
+            Op::Write(at, data) => {
+                let end = *at as usize + data.len();
+                if content.len() < end {
+                    content.resize(end, 0);
+                }
+                content[*at as usize..end].copy_from_slice(data);
+            }
+            Op::Truncate(len) => content.resize(*len as usize, 0),
+        }
+    }
+
+    #[test]
+    fn lossy_fs_keeps_a_prefix_of_unsynced_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fs, _backing, m) = mounted(dir.path());
+        let base = pattern(9, 300);
+        // Appends, an overwrite of synced and unsynced bytes, a cut, a hole and a regrowth: each
+        // prefix leaves a different file.
+        let ops = vec![
+            Op::Write(300, pattern(10, 100)),
+            Op::Write(400, pattern(11, 100)),
+            Op::Write(250, vec![b'Z'; 200]),
+            Op::Write(500, pattern(12, 100)),
+            Op::Truncate(350),
+            Op::Write(700, pattern(13, 10)),
+            Op::Truncate(100),
+            Op::Write(100, pattern(14, 900)),
+        ];
+        let mut states = vec![base.clone()];
+        for op in &ops {
+            let mut next = states.last().unwrap().clone();
+            apply(&mut next, op);
+            states.push(next);
+        }
+        let files = 12;
+        for i in 0..files {
+            let path = m.join(format!("p{i}"));
+            synced(&path, &base);
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            for op in &ops {
+                match op {
+                    Op::Write(at, data) => f.write_all_at(data, *at).unwrap(),
+                    Op::Truncate(len) => f.set_len(*len).unwrap(),
+                }
+            }
+        }
+        let report = fs.power_loss(Keep::Prefix(42)).unwrap();
+        eprintln!("{report}");
+        let mut kept = Vec::new();
+        for i in 0..files {
+            let content = fs::read(m.join(format!("p{i}"))).unwrap();
+            let k = states
+                .iter()
+                .position(|s| *s == content)
+                .unwrap_or_else(|| {
+                    panic!("p{i} ({} bytes) is no prefix of its history", content.len())
+                });
+            kept.push(k);
+        }
+        eprintln!("changes kept per file: {kept:?}");
+        assert_eq!(report.files, files);
+        assert_eq!(report.changes_kept, kept.iter().sum::<usize>());
+        assert_eq!(
+            report.changes_dropped,
+            files * ops.len() - report.changes_kept
+        );
+        assert!(
+            kept.iter().any(|&k| k > 0 && k < ops.len()),
+            "some file should have kept a strict prefix: {kept:?}"
+        );
+        // The same seed over the same history keeps the same prefixes.
+        for i in 0..files {
+            let path = m.join(format!("p{i}"));
+            synced(&path, &base);
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            for op in &ops {
+                match op {
+                    Op::Write(at, data) => f.write_all_at(data, *at).unwrap(),
+                    Op::Truncate(len) => f.set_len(*len).unwrap(),
+                }
+            }
+        }
+        assert_eq!(
+            fs.power_loss(Keep::Prefix(42)).unwrap().changes_kept,
+            report.changes_kept
+        );
+    }
+
+    #[test]
+    fn lossy_fs_passes_sockets_locks_links_and_listings_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_fs, backing, m) = mounted(dir.path());
+        let sock = m.join("s.sock");
+        for round in 0..2 {
+            // As consensus does on every start: remove the stale socket, bind again.
+            let _ = fs::remove_file(&sock);
+            let listener = UnixListener::bind(&sock).unwrap();
+            assert!(
+                fs::metadata(backing.join("s.sock"))
+                    .unwrap()
+                    .file_type()
+                    .is_socket()
+            );
+            let echo = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(&buf).unwrap();
+            });
+            let mut c = UnixStream::connect(&sock).unwrap();
+            c.write_all(b"hello").unwrap();
+            let mut back = [0u8; 5];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"hello", "round {round}");
+            echo.join().unwrap();
+        }
+
+        // RocksDB's LOCK (fcntl) and consensus.lock (flock) stay in the kernel.
+        use std::os::fd::AsRawFd;
+        let l1 = File::create(m.join("LOCK")).unwrap();
+        let l2 = File::open(m.join("LOCK")).unwrap();
+        assert_eq!(
+            unsafe { libc::flock(l1.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        assert_ne!(
+            unsafe { libc::flock(l2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+
+        fs::create_dir(m.join("sub")).unwrap();
+        synced(&m.join("sub/f"), b"linked");
+        fs::hard_link(m.join("sub/f"), m.join("g")).unwrap();
+        std::os::unix::fs::symlink("sub/f", m.join("h")).unwrap();
+        assert_eq!(fs::read_link(m.join("h")).unwrap(), Path::new("sub/f"));
+        assert_eq!(fs::read(m.join("h")).unwrap(), b"linked");
+        assert_eq!(fs::read(m.join("g")).unwrap(), b"linked");
+        let mut names: Vec<String> = fs::read_dir(&m)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["LOCK", "g", "h", "s.sock", "sub"]);
+        File::open(&m).unwrap().sync_all().unwrap();
+        fs::remove_file(m.join("sub/f")).unwrap();
+        fs::remove_dir(m.join("sub")).unwrap();
+        // Unsynced changes of a file with another link left survive the unlink of one name.
+        OpenOptions::new()
+            .append(true)
+            .open(m.join("g"))
+            .unwrap()
+            .write_all(b" and appended")
+            .unwrap();
+        assert_eq!(fs::read(m.join("g")).unwrap(), b"linked and appended");
+    }
+
+    fn statvfs(path: &Path) -> libc::statvfs {
+        let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, 0);
+        st
+    }
+
+    #[test]
+    fn lossy_fs_passes_enospc_through_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = LoopFs::new(&dir.path().join("disk"), 32).expect("a loop filesystem");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let fs = LossyFs::mount(disk.mountpoint(), &mnt).expect("mounting the lossy filesystem");
+        let st = statvfs(&mnt);
+        let size = st.f_blocks * st.f_frsize;
+        assert!(
+            size > 16 << 20 && size <= 32 << 20,
+            "statfs says {size} bytes"
+        );
+
+        let chunk = vec![7u8; 1 << 20];
+        let mut f = File::create(mnt.join("fill")).unwrap();
+        let mut full = None;
+        for _ in 0..64 {
+            if let Err(e) = f.write_all(&chunk) {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = full
+            .or_else(|| f.sync_all().err())
+            .expect("32 MiB should fill up");
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+        drop(f);
+        fs::remove_file(mnt.join("fill")).unwrap();
+        // The kernel releases the closed file asynchronously: its space comes back shortly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = File::create(mnt.join("after"))
+                .and_then(|mut f| f.write_all(&chunk).and_then(|()| f.sync_all()));
+            match r {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("not yet: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("writing after freeing space: {e}"),
+            }
+        }
+        assert_eq!(fs::read(mnt.join("after")).unwrap(), chunk);
+        drop(fs);
+        drop(disk);
+    }
+
+    /// Waits until none of `pids` runs (gone, or a zombie whose files are closed).
+    fn wait_gone(pids: &[i32]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for pid in pids {
+            loop {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+                if stat.is_empty() || state == Some(Some('Z')) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "process {pid} still runs: {stat}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn all_keys(m: &crate::support::Member) -> HashMap<String, String> {
+        let out = m.ctl_ok(&["get", "k", "--prefix"]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
+            .collect()
+    }
+
+    /// How a round of the member test ends.
+    #[derive(Clone, Copy, Debug)]
+    enum Ending {
+        /// kill -9 after sequential puts.
+        Kill,
+        /// A compaction first, which flushes RocksDB (new SSTs and MANIFEST), then more puts.
+        KillAfterFlush,
+        /// kill -9 while puts are in flight.
+        KillDuringPuts,
+        /// SIGTERM, which flushes RocksDB before the processes exit.
+        CleanStop,
+    }
+
+    #[test]
+    fn lossy_fs_under_a_member_keeps_every_acknowledged_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        let data = dir.path().join("lossy-data");
+        fs::create_dir_all(&backing).unwrap();
+        fs::create_dir_all(&data).unwrap();
+        // Mounted before the member is made, so that the member (and its processes) goes first.
+        let fs = LossyFs::mount(&backing, &data).expect("mounting the lossy filesystem");
+        let host = LOSSY_MEMBER;
+        let mut m = unstarted_http_member(
+            dir.path(),
+            "lossy",
+            host,
+            &format!("lossy=http://{host}:2380"),
+            "",
+        );
+        assert_eq!(m.data_dir, data);
+        m.start();
+        wait_healthy(&m, Duration::from_secs(60));
+        let mut acked = HashMap::new();
+        let rounds = [
+            (Ending::Kill, Keep::Prefix(7)),
+            (Ending::KillAfterFlush, Keep::Nothing),
+            (Ending::KillDuringPuts, Keep::Prefix(1234)),
+            (Ending::KillDuringPuts, Keep::Nothing),
+            (Ending::CleanStop, Keep::Nothing),
+            (Ending::KillAfterFlush, Keep::Prefix(99)),
+        ];
+        for (round, (ending, keep)) in rounds.into_iter().enumerate() {
+            let value = |i: usize| format!("v{round}-{i}-{}", "x".repeat(i % 40 * 37));
+            for i in 0..20 {
+                let k = format!("k{round}-{i:02}");
+                m.ctl_ok(&["put", &k, &value(i)]);
+                acked.insert(k, value(i));
+            }
+            if let Ending::KillAfterFlush = ending {
+                let rev = m.status().expect("status")["header"]["revision"]
+                    .as_u64()
+                    .expect("a revision");
+                m.ctl_ok(&["compaction", &(rev - 5).to_string(), "--physical"]);
+                for i in 20..30 {
+                    let k = format!("k{round}-{i:02}");
+                    m.ctl_ok(&["put", &k, &value(i)]);
+                    acked.insert(k, value(i));
+                }
+            }
+            let pids: Vec<i32> = m.pids().into_values().collect();
+            match ending {
+                Ending::Kill | Ending::KillAfterFlush => m.kill9_all(),
+                Ending::KillDuringPuts => {
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let writers: Vec<_> = (0..2)
+                        .map(|w| {
+                            let (endpoint, stop) = (m.endpoint.clone(), stop.clone());
+                            std::thread::spawn(move || {
+                                let mut acked = Vec::new();
+                                let mut i = 100 + w * 1000;
+                                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                    let (k, v) = (format!("k{round}-{i}"), format!("w{w}-{i}"));
+                                    if crate::support::etcdctl(&endpoint, &[], &["put", &k, &v])
+                                        .status
+                                        .success()
+                                    {
+                                        acked.push((k, v));
+                                    }
+                                    i += 1;
+                                }
+                                acked
+                            })
+                        })
+                        .collect();
+                    std::thread::sleep(Duration::from_millis(1500));
+                    m.kill9_all();
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    for w in writers {
+                        let got = w.join().unwrap();
+                        assert!(
+                            !got.is_empty(),
+                            "round {round}: no put went through before the kill"
+                        );
+                        acked.extend(got);
+                    }
+                }
+                Ending::CleanStop => m.stop(),
+            }
+            wait_gone(&pids);
+            let report = fs.power_loss(keep).expect("rolling back");
+            eprintln!("round {round} ({ending:?}, {keep:?}): {report}");
+            m.start();
+            wait_healthy(&m, Duration::from_secs(60));
+            let got = all_keys(&m);
+            for (k, v) in &acked {
+                assert_eq!(
+                    got.get(k),
+                    Some(v),
+                    "round {round}: acknowledged put of {k} lost after {report}\n{}",
+                    m.log_tail()
+                );
+            }
+        }
+        m.stop();
+        let ops = fs.ops();
+        eprintln!("requests served: {ops:?}");
+        // The WAL's preallocation and syncs went through the layer.
+        for op in ["fallocate", "fsync", "write", "mknod", "rename"] {
+            assert!(ops.get(op).copied().unwrap_or(0) > 0, "no {op} in {ops:?}");
+        }
+    }
+}
