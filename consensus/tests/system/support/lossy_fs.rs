@@ -10,10 +10,11 @@
 //! [`LossyFs::power_loss`], called once every process using the mount was killed with -9, rolls
 //! the unsynced changes back, newest first: [`Keep::Nothing`] leaves each file as it was at its
 //! last fsync, [`Keep::Prefix`] keeps a random prefix (in write order) of each file's unsynced
-//! changes, a torn tail as a disk leaves when the power fails mid-write. The mount stays up and
-//! newly started processes see the rolled-back files: entry and attribute TTLs are 0, opens never
-//! keep the kernel's page cache, and the kernel is told to drop what it cached of each rolled-back
-//! inode.
+//! changes, a torn tail as a disk leaves when the power fails mid-write (the first write dropped
+//! may keep its leading 4 KiB blocks; the kernel also hands an unaligned write over in pieces
+//! split at page boundaries, each its own change). The mount stays up and newly started
+//! processes see the rolled-back files: entry and attribute TTLs are 0, opens never keep the
+//! kernel's page cache, and the kernel is told to drop what it cached of each rolled-back inode.
 //!
 //! Simplification: metadata operations (create, mkdir, mknod, symlink, link, rename, unlink,
 //! rmdir) are durable at once. A real filesystem may also lose directory entries that were not
@@ -22,7 +23,7 @@
 //! Undo logs are kept by inode, so a renamed file keeps its own; an unlinked file needs none.
 //!
 //! Runs as root: it reopens backing files read-write to save old bytes whatever their mode, and
-//! mounts with mount(2) (fuser falls back to `fusermount3` elsewhere). Inodes are served as
+//! mounts with mount(2) (fuser falls back to `fusermount3` where that is refused). Inodes are served as
 //! O_PATH descriptors of the backing objects, so renames need no path table; Unix sockets bound in
 //! the mount are made on the backing dir by mknod and found again through the same FUSE inode.
 //! POSIX and flock locks stay in the kernel (fuser does not ask for FUSE's lock ops).
@@ -54,7 +55,8 @@ const TTL: Duration = Duration::ZERO;
 pub enum Keep {
     /// None: every file is as it was at its last fsync.
     Nothing,
-    /// A prefix (in write order) of random length, drawn per file from this seed.
+    /// A prefix (in write order) of random length, drawn per file from this seed; the first
+    /// write it drops may keep its first blocks (4 KiB), as a disk tears a write.
     Prefix(u64),
 }
 
@@ -68,6 +70,8 @@ pub struct Report {
     /// Unsynced changes dropped and kept.
     pub changes_dropped: usize,
     pub changes_kept: usize,
+    /// Of the dropped changes, writes that kept their first blocks (`Keep::Prefix` only).
+    pub torn: usize,
     /// Bytes written (or lengths changed) by the dropped changes.
     pub bytes_dropped: u64,
     /// The files that lost changes, by the path (in the backing dir) they had when first changed
@@ -79,11 +83,13 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "power loss: {} of {} files with unsynced changes rolled back; {} changes ({} bytes) dropped, {} kept",
+            "power loss: {} of {} files with unsynced changes rolled back; {} changes ({} bytes) \
+             dropped ({} writes torn), {} kept",
             self.files_rolled_back,
             self.files,
             self.changes_dropped,
             self.bytes_dropped,
+            self.torn,
             self.changes_kept
         )?;
         let names: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
@@ -182,10 +188,30 @@ impl LossyFs {
                     touched.push(key);
                 }
                 let dropped: Vec<Record> = p.records.drain(kept..).collect();
-                for r in dropped.iter().rev() {
+                // The oldest dropped write may have reached the disk in part, up to a block
+                // boundary, when the power failed in the middle of it.
+                let cut = match (keep, dropped.first()) {
+                    (Keep::Prefix(_), Some(r)) if r.written > 0 => {
+                        let points: Vec<u64> = tear_points(r).collect();
+                        let i = (rng.next() % (points.len() as u64 + 1)) as usize;
+                        points.get(i).copied()
+                    }
+                    _ => None,
+                };
+                for (i, r) in dropped.iter().enumerate().rev() {
                     report.changes_dropped += 1;
-                    report.bytes_dropped += r.lost;
-                    if let Err(e) = p.undo(r) {
+                    let undone = match cut {
+                        Some(cut) if i == 0 => {
+                            report.torn += 1;
+                            report.bytes_dropped += r.offset + r.written - cut;
+                            p.undo_from(r, cut)
+                        }
+                        _ => {
+                            report.bytes_dropped += r.lost;
+                            p.undo(r)
+                        }
+                    };
+                    if let Err(e) = undone {
                         first_error.get_or_insert(e);
                     }
                 }
@@ -234,6 +260,8 @@ struct Record {
     old_len: u64,
     /// Bytes this change wrote or added, for the report.
     lost: u64,
+    /// Bytes written, for a write (which a power loss may tear); 0 for other changes.
+    written: u64,
 }
 
 /// A file's unsynced changes, oldest first, and a read-write descriptor to undo them with.
@@ -261,7 +289,16 @@ impl Pending {
             old,
             old_len,
             lost,
+            written: 0,
         });
+        Ok(())
+    }
+
+    fn record_write(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.record(offset, len, len)?;
+        if let Some(r) = self.records.last_mut() {
+            r.written = len;
+        }
         Ok(())
     }
 
@@ -271,6 +308,25 @@ impl Pending {
         }
         self.file.set_len(r.old_len)
     }
+
+    /// Undoes the write `r` from `cut` on only: the disk got its blocks before `cut`.
+    fn undo_from(&self, r: &Record, cut: u64) -> io::Result<()> {
+        let skip = (cut - r.offset) as usize;
+        if skip < r.old.len() {
+            self.file.write_all_at(&r.old[skip..], cut)?;
+        }
+        self.file.set_len(r.old_len.max(cut))
+    }
+}
+
+/// The unit a torn write keeps or loses whole: a filesystem block.
+const BLOCK: u64 = 4096;
+
+/// Where the write `r` could tear: the block boundaries strictly inside it.
+fn tear_points(r: &Record) -> impl Iterator<Item = u64> {
+    let end = r.offset + r.written;
+    let first = (r.offset / BLOCK + 1) * BLOCK;
+    (first..end).step_by(BLOCK as usize)
 }
 
 struct Node {
@@ -1022,7 +1078,7 @@ impl Filesystem for Server {
             let h = self.0.handle(fh).map_err(io_of)?;
             self.0.change(h.key, h.file.as_raw_fd(), |p| {
                 if let Some(p) = p {
-                    p.record(offset, data.len() as u64, data.len() as u64)?;
+                    p.record_write(offset, data.len() as u64)?;
                 }
                 h.file.write_all_at(data, offset)
             })
@@ -1607,6 +1663,41 @@ mod tests {
         assert_eq!(
             fs.power_loss(Keep::Prefix(42)).unwrap().changes_kept,
             report.changes_kept
+        );
+    }
+
+    #[test]
+    fn lossy_fs_tears_an_unsynced_write_at_a_block_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fs, _backing, m) = mounted(dir.path());
+        let base = pattern(20, 4096);
+        let new = pattern(21, 40_000);
+        let files = 16;
+        for i in 0..files {
+            let path = m.join(format!("t{i}"));
+            synced(&path, &base);
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&new, 4096).unwrap();
+        }
+        let report = fs.power_loss(Keep::Prefix(5)).unwrap();
+        eprintln!("{report}");
+        let mut cuts = Vec::new();
+        for i in 0..files {
+            let content = fs::read(m.join(format!("t{i}"))).unwrap();
+            assert_eq!(content[..4096], base[..], "t{i}: the synced block");
+            let c = content.len() - 4096;
+            assert_eq!(content[4096..], new[..c], "t{i}");
+            assert!(
+                c % 4096 == 0 || c == new.len(),
+                "t{i} torn inside a block: {c}"
+            );
+            cuts.push(c);
+        }
+        eprintln!("bytes of the write kept per file: {cuts:?}");
+        assert!(report.torn > 0, "{report}");
+        assert_eq!(
+            report.torn,
+            cuts.iter().filter(|&&c| c > 0 && c < new.len()).count()
         );
     }
 
