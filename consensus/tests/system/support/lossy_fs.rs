@@ -131,6 +131,8 @@ impl LossyFs {
         config.mount_options = vec![
             MountOption::FSName(format!("lossy:{}", backing.display())),
             MountOption::Subtype("lossy".into()),
+            // The server acts as root; the kernel checks modes against the attributes it serves.
+            MountOption::DefaultPermissions,
         ];
         // The member's processes may run as another user than the test.
         config.acl = SessionACL::All;
@@ -622,6 +624,25 @@ fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// Gives what a request created to the caller, as a kernel filesystem would (the server makes
+/// it as root).
+fn own(dir: &OwnedFd, name: &CStr, req: &Request) -> io::Result<()> {
+    let (uid, gid) = (req.uid(), req.gid());
+    if uid == unsafe { libc::geteuid() } && gid == unsafe { libc::getegid() } {
+        return Ok(());
+    }
+    cvt(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 fn key_of(st: &libc::stat) -> Key {
     (st.st_dev, st.st_ino)
 }
@@ -850,7 +871,7 @@ impl Filesystem for Server {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -865,6 +886,7 @@ impl Filesystem for Server {
             cvt(unsafe {
                 libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t)
             })?;
+            own(&dir, &name, req)?;
             self.0.entry(&dir, &name)
         })();
         match r {
@@ -875,7 +897,7 @@ impl Filesystem for Server {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -887,6 +909,7 @@ impl Filesystem for Server {
             let (dir, _) = self.0.node(parent).map_err(io_of)?;
             let name = cstring(name)?;
             cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })?;
+            own(&dir, &name, req)?;
             self.0.entry(&dir, &name)
         })();
         match r {
@@ -928,7 +951,7 @@ impl Filesystem for Server {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -940,6 +963,7 @@ impl Filesystem for Server {
             let name = cstring(link_name)?;
             let target = cstring(target.as_os_str())?;
             cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+            own(&dir, &name, req)?;
             self.0.entry(&dir, &name)
         })();
         match r {
@@ -1281,7 +1305,7 @@ impl Filesystem for Server {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1303,6 +1327,7 @@ impl Filesystem for Server {
                 )
             })?;
             let file = unsafe { File::from_raw_fd(fd) };
+            own(&dir, &name, req)?;
             let attr = self.0.entry(&dir, &name)?;
             let key = key_of(&fstat(file.as_raw_fd())?);
             if flags & libc::O_TRUNC != 0 {
@@ -1767,6 +1792,32 @@ mod tests {
             .write_all(b" and appended")
             .unwrap();
         assert_eq!(fs::read(m.join("g")).unwrap(), b"linked and appended");
+
+        // Another user's files are that user's, and root's files are not that user's to write.
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::os::unix::process::CommandExt;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(m.join("shared")).unwrap();
+        fs::set_permissions(m.join("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+        let nobody = 65534;
+        let status = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "echo hi > shared/mine && ! (echo no > LOCK) 2>/dev/null",
+            ])
+            .current_dir(&m)
+            .uid(nobody)
+            .gid(nobody)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mine = fs::metadata(m.join("shared/mine")).unwrap();
+        assert_eq!((mine.uid(), mine.gid()), (nobody, nobody));
+        assert_eq!(
+            fs::metadata(backing.join("shared/mine")).unwrap().uid(),
+            nobody
+        );
+        assert_eq!(fs::read(m.join("LOCK")).unwrap(), b"");
     }
 
     fn statvfs(path: &Path) -> libc::statvfs {
