@@ -37,7 +37,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -150,6 +150,25 @@ impl LossyFs {
         &self.mountpoint
     }
 
+    /// From now on, every file fsync waits (its process blocked in it, as in a slow disk's
+    /// flush) until [`LossyFs::release_syncs`]: a power loss in the middle of a sync. A process
+    /// killed with -9 while it waits stays until then, as the kernel waits for the answer.
+    pub fn hold_syncs(&self) {
+        lock(&self.state.hold).on = true;
+    }
+
+    /// How many fsyncs wait now.
+    pub fn held_syncs(&self) -> usize {
+        lock(&self.state.hold).waiting
+    }
+
+    /// Ends the hold: the fsyncs that waited fail with EIO and make nothing durable. For a power
+    /// loss during syncs: hold, kill -9, release, wait for the processes to go, `power_loss`.
+    pub fn release_syncs(&self) {
+        lock(&self.state.hold).on = false;
+        self.state.released.notify_all();
+    }
+
     /// How many requests of each operation the mount served so far.
     pub fn ops(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.state.ops).clone()
@@ -239,6 +258,8 @@ impl LossyFs {
 
 impl Drop for LossyFs {
     fn drop(&mut self) {
+        // A held fsync would keep its process, and so the mount, busy.
+        self.release_syncs();
         let Some(session) = self.session.take() else {
             return;
         };
@@ -363,6 +384,15 @@ struct State {
     backing: PathBuf,
     /// Requests served, by operation.
     ops: Mutex<BTreeMap<&'static str, u64>>,
+    hold: Mutex<Hold>,
+    released: Condvar,
+}
+
+/// Whether file fsyncs wait (`LossyFs::hold_syncs`), and how many do.
+#[derive(Default)]
+struct Hold {
+    on: bool,
+    waiting: usize,
 }
 
 /// Poisoning only says another request panicked; the maps are still consistent.
@@ -396,7 +426,23 @@ impl State {
             pending: Mutex::new(HashMap::new()),
             backing,
             ops: Mutex::new(BTreeMap::new()),
+            hold: Mutex::new(Hold::default()),
+            released: Condvar::new(),
         }
+    }
+
+    /// Waits while fsyncs are held; true if this one was.
+    fn held(&self) -> bool {
+        let mut hold = lock(&self.hold);
+        if !hold.on {
+            return false;
+        }
+        hold.waiting += 1;
+        while hold.on {
+            hold = self.released.wait(hold).unwrap_or_else(|e| e.into_inner());
+        }
+        hold.waiting -= 1;
+        true
     }
 
     fn count(&self, op: &'static str) {
@@ -1150,6 +1196,11 @@ impl Filesystem for Server {
         reply: ReplyEmpty,
     ) {
         self.0.count("fsync");
+        if self.0.held() {
+            // The power failed before this fsync could finish: nothing became durable.
+            reply.error(Errno::EIO);
+            return;
+        }
         let r = (|| {
             let h = self.0.handle(fh).map_err(io_of)?;
             self.0.make_durable(h.key, || {

@@ -423,6 +423,9 @@ enum Ending {
     KillAfterFlush,
     /// kill -9 while puts are in flight.
     KillDuringPuts,
+    /// kill -9 while puts wait in fsyncs that never finish (`LossyFs::hold_syncs`): the WAL has
+    /// an unsynced tail nobody was answered for.
+    KillDuringSyncs,
     /// SIGTERM, which flushes RocksDB before the processes exit.
     CleanStop,
 }
@@ -455,6 +458,8 @@ fn lossy_fs_under_a_member_keeps_every_acknowledged_put() {
         (Ending::KillDuringPuts, Keep::Nothing),
         (Ending::CleanStop, Keep::Nothing),
         (Ending::KillAfterFlush, Keep::Prefix(99)),
+        (Ending::KillDuringSyncs, Keep::Prefix(3)),
+        (Ending::KillDuringSyncs, Keep::Nothing),
     ];
     for (round, (ending, keep)) in rounds.into_iter().enumerate() {
         let value = |i: usize| format!("v{round}-{i}-{}", "x".repeat(i % 40 * 37));
@@ -477,7 +482,7 @@ fn lossy_fs_under_a_member_keeps_every_acknowledged_put() {
         let pids: Vec<i32> = m.pids().into_values().collect();
         match ending {
             Ending::Kill | Ending::KillAfterFlush => m.kill9_all(),
-            Ending::KillDuringPuts => {
+            Ending::KillDuringPuts | Ending::KillDuringSyncs => {
                 use std::sync::Arc;
                 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
                 let stop = Arc::new(AtomicBool::new(false));
@@ -509,7 +514,21 @@ fn lossy_fs_under_a_member_keeps_every_acknowledged_put() {
                 while done.load(Ordering::Relaxed) < 20 && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                if let Ending::KillDuringSyncs = ending {
+                    fs.hold_syncs();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while fs.held_syncs() == 0 {
+                        assert!(
+                            Instant::now() < deadline,
+                            "round {round}: no fsync came to hold"
+                        );
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    // Let a few more writes pile up behind the held sync.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 m.kill9_all();
+                fs.release_syncs();
                 stop.store(true, Ordering::Relaxed);
                 for w in writers {
                     acked.extend(w.join().unwrap());
@@ -524,6 +543,13 @@ fn lossy_fs_under_a_member_keeps_every_acknowledged_put() {
         wait_gone(&pids);
         let report = fs.power_loss(keep).expect("rolling back");
         eprintln!("round {round} ({ending:?}, {keep:?}): {report}");
+        if let (Ending::KillDuringSyncs, Keep::Nothing) = (ending, keep) {
+            // What this round is for: a WAL tail that never became durable.
+            assert!(
+                report.paths.iter().any(|p| p.starts_with("wal")),
+                "round {round}: the WAL lost nothing: {report}"
+            );
+        }
         m.start();
         wait_healthy(&m, Duration::from_secs(60));
         let got = all_keys(&m);
