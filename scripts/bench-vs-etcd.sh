@@ -18,8 +18,9 @@
 #   --no-build   use the release binaries as they are
 #   --bin-dir D  take our binaries from D instead (implies --no-build; bench-smoke.sh runs this
 #                script at a tiny size on the debug build)
-#   --against D  an A/B test of ours: the bursts only, against ours built earlier (binaries in D,
-#                e.g. a copy of target/release) in etcd's place, labelled "base"
+#   --against D  an A/B test of ours against ours built earlier (binaries in D, e.g. a copy of
+#                target/release) in etcd's place, labelled "base": the bursts, and the rounds'
+#                workloads (reads, txns, loaded puts) when --rounds is given too
 #   --halt-poll-ns N  for this run, let an idle vCPU of this (KVM guest) machine poll up to N ns
 #                before it halts (cpuidle-haltpoll's guest_halt_poll_ns; upstream's default is
 #                200000, some hosts boot with 0), restored afterwards. Both systems run under it.
@@ -34,7 +35,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '%s bench-vs-etcd: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-out='' rounds=3 bursts=16 scale=1 build=1 keep=0 bin='' against= halt_poll=''
+out='' rounds='' bursts=16 scale=1 build=1 keep=0 bin='' against= halt_poll=''
 while (($#)); do
   case $1 in
     --out) out=${2:?--out needs a file}; shift 2 ;;
@@ -57,14 +58,15 @@ while (($#)); do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
+if [[ -z $rounds ]]; then
+  rounds=3
+  [[ -n $against ]] && rounds=0
+fi
 [[ $rounds =~ ^[0-9]+$ ]] || die "--rounds must be a number, not $rounds"
 [[ $bursts =~ ^[0-9]+$ ]] || die "--bursts must be a number, not $bursts"
-# What ours is compared with: etcd, or with --against an earlier build of ours (bursts only).
+# What ours is compared with: etcd, or with --against an earlier build of ours.
 other=etcd
-if [[ -n $against ]]; then
-  other=base rounds=0
-  ((bursts)) || die "--against compares in bursts: --bursts must not be 0"
-fi
+[[ -n $against ]] && other=base
 ((rounds + bursts)) || die "nothing to run: --rounds and --bursts are both 0"
 [[ $scale =~ ^[0-9]*\.?[0-9]+$ ]] || die "--scale must be a positive number, not $scale"
 halt_poll_file=/sys/module/haltpoll/parameters/guest_halt_poll_ns
@@ -274,7 +276,11 @@ json_field() { sed -n "s/.*\"$2\":\([-0-9.]*\).*/\1/p" <<<"$1"; }
 run_system() {
   local system=$1 round=$2 dir=$work/$1-round$2 row
   log "round $round: starting $system"
-  if [[ $system == etcd ]]; then start_etcd "$dir"; else start_ours "$dir"; fi
+  case $system in
+    etcd) start_etcd "$dir" ;;
+    base) start_bin=$against start_ours "$dir" ;;
+    *) start_ours "$dir" ;;
+  esac
   wait_ready "$system" "$dir"
   local leader follower
   roles "$endpoints"
@@ -301,7 +307,7 @@ run_system() {
     log "round $round $system '$name': $rps req/s, p99 $p99 ms${errors:+, $errors errors}"
     echo "$json" >>"$work/raw.jsonl"
   done
-  if [[ $system == ours ]] && grep -q "restarting it" "$dir"/*.log 2>/dev/null; then
+  if [[ $system != etcd ]] && grep -q "restarting it" "$dir"/*.log 2>/dev/null; then
     log "round $round: warning: a gateway of ours was restarted during the run (see $dir)"
   fi
   stop_cluster
@@ -311,7 +317,7 @@ run_system() {
 log "work dir $work; $rounds rounds; endpoints $endpoints"
 for round in $(seq 1 "$rounds"); do
   log "round $round: load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  if ((round % 2)); then order=(etcd ours); else order=(ours etcd); fi
+  if ((round % 2)); then order=("$other" ours); else order=(ours "$other"); fi
   for system in "${order[@]}"; do run_system "$system" "$round"; done
 done
 
@@ -385,7 +391,7 @@ awk_lib='
 '
 
 # Medians per system and row, the spread (max-min over the median, for req/s), and the table.
-table=$(awk -F'\t' -v rounds="$rounds" "$awk_lib"'
+table=$(awk -F'\t' -v rounds="$rounds" -v other="$other" "$awk_lib"'
   function spread(list,   a, n, i, lo, hi, m) {
     n = split(list, a, " "); if (n < 2) return ""
     lo = hi = a[1]; for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
@@ -402,23 +408,23 @@ table=$(awk -F'\t' -v rounds="$rounds" "$awk_lib"'
   function paired(n,   k, list, ahead, count) {
     list = ""; ahead = 0; count = 0
     for (k = 1; k <= rounds; k++) {
-      if (!((k, "etcd", n) in in_round) || !((k, "ours", n) in in_round) || in_round[k, "etcd", n] <= 0) continue
-      list = list " " in_round[k, "ours", n] / in_round[k, "etcd", n]; count++
-      if (in_round[k, "ours", n] > in_round[k, "etcd", n]) ahead++
+      if (!((k, other, n) in in_round) || !((k, "ours", n) in in_round) || in_round[k, other, n] <= 0) continue
+      list = list " " in_round[k, "ours", n] / in_round[k, other, n]; count++
+      if (in_round[k, "ours", n] > in_round[k, other, n]) ahead++
     }
     return (count == 0) ? "n/a" : sprintf("%.2fx (%d of %d)", median(list), ahead, count)
   }
   END {
-    print "| workload | etcd req/s | ours req/s | ours/etcd | per round (ours ahead) | etcd p99 ms | ours p99 ms | ours/etcd p99 | spread etcd / ours |"
+    print "| workload | " other " req/s | ours req/s | ours/" other " | per round (ours ahead) | " other " p99 ms | ours p99 ms | ours/" other " p99 | spread " other " / ours |"
     print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for (r = 1; r <= nrows; r++) {
       n = order[r]
-      er = median(rps["etcd", n]); orr = median(rps["ours", n])
-      ep = median(p99["etcd", n]); op = median(p99["ours", n])
+      er = median(rps[other, n]); orr = median(rps["ours", n])
+      ep = median(p99[other, n]); op = median(p99["ours", n])
       note = ""
-      if (errs["etcd", n] > 0) note = note sprintf(" (etcd: %d errors)", errs["etcd", n])
+      if (errs[other, n] > 0) note = note sprintf(" (" other ": %d errors)", errs[other, n])
       if (errs["ours", n] > 0) note = note sprintf(" (ours: %d errors)", errs["ours", n])
-      printf "| %s%s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", n, note, num(er, "%.0f"), num(orr, "%.0f"), ratio(orr, er), paired(n), num(ep, "%.2f"), num(op, "%.2f"), ratio(op, ep), spread(rps["etcd", n]), spread(rps["ours", n])
+      printf "| %s%s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", n, note, num(er, "%.0f"), num(orr, "%.0f"), ratio(orr, er), paired(n), num(ep, "%.2f"), num(op, "%.2f"), ratio(op, ep), spread(rps[other, n]), spread(rps["ours", n])
     }
   }' "$results")
 
@@ -458,7 +464,7 @@ disk=$(df -h --output=source,fstype "$work" 2>/dev/null | tail -n 1 | tr -s ' ')
 # An idle vCPU that halts takes tens of microseconds to wake; what it may poll first matters.
 halt_note=''
 [[ -r $halt_poll_file ]] && halt_note=", guest_halt_poll_ns $(<"$halt_poll_file")$([[ -n $halt_poll ]] && echo " for this run")"
-header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu$halt_note), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds."
+header="Medians of $rounds rounds, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu$halt_note), disk $disk, etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), ours $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet 2>/dev/null || echo '+changes')$([[ $bin == "$target/release" ]] || echo " (binaries from $bin)"). 3 members on 127.0.0.31-33, etcd-bench with all three endpoints (put 1/1: the leader's or a follower's, as named), 8-byte keys, 256-byte values, 10000 keys. Ratios: ours/etcd (req/s: higher is better; p99: lower is better). Per round: the median over the rounds of ours/etcd req/s within each round (both systems run back to back), and in how many rounds ours was ahead. Spread: (max-min)/median of req/s over the rounds.$([[ $other == etcd ]] || echo " In etcd's place: base, our binaries from $against (ratios are ours/base).")"
 bursts_header="Lone puts$([[ -n $halt_poll ]] && echo " (guest_halt_poll_ns $halt_poll for this run)") with both clusters up (ours on ${hosts[*]} and $other on ${burst_hosts[*]}, then both restarted on each other's hosts halfway$([[ $other == etcd ]] || echo "; $other: binaries from $against"); the idle one only heartbeats): $bursts pairs of bursts of $burst_size puts, one system then the other, which goes first alternating; through each system's leader, then a follower. Medians over the bursts; per pair: the median of ours/$other req/s within each pair of bursts, which run seconds apart. p: the chance that ours leads in that many pairs or more if both were equally fast (sign test); below 0.05, ours is faster."
 report=''
 ((rounds)) && report=$(printf '%s\n\n%s\n' "$header" "$table")

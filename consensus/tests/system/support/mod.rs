@@ -460,3 +460,22 @@ pub fn leader_index(members: &[Member], asking: &[usize]) -> usize {
         .position(|m| m.member_id() == Some(leader))
         .unwrap_or_else(|| panic!("leader {leader:x} is none of the members"))
 }
+
+/// Waits until none of `pids` runs (gone, or a zombie whose files are closed).
+pub fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for pid in pids {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            if stat.is_empty() || state == Some(Some('Z')) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} still runs: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

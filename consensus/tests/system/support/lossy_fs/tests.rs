@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::{Keep, LossyFs, Report};
 use crate::support::addresses::LOSSY_MEMBER;
 use crate::support::loop_fs::LoopFs;
-use crate::support::{unstarted_http_member, wait_healthy};
+use crate::support::{unstarted_http_member, wait_gone, wait_healthy};
 
 /// `<dir>/backing` mounted on `<dir>/mnt`.
 fn mounted(dir: &Path) -> (LossyFs, PathBuf, PathBuf) {
@@ -384,25 +384,6 @@ fn lossy_fs_passes_enospc_through_and_recovers() {
     assert_eq!(fs::read(mnt.join("after")).unwrap(), chunk);
     drop(fs);
     drop(disk);
-}
-
-/// Waits until none of `pids` runs (gone, or a zombie whose files are closed).
-fn wait_gone(pids: &[i32]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for pid in pids {
-        loop {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-            if stat.is_empty() || state == Some(Some('Z')) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process {pid} still runs: {stat}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 fn all_keys(m: &crate::support::Member) -> HashMap<String, String> {
