@@ -13,8 +13,9 @@
 //! - every member killed at once and started again;
 //! - a power loss: one member, or every member at once, killed with -9 and its disk rolled back
 //!   to what it had fsynced (all of it, or a random torn prefix of each file's unsynced writes);
-//! - a full disk: every free block of a member's disk taken and its consensus killed, so that
-//!   it fails and restarts on the full disk, then the blocks given back.
+//! - a full disk: every free block of a member's disk taken and, half the time, its consensus
+//!   killed so that it restarts on the full disk (else it runs on until it needs a block), then
+//!   the blocks given back.
 //!
 //! Every member's data dir is on its own disk (`disk::Disk`): a small ext4 loop filesystem under
 //! a FUSE layer that loses unsynced writes (`support::lossy_fs`). Root and /dev/fuse are needed.
@@ -284,20 +285,29 @@ impl Nemesis<'_> {
                 let taken = self.disks[m].fill().unwrap_or_else(|e| {
                     panic!("filling the disk of {}: {e}", self.members[m].name)
                 });
-                // A running member may not need a new block for a while (the WAL preallocates);
-                // a restart on the full disk must fail safely, or come up without losing data.
+                // A running member may not need a new block for a while (the WAL preallocates):
+                // half the time its consensus is killed, and a restart on the full disk must fail
+                // safely or come up without losing data; else it runs on until it needs a block
+                // (RocksDB's flush, the WAL's next segment) and must stop there.
                 let refused = self.members[m].logged_times("No space left on device");
-                let pid = self.members[m].kill9("consensus");
-                std::thread::sleep(hold);
+                let killed = match self.below(2) {
+                    0 => format!(
+                        ", its consensus {} killed",
+                        self.members[m].kill9("consensus")
+                    ),
+                    _ => String::new(),
+                };
+                std::thread::sleep(hold * 2);
                 let refused = self.members[m].logged_times("No space left on device") - refused;
                 self.disks[m].free().unwrap_or_else(|e| {
                     panic!("freeing the disk of {}: {e}", self.members[m].name)
                 });
                 self.log.push(format!(
-                    "disk of {role} {} full ({} MiB taken), its consensus {pid} killed, for {hold:?} \
-                     ({refused} log lines of ENOSPC meanwhile)",
+                    "disk of {role} {} full ({} MiB taken){killed}, for {:?} ({refused} log lines \
+                     of ENOSPC meanwhile)",
                     self.members[m].name,
-                    taken >> 20
+                    taken >> 20,
+                    hold * 2
                 ));
             }
         }
