@@ -207,7 +207,11 @@ pub fn run(config: Config) -> Result<()> {
         first_read,
         request_timeout,
     );
-    let machine = Machine::new(db.clone(), shared.clone());
+    let compacted = shared.clone();
+    let compactor = mvcc::Compactor::start(db.clone(), move |revision| {
+        compacted.compacted_physically(revision)
+    })?;
+    let machine = Machine::new(db.clone(), shared.clone(), compactor);
     core.set_started_empty(started_empty);
     let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
     let name = identity.name.clone();

@@ -1,5 +1,6 @@
 //! The client plane's key-space calls: linearizable and serializable reads (Range, read-only
-//! Txn) on a RocksDB snapshot once the read index allows, and Compact through raft. Writes travel
+//! Txn) on a RocksDB snapshot once the read index allows (on a reader thread unless they touch
+//! single keys only), and Compact through raft. Writes travel
 //! on the write stream instead, which the raft thread serves.
 
 use schema::member_capnp::client_plane;
@@ -41,7 +42,19 @@ pub(super) async fn range(
         or_refuse!(results, state.read_index().await);
     }
     state.settled().await;
-    let resp = or_refuse!(results, View::snapshot(&state.ctx.db).range(&req));
+    let resp = if req.range_end.is_empty() {
+        // One key: a seek or two, served here rather than paying a thread hand-off.
+        View::snapshot(&state.ctx.db).range(&req)
+    } else {
+        // Taken on the reader's own snapshot, which is at least as new as what the read index
+        // and `settled` asked for.
+        let db = state.ctx.db.clone();
+        (state.pools.readers)
+            .run(move || View::snapshot(&db).range(&req))
+            .await
+            .and_then(|r| r)
+    };
+    let resp = or_refuse!(results, resp);
     codec::write_range_response(
         results.get().init_response(),
         &state.header(resp.revision),
@@ -84,7 +97,16 @@ pub(super) async fn txn(
     // etcd serves a read-only txn like a linearizable range, without the raft log.
     or_refuse!(results, state.read_index().await);
     state.settled().await;
-    let resp = or_refuse!(results, View::snapshot(&state.ctx.db).txn(&txn));
+    let resp = if mvcc::is_point_read(&txn) {
+        View::snapshot(&state.ctx.db).txn(&txn)
+    } else {
+        let db = state.ctx.db.clone();
+        (state.pools.readers)
+            .run(move || View::snapshot(&db).txn(&txn))
+            .await
+            .and_then(|r| r)
+    };
+    let resp = or_refuse!(results, resp);
     codec::write_txn_response(
         results.get().init_response(),
         &state.header(resp.revision),
@@ -99,6 +121,7 @@ pub(super) async fn compact(
     mut results: client_plane::CompactResults,
 ) -> capnp::Result<()> {
     let request = params.get()?.get_request()?;
+    let (asked, physical) = (request.get_revision(), request.get_physical());
     let applied = or_refuse!(
         results,
         state
@@ -109,6 +132,10 @@ pub(super) async fn compact(
     let Applied::Compaction { revision } = applied else {
         refuse!(results, unexpected("compaction", &applied));
     };
+    if physical {
+        // As etcd: answered once this member deleted the old versions, not just recorded it.
+        state.ctx.shared.wait_compacted(asked).await;
+    }
     codec::write_header(
         results.get().init_response().init_header(),
         &state.header(revision),

@@ -62,12 +62,16 @@ pub(super) async fn defragment(
     mut results: client_plane::DefragmentResults,
 ) -> capnp::Result<()> {
     let db = state.ctx.db.clone();
-    let took = on_own_thread("defragment", move || {
-        let started = std::time::Instant::now();
-        db.defragment();
-        started.elapsed()
-    })
-    .await?;
+    let took = or_refuse!(
+        results,
+        (state.pools.maintenance)
+            .run(move || {
+                let started = std::time::Instant::now();
+                db.defragment();
+                started.elapsed()
+            })
+            .await
+    );
     info!(
         ?took,
         size = state.ctx.db.size(),
@@ -122,10 +126,10 @@ pub(super) async fn hash_kv(
     let asked = params.get()?.get_revision();
     state.settled().await;
     let db = state.ctx.db.clone();
-    let answer = on_own_thread("hash-kv", move || {
-        mvcc::View::snapshot(&db).hash_kv_at(asked)
-    })
-    .await?;
+    let answer = (state.pools.maintenance)
+        .run(move || mvcc::View::snapshot(&db).hash_kv_at(asked))
+        .await
+        .and_then(|a| a);
     let (hash, compact_revision, revision) = or_refuse!(results, answer);
     let mut r = results.get().init_response();
     codec::write_header(r.reborrow().init_header(), &state.header(revision));
@@ -165,23 +169,4 @@ pub(super) async fn metrics(
         buckets.set(i as u32, load(b));
     }
     Ok(())
-}
-
-/// Runs `work` on a thread of its own and waits for it without blocking this thread, which
-/// serves every other call meanwhile: for passes over the whole database (RocksDB's compaction
-/// of all of it can take seconds).
-async fn on_own_thread<T: Send + 'static>(
-    name: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> capnp::Result<T> {
-    let (done, finished) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let _ = done.send(work());
-        })
-        .map_err(|e| capnp::Error::failed(format!("starting the {name} thread: {e}")))?;
-    finished
-        .await
-        .map_err(|_| capnp::Error::failed(format!("the {name} thread stopped")))
 }

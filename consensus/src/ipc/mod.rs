@@ -6,8 +6,9 @@
 
 //!
 //! Its parts: [`registration`] (the gateways' registrars and the stream sockets), [`kv`] (reads
-//! and compaction), [`maintenance`] (status, defragment, move-leader, hash, metrics) and
-//! [`compaction`] (auto compaction).
+//! and compaction), [`maintenance`] (status, defragment, move-leader, hash, metrics),
+//! [`compaction`] (auto compaction) and [`pool`] (the threads that run long reads and
+//! maintenance, so that this thread never waits for them).
 
 #[macro_use]
 mod refuse {
@@ -36,6 +37,7 @@ mod refuse {
 pub(crate) mod compaction;
 mod kv;
 mod maintenance;
+mod pool;
 mod registration;
 
 use std::os::unix::fs::PermissionsExt;
@@ -62,6 +64,7 @@ use crate::raft::command::{Applied, Command};
 use crate::raft::inbox;
 use crate::storage::Db;
 
+pub(crate) use pool::lower_priority;
 pub use registration::{GatewayConfig, TlsFiles};
 
 pub struct Context {
@@ -77,6 +80,7 @@ pub struct Context {
 
 struct State {
     ctx: Context,
+    pools: pool::Pools,
 }
 
 impl State {
@@ -314,9 +318,16 @@ pub fn run(ctx: Context, sockets: Sockets, ready: std::sync::mpsc::Sender<Result
                 return;
             }
         };
+        let pools = match pool::Pools::start() {
+            Ok(pools) => pools,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
         let mut ctx = ctx;
         let compactor = ctx.compactor.take();
-        let state = Rc::new(State { ctx });
+        let state = Rc::new(State { ctx, pools });
         let peer_bootstrap: peer_registrar::Client =
             capnp_rpc::new_client(registration::PeerRegistrar(state.clone()));
         let client_bootstrap: client_registrar::Client =

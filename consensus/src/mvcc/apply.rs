@@ -183,6 +183,11 @@ impl<'a> Applier<'a> {
         self.revision
     }
 
+    /// The compacted revision, as recorded so far (-1 while never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
     /// Records that every entry up to `index` is applied, in the same batch as its effects.
     pub fn set_applied(&mut self, index: u64) {
         self.batch.put_applied(index);

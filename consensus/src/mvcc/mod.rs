@@ -10,8 +10,9 @@
 //! - `meta`: the current and the compacted revision, updated in the same batch as the rows.
 //!
 //! The sections: the request and response types, the stored record, the read path ([`View`]),
-//! Go's sort (etcd's order of ties), txns, applying ([`Applier`]), compaction, and the checks made
-//! before a request is proposed ([`check_txn`] and the others).
+//! Go's sort (etcd's order of ties), txns, applying ([`Applier`]), compaction (recorded by the
+//! apply, carried out by the [`Compactor`] in the background), and the checks made before a
+//! request is proposed ([`check_txn`] and the others).
 
 mod apply;
 mod compact;
@@ -26,11 +27,14 @@ mod view;
 mod tests;
 
 pub use apply::{Applier, MvccState};
+pub use compact::Compactor;
 pub use types::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
-pub use validate::{check_delete, check_put, check_range, check_txn, txn_is_read_only};
+pub use validate::{
+    check_delete, check_put, check_range, check_txn, is_point_read, txn_is_read_only,
+};
 pub use view::View;
 
 /// The compacted revision of a store that was never compacted (etcd starts at -1 too).

@@ -78,3 +78,14 @@ pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), EtcdError> {
 pub fn txn_is_read_only(t: &TxnRequest) -> bool {
     rules::txn_is_read_only(t)
 }
+
+/// Whether a read touches single keys only (no `range_end` in any range or compare, nested txns
+/// included): a few seeks at most, cheap enough to serve where it arrives.
+pub fn is_point_read(t: &TxnRequest) -> bool {
+    t.compare.iter().all(|c| c.range_end.is_empty())
+        && t.success.iter().chain(&t.failure).all(|op| match op {
+            RequestOp::Range(r) => r.range_end.is_empty(),
+            RequestOp::Txn(n) => is_point_read(n),
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => true,
+        })
+}

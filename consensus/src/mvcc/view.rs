@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::NEVER_COMPACTED;
+use super::compact::{Keep, is_tombstone};
 use super::go_sort;
 use super::record::Record;
 use super::txn::{TxnPath, branch, check_txn_ranges, path_mismatch, txn_path};
@@ -77,20 +78,24 @@ impl<'a> View<'a> {
         if rev < compacted {
             return Err(ee::compacted());
         }
-        let hash = self.hash_kv(rev).map_err(ee::internal)?;
+        let hash = self.hash_kv(rev, compacted).map_err(ee::internal)?;
         Ok((hash, compacted, current))
     }
 
-    /// etcd's HashKV: a hash of every stored version (tombstones included) at or below `rev`, in
-    /// key order. Members that applied the same entries hold the same rows, so they agree; the
-    /// value is ours (SHA-256's first four bytes), not etcd's CRC over bbolt's pages.
-    pub fn hash_kv(&self, rev: i64) -> Result<u32> {
+    /// etcd's HashKV: a hash of the versions at or below `rev` that the compaction at
+    /// `compacted` keeps (tombstones included above it), in key order. Whether the background
+    /// pass has deleted the others yet makes no difference, and members that applied the same
+    /// entries agree; the value is ours (SHA-256's first four bytes), not etcd's CRC over
+    /// bbolt's pages.
+    pub fn hash_kv(&self, rev: i64, compacted: i64) -> Result<u32> {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
+        let mut keep = Keep::new(compacted);
         let mut it = self.read.versions();
         it.seek_to_first();
         while let (Some(row), Some(record)) = (it.row(), it.value()) {
-            if parse_row(row)?.1 <= rev {
+            let (key, row_rev) = parse_row(row)?;
+            if keep.keeps(key, row_rev, is_tombstone(record)) && row_rev <= rev {
                 hash.update((row.len() as u32).to_be_bytes());
                 hash.update(row);
                 hash.update((record.len() as u32).to_be_bytes());
@@ -128,7 +133,7 @@ impl<'a> View<'a> {
             if !f(&user_key, it.value().unwrap_or_default())? || *end == End::Single {
                 break;
             }
-            it.seek_after(&user_key);
+            it.next_key(&user_key);
         }
         it.status("scanning the key space")
     }
@@ -194,11 +199,6 @@ pub(super) type Overlay = BTreeMap<Vec<u8>, Vec<Record>>;
 
 fn visible(versions: &[Record], rev: i64) -> Option<&Record> {
     versions.iter().rev().find(|r| r.mod_revision <= rev)
-}
-
-/// A stored record is a tombstone when its first byte says so; no need to decode the value.
-fn is_tombstone(raw: &[u8]) -> bool {
-    raw.first() == Some(&1)
 }
 
 /// The live keys of the range at `rev`, in key order: how many there are, and the first `keep`

@@ -23,7 +23,7 @@ use crate::cluster::{self, MemberInfo};
 use crate::codec::{self, Proposal};
 use crate::error::{Error, Result};
 use crate::etcd_error::EtcdError;
-use crate::mvcc::{Applier, MvccState};
+use crate::mvcc::{Applier, Compactor, MvccState};
 use crate::storage::Db;
 
 /// What the core needs of the state machine.
@@ -53,17 +53,20 @@ pub(crate) struct Machine {
     /// The revisions and latest-version cache between batches; loaded lazily.
     mvcc: Option<MvccState>,
     shared: Arc<Shared>,
+    /// Deletes what a compaction made garbage, in the background, once its batch is written.
+    compactor: Compactor,
     /// Test-only failpoint (`schema::failpoint::APPLY_WRITE_DELAY`): a pause between answering
     /// applied writes and handing their batch to RocksDB, to make that window wide.
     apply_write_delay: Option<Duration>,
 }
 
 impl Machine {
-    pub(crate) fn new(db: Arc<Db>, shared: Arc<Shared>) -> Machine {
+    pub(crate) fn new(db: Arc<Db>, shared: Arc<Shared>, compactor: Compactor) -> Machine {
         Machine {
             db,
             mvcc: None,
             shared,
+            compactor,
             apply_write_delay: schema::failpoint::pause(schema::failpoint::APPLY_WRITE_DELAY),
         }
     }
@@ -95,6 +98,7 @@ impl StateMachine for Machine {
     fn apply(&mut self, entries: &[Entry], hooks: &mut dyn ApplyHooks) -> Result<i64> {
         let db = self.db.clone();
         let mut applier = Applier::resume(&db, self.state()?);
+        let compacted = applier.compact_revision();
         let mut members: Option<Vec<MemberInfo>> = None;
         let mut members_changed = false;
         for entry in entries {
@@ -149,6 +153,11 @@ impl StateMachine for Machine {
             std::thread::sleep(delay);
         }
         applier.flush()?;
+        if applier.compact_revision() != compacted {
+            // Only now: the pass must not delete what reads below the revision still see
+            // before the batch refusing them is written.
+            self.compactor.notify();
+        }
         self.mvcc = Some(applier.into_state());
         if members_changed {
             let members = cluster::load_members(&self.db)?;

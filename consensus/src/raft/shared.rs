@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     /// Told when `applied` catches up with `answered` after answers left before RocksDB had their
     /// batch: the IPC thread's reads wait on it ([`Shared::settled`]) instead of spinning.
     pub settled_changed: tokio::sync::Notify,
+    /// The newest compaction whose background pass has finished (0 before any), and its
+    /// notice: `Compact` with `physical` waits for it, as in etcd.
+    pub compacted: AtomicI64,
+    pub compacted_changed: tokio::sync::Notify,
     /// The counter behind request IDs (the IPC and raft threads both hand them out).
     pub next_request: AtomicU64,
 }
@@ -81,6 +85,25 @@ impl Shared {
             // Registered before the check, so that a notice between the two is not lost.
             notified.as_mut().enable();
             if self.settled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The background pass of the compaction at `revision` (and every one before) is done.
+    pub(crate) fn compacted_physically(&self, revision: i64) {
+        self.compacted.fetch_max(revision, Ordering::AcqRel);
+        self.compacted_changed.notify_waiters();
+    }
+
+    /// Waits until the background pass of the compaction at `revision` is done.
+    pub(crate) async fn wait_compacted(&self, revision: i64) {
+        loop {
+            let notified = self.compacted_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.compacted.load(Ordering::Acquire) >= revision {
                 return;
             }
             notified.await;

@@ -26,6 +26,9 @@ pub use raft_log::RaftLog;
 use schema::{Cf, META_APPLIED, META_IDENTITY, META_MEMBER_PREFIX};
 pub use schema::{be_u64, parse_row};
 
+/// The compaction whose background pass is under way, and the `kv_key` row it goes on from.
+pub type PassCursor = (i64, Vec<u8>);
+
 /// The member's database. Shared (`Arc`) between the raft thread, which writes, and the IPC
 /// thread, which reads the key space.
 pub struct Db {
@@ -109,6 +112,20 @@ impl Db {
             .get_meta(META_APPLIED)?
             .map(|v| be_u64(&v))
             .unwrap_or(0))
+    }
+
+    /// Where the background pass of a compaction stands: the revision of the last pass that
+    /// finished, and the revision and next row of the one under way (see
+    /// [`crate::mvcc::Compactor`]).
+    pub fn compaction_progress(&self) -> Result<(Option<i64>, Option<PassCursor>)> {
+        let finished = self
+            .get_meta(schema::META_COMPACT_FINISHED)?
+            .map(|v| be_u64(&v) as i64);
+        let cursor = self
+            .get_meta(schema::META_COMPACT_CURSOR)?
+            .filter(|v| v.len() >= 8)
+            .map(|v| (be_u64(&v[..8]) as i64, v[8..].to_vec()));
+        Ok((finished, cursor))
     }
 
     /// The member's identity record, once bootstrapped.
@@ -244,6 +261,23 @@ impl Batch<'_> {
         self.put(Cf::Key, schema::version_row(key, main), record);
     }
 
+    /// The background pass of the compaction at `revision` goes on from `row` next.
+    pub fn put_compaction_cursor(&mut self, revision: i64, row: &[u8]) {
+        let value = [&revision.to_be_bytes()[..], row].concat();
+        self.put(Cf::Meta, schema::META_COMPACT_CURSOR, value);
+    }
+
+    /// The background pass of the compaction at `revision` is done.
+    pub fn put_compaction_finished(&mut self, revision: i64) {
+        self.put(
+            Cf::Meta,
+            schema::META_COMPACT_FINISHED,
+            revision.to_be_bytes(),
+        );
+        self.inner
+            .delete_cf(self.db.cf(Cf::Meta), schema::META_COMPACT_CURSOR);
+    }
+
     /// Deletes one `kv_key` row, as a [`VersionCursor`] found it.
     pub fn delete_version_row(&mut self, row: &[u8]) {
         self.inner.delete_cf(self.db.cf(Cf::Key), row);
@@ -313,6 +347,11 @@ impl VersionCursor<'_> {
         self.0.seek_to_first();
     }
 
+    /// To `row` as stored, or the first row after it.
+    pub fn seek_row(&mut self, row: &[u8]) {
+        self.0.seek(row);
+    }
+
     /// To the newest version of `key` at or below `rev`, or the first row after it.
     pub fn seek_version(&mut self, key: &[u8], rev: i64) {
         self.0.seek(schema::version_row(key, rev));
@@ -321,6 +360,20 @@ impl VersionCursor<'_> {
     /// To the first row after every version of `key`.
     pub fn seek_after(&mut self, key: &[u8]) {
         self.0.seek(schema::after_key_row(key));
+    }
+
+    /// From a version of `key` to the first row after every version of it: a step or two when
+    /// it has few older versions (most keys), a seek past many. Saves a seek per key in scans.
+    pub fn next_key(&mut self, key: &[u8]) {
+        const STEPS: usize = 4;
+        for _ in 0..STEPS {
+            self.0.next();
+            match self.0.key() {
+                Some(row) if schema::is_row_of(row, key) => {}
+                _ => return,
+            }
+        }
+        self.seek_after(key);
     }
 
     pub fn next(&mut self) {

@@ -55,6 +55,11 @@ pub const META_MEMBER_PREFIX: &[u8] = b"cluster/member/";
 pub const META_REVISION: &[u8] = b"mvcc/revision";
 /// The MVCC revision of the last compaction.
 pub const META_COMPACT_REVISION: &[u8] = b"mvcc/compact_revision";
+/// The compaction whose background pass is under way: its revision (big-endian) and the
+/// `kv_key` row it goes on from.
+pub const META_COMPACT_CURSOR: &[u8] = b"mvcc/compact_cursor";
+/// The revision of the last compaction whose background pass finished.
+pub const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
 
 /// Ends the escaped user key of a `kv_key` row; the inverted revision follows.
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
@@ -111,6 +116,24 @@ pub fn after_key_row(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `row` is a version of `key`, without decoding it.
+pub fn is_row_of(row: &[u8], key: &[u8]) -> bool {
+    let mut i = 0;
+    for &b in key {
+        if row.get(i) != Some(&b) {
+            return false;
+        }
+        i += 1;
+        if b == 0 {
+            if row.get(i) != Some(&0xFF) {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    row.get(i..i + 2) == Some(&TERMINATOR[..])
+}
+
 /// Splits a `kv_key` row into the user key and the main revision.
 pub fn parse_row(row: &[u8]) -> Result<(Vec<u8>, i64)> {
     let mut key = Vec::with_capacity(row.len());
@@ -150,7 +173,11 @@ mod tests {
         for (k, row) in keys.iter().zip(&rows) {
             assert_eq!(parse_row(row).unwrap(), (k.to_vec(), 7));
             assert!(after_key_row(k) > *row);
+            assert!(is_row_of(row, k));
         }
+        assert!(!is_row_of(&version_row(b"a\0", 7), b"a"));
+        assert!(!is_row_of(&version_row(b"a", 7), b"a\0"));
+        assert!(!is_row_of(&version_row(b"ab", 7), b"a"));
         // Newer versions sort first.
         assert!(version_row(b"a", 9) < version_row(b"a", 8));
     }

@@ -1,9 +1,13 @@
-//! Maintenance: auto-compaction, MoveLeader and HashKV.
+//! Maintenance: auto-compaction, MoveLeader, HashKV, and compaction and counts over a large key
+//! space.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::value_of;
-use crate::support::addresses::{AUTO_COMPACTION, HASH_KV, MOVE_LEADER};
+use crate::support::addresses::{AUTO_COMPACTION, HASH_KV, LARGE_KEYSPACE, MOVE_LEADER};
 use crate::support::*;
 
 #[test]
@@ -104,4 +108,198 @@ fn hash_kv_agrees_across_members() {
     let before: Vec<u64> = members.iter().map(|m| hash_at(m, revision - 1)).collect();
     assert!(before.iter().all(|h| *h == before[0]), "{before:?}");
     assert_ne!(hashes[0], before[0]);
+}
+
+/// One `GET path` on a fresh connection to `host`:2379: the status code and the body.
+fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect((host, 2379))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}:2379\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((code, body.to_string()))
+}
+
+/// `etcd_server_leader_changes_seen_total` as the member's `/metrics` says.
+fn leader_changes(host: &str) -> f64 {
+    let (code, body) = http_get(host, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_server_leader_changes_seen_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no leader changes in /metrics on {host}"))
+}
+
+/// Writes `keys` keys (`key0000000`, ...) with `value`, 1,000 puts a txn, a few txns at once.
+fn load(endpoint: &str, keys: usize, value: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .unwrap();
+        let chunks: Vec<std::ops::Range<usize>> = (0..keys)
+            .step_by(1000)
+            .map(|s| s..(s + 1000).min(keys))
+            .collect();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for chunk in chunks {
+            let mut kv = client.kv_client();
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .map(|i| etcd_client::TxnOp::put(format!("key{i:07}"), value, None))
+                .collect();
+            pending.push(async move { kv.txn(etcd_client::Txn::new().and_then(ops)).await });
+            if pending.len() >= 4 {
+                futures::StreamExt::next(&mut pending)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        while let Some(r) = futures::StreamExt::next(&mut pending).await {
+            r.unwrap();
+        }
+    });
+}
+
+/// Audit H5: with many keys (200,000, or `H5_KEYS`), `etcdctl compact --physical` and a
+/// concurrent `get "" --prefix --count-only` leave raft alone (no leader change on any member) and `/health`
+/// answering within a second on every member throughout. Before, the compaction scanned every
+/// version on the raft thread, and the count ran on the one IPC thread that Status and
+/// `/health` wait behind.
+#[test]
+fn compaction_and_a_count_over_many_keys_leave_raft_and_health_alone() {
+    let keys: usize = std::env::var("H5_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let members = http_cluster(
+        tmp.path(),
+        "lk",
+        &LARGE_KEYSPACE,
+        "ETCD_MAX_TXN_OPS=\"1000\"\n",
+        &[],
+    );
+    let endpoint = &members[0].endpoint;
+    let started = Instant::now();
+    load(endpoint, keys, "first");
+    load(endpoint, keys, "second");
+    eprintln!("H5: wrote {keys} keys twice in {:?}", started.elapsed());
+    let revision = members[0].status().unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let changes_before: Vec<f64> = LARGE_KEYSPACE.iter().map(|h| leader_changes(h)).collect();
+
+    // Every member's /health, every 100 ms, each on a fresh connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pollers: Vec<_> = LARGE_KEYSPACE
+        .iter()
+        .map(|&host| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut worst, mut bad) = (Duration::ZERO, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let answer = http_get(host, "/health");
+                    let took = asked.elapsed();
+                    worst = worst.max(took);
+                    match answer {
+                        Ok((200, _)) if took <= Duration::from_secs(1) => {}
+                        other => bad.push(format!("{other:?} after {took:?}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (host, worst, bad)
+            })
+        })
+        .collect();
+
+    // What `etcdctl get "" --prefix --count-only` asks (etcdctl 3.4 has no --count-only), over
+    // and over until the compaction is done.
+    let compacting = Arc::new(AtomicBool::new(true));
+    let counter = {
+        let endpoint = members[1].endpoint.clone();
+        let compacting = compacting.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut c = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .unwrap();
+                let mut counts = Vec::new();
+                loop {
+                    let asked = Instant::now();
+                    let opts = etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only();
+                    let resp = c.get("", Some(opts)).await.unwrap();
+                    counts.push((resp.count(), asked.elapsed()));
+                    if !compacting.load(Ordering::Relaxed) {
+                        return counts;
+                    }
+                }
+            })
+        })
+    };
+    let compact_started = Instant::now();
+    let target = (revision - 1).to_string();
+    members[0].ctl_ok(&["compact", &target, "--physical", "--command-timeout=300s"]);
+    let compaction = compact_started.elapsed();
+    compacting.store(false, Ordering::Relaxed);
+    let counts = counter.join().unwrap();
+    let count_took = counts.iter().map(|c| c.1).max().unwrap_or_default();
+    // Until every member has deleted its garbage too (theirs run on their own).
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let health: Vec<_> = pollers.into_iter().map(|p| p.join().unwrap()).collect();
+    let changes_after: Vec<f64> = LARGE_KEYSPACE.iter().map(|h| leader_changes(h)).collect();
+    eprintln!(
+        "H5: {keys} keys: compact --physical took {compaction:?}, {} counts, the slowest {count_took:?}; \
+         /health worst {:?}; leader changes {changes_before:?} -> {changes_after:?}",
+        counts.len(),
+        health
+            .iter()
+            .map(|(h, w, _)| (h.to_string(), *w))
+            .collect::<Vec<_>>()
+    );
+    assert!(counts.iter().all(|c| c.0 == keys as i64), "{counts:?}");
+    for (host, worst, bad) in &health {
+        assert!(bad.is_empty(), "{host}: /health: {bad:?} (worst {worst:?})");
+    }
+    assert_eq!(changes_before, changes_after, "leader changes");
+    // Every member did its own pass, and they hash alike.
+    let hashes: Vec<u64> = members
+        .iter()
+        .map(|m| {
+            let out = m.etcdctl(&["endpoint", "hashkv", "-w", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v[0]["HashKV"]["hash"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    // The compaction took: old revisions are refused, the newest values are there.
+    let old = members[2].etcdctl(&["get", "key0000000", "--rev=2"]);
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("required revision has been compacted"),
+        "{old:?}"
+    );
+    assert_eq!(
+        value_of(&members[2], &format!("key{:07}", keys - 1), &[]).as_deref(),
+        Some("second")
+    );
 }

@@ -38,6 +38,7 @@ pub const DIFF_CLUSTER: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 pub const AUTO_COMPACTION: &str = "127.0.0.14";
 pub const MOVE_LEADER: [&str; 3] = ["127.0.0.66", "127.0.0.67", "127.0.0.68"];
 pub const HASH_KV: [&str; 3] = ["127.0.0.73", "127.0.0.74", "127.0.0.75"];
+pub const LARGE_KEYSPACE: [&str; 3] = ["127.0.0.85", "127.0.0.86", "127.0.0.87"];
 
 // member::apply_and_reads
 pub const BIG_RANGE: &str = "127.0.0.15";
@@ -196,6 +197,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "support::lossy_fs::tests::a_member_keeps_every_acknowledged_put_through_power_losses",
         hosts: &[LOSSY_MEMBER],
+    },
+    Claim {
+        owner: "member::maintenance::compaction_and_a_count_over_many_keys_leave_raft_and_health_alone",
+        hosts: &LARGE_KEYSPACE,
     },
 ];
 
