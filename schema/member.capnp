@@ -300,6 +300,17 @@ interface ClientPlane {
   # A hash of the key space's history up to `revision` (0: the current one), equal on members
   # that applied the same entries (etcd's HashKV; the value is ours, not etcd's).
   hashKv @10 (revision :Int64) -> (error :Status, response :HashKvResponse);
+  # A point-in-time image of this member's state machine (etcd's Maintenance.Snapshot): taken
+  # when called, read in chunks by the caller at its own pace, and deleted once `reader` is
+  # dropped. `totalBytes` is the image's whole length, its trailing SHA-256 included.
+  snapshot @11 () -> (error :Status, reader :SnapshotReader, totalBytes :UInt64,
+                      header :ResponseHeader);
+}
+
+# The next bytes of a snapshot image, at most about `schema::limits::SNAPSHOT_CHUNK_BYTES` a
+# call; an empty chunk once it is all read.
+interface SnapshotReader {
+  read @0 () -> (error :Status, chunk :Data);
 }
 
 # The write stream (protocol 3). Once registered on `client.sock`, the client gateway connects to

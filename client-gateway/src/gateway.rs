@@ -668,7 +668,7 @@ mod tests {
                     ("/etcdserverpb.Lease/LeaseGrant", "LeaseGrant"),
                     ("/etcdserverpb.Auth/AuthEnable", "AuthEnable"),
                     ("/v3lockpb.Lock/Lock", "Lock"),
-                    ("/etcdserverpb.Maintenance/Snapshot", "Snapshot"),
+                    ("/etcdserverpb.Maintenance/Hash", "Hash"),
                     ("/etcdserverpb.Cluster/MemberAdd", "MemberAdd"),
                 ] {
                     raw.ready().await.unwrap();

@@ -120,6 +120,7 @@ pub fn run(config: Config) -> Result<()> {
         return Err(Error::Startup(why.trim().to_string()));
     }
     let db = Db::open(&dir.join("db"))?;
+    crate::storage::image::remove_leftovers(dir)?;
     let cluster::Loaded {
         identity,
         members,
@@ -274,6 +275,7 @@ pub fn run(config: Config) -> Result<()> {
         shared,
         commands: commands_tx,
         request_timeout,
+        data_dir: dir.clone(),
     };
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()

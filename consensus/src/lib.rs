@@ -20,6 +20,7 @@ pub(crate) mod etcd_error;
 pub(crate) mod ipc;
 pub(crate) mod mvcc;
 pub(crate) mod raft;
+pub mod snapshot_cmd;
 pub(crate) mod storage;
 pub(crate) mod streams;
 

@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         eprintln!("consensus: {e}");
         return ExitCode::from(1);
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("snapshot") {
+        return consensus::snapshot_cmd::main(&args[1..]);
+    }
     let config = match Config::from_process() {
         Ok(c) => c,
         Err(e) => {

@@ -64,6 +64,11 @@ pub fn write_stream_frame_limit(max_request_bytes: u64) -> usize {
     bytes.min(crate::stream::MAX_FRAME_BYTES as u64) as usize
 }
 
+/// The most bytes of a snapshot image consensus hands the client gateway per read, which the
+/// gateway sends as one `SnapshotResponse` (etcd sends 32 KiB; larger chunks need fewer round
+/// trips over the Unix socket and stay well below gRPC's 4 MiB message default).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;

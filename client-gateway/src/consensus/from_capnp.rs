@@ -67,7 +67,7 @@ fn header(h: response_header::Reader<'_>) -> ResponseHeader {
 
 /// etcd never sends a response without a header, and clients dereference it; an absent one
 /// becomes an all-zero header rather than a missing field.
-fn header_of(
+pub(crate) fn header_of(
     has: bool,
     h: capnp::Result<response_header::Reader<'_>>,
 ) -> capnp::Result<ResponseHeader> {

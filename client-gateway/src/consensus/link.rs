@@ -121,6 +121,14 @@ impl Link {
         self.call(move |s| s.hash_kv(revision)).await
     }
 
+    /// Starts a snapshot whose chunks go into `sink` (see [`Session::snapshot`]).
+    pub async fn snapshot(
+        &self,
+        sink: crate::consensus::plane::SnapshotSink,
+    ) -> Result<(), Status> {
+        self.call(move |s| s.snapshot(sink)).await
+    }
+
     pub async fn move_leader(&self, target_id: u64) -> Result<MoveLeaderResponse, Status> {
         self.call(move |s| s.move_leader(target_id)).await
     }

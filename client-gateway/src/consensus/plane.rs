@@ -15,8 +15,12 @@ use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
     DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MemberListResponse,
     MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
-    StatusResponse, TxnRequest, TxnResponse,
+    SnapshotResponse, StatusResponse, TxnRequest, TxnResponse,
 };
+
+/// Where the chunks of a snapshot go: a bounded queue to the gRPC stream, so that consensus is
+/// read no faster than the client takes them.
+pub type SnapshotSink = tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>;
 
 /// The plane and write stream of the current registration, with the identity it came with.
 #[derive(Clone)]
@@ -61,6 +65,37 @@ macro_rules! answer {
 }
 
 impl Session {
+    /// Starts etcd's Maintenance.Snapshot: consensus takes the image, then a task of the link
+    /// reads it out chunk by chunk into `sink` ([`pump_snapshot`]). A refusal comes back here.
+    pub async fn snapshot(self, sink: SnapshotSink) -> Result<(), Status> {
+        let reply = self
+            .plane
+            .snapshot_request()
+            .send()
+            .promise
+            .await
+            .map_err(from_capnp::call_failed)?;
+        let results = reply.get().map_err(from_capnp::malformed)?;
+        if results.has_error() {
+            return Err(from_capnp::refusal(
+                results.get_error().map_err(from_capnp::malformed)?,
+            ));
+        }
+        let reader = results.get_reader().map_err(from_capnp::malformed)?;
+        let mut header = Some(
+            from_capnp::header_of(results.has_header(), results.get_header())
+                .map_err(from_capnp::malformed)?,
+        );
+        self.fill(&mut header);
+        tokio::task::spawn_local(pump_snapshot(
+            reader,
+            results.get_total_bytes(),
+            header,
+            sink,
+        ));
+        Ok(())
+    }
+
     pub async fn range(self, req: RangeRequest) -> Result<RangeResponse, Status> {
         let mut call = self.plane.range_request();
         to_capnp::range(&req, call.get().init_request());
@@ -250,4 +285,57 @@ pub struct MemberMetrics {
     pub fsync_nanos: u64,
     /// Per bucket, not cumulative; empty from a consensus that does not count them.
     pub fsync_buckets: Vec<u64>,
+}
+
+/// Reads a snapshot out of consensus into `sink` until it ends, fails, or the client goes away
+/// (then dropping `reader` lets consensus delete the image). The header rides on the first
+/// response, as etcd 3.5 sends it; `remaining_bytes` counts what follows each blob.
+async fn pump_snapshot(
+    reader: schema::member_capnp::snapshot_reader::Client,
+    total: u64,
+    mut header: Option<ResponseHeader>,
+    sink: SnapshotSink,
+) {
+    let mut remaining = total;
+    loop {
+        let chunk = async {
+            let reply = reader
+                .read_request()
+                .send()
+                .promise
+                .await
+                .map_err(from_capnp::call_failed)?;
+            let r = reply.get().map_err(from_capnp::malformed)?;
+            if r.has_error() {
+                return Err(from_capnp::refusal(
+                    r.get_error().map_err(from_capnp::malformed)?,
+                ));
+            }
+            Ok(r.get_chunk().map_err(from_capnp::malformed)?.to_vec())
+        }
+        .await;
+        let next = match chunk {
+            Ok(blob) if blob.is_empty() && remaining == 0 => return,
+            Ok(blob) if blob.is_empty() || blob.len() as u64 > remaining => {
+                Err(Status::internal(format!(
+                    "client gateway: the snapshot from consensus does not match its length \
+                     ({total} bytes; {remaining} left, {} more came)",
+                    blob.len()
+                )))
+            }
+            Ok(blob) => {
+                remaining -= blob.len() as u64;
+                Ok(SnapshotResponse {
+                    header: header.take(),
+                    remaining_bytes: remaining,
+                    blob,
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let failed = next.is_err();
+        if sink.send(next).await.is_err() || failed {
+            return;
+        }
+    }
 }

@@ -1,10 +1,11 @@
 //! The client plane's maintenance and cluster calls: MemberList, Status, Defragment, MoveLeader,
-//! HashKV and the metrics behind `/metrics`.
+//! HashKV, Snapshot and the metrics behind `/metrics`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use schema::member_capnp::client_plane;
+use capnp::capability::Rc as CapRc;
+use schema::member_capnp::{client_plane, snapshot_reader};
 use tracing::info;
 
 use super::State;
@@ -13,6 +14,7 @@ use crate::codec;
 use crate::etcd_error::{self as ee, EtcdError};
 use crate::mvcc;
 use crate::raft::command::Command;
+use crate::storage::image::Image;
 
 /// How often MoveLeader looks whether its target leads yet (etcd: every tick, 100 ms by default).
 const LEADER_TRANSFER_POLL: Duration = Duration::from_millis(20);
@@ -168,5 +170,68 @@ pub(super) async fn metrics(
     for (i, b) in s.fsync_buckets.iter().enumerate() {
         buckets.set(i as u32, load(b));
     }
+    Ok(())
+}
+
+/// An image being read by the client gateway; dropped (and its checkpoint deleted) when the
+/// gateway drops its reference, or this process loses the gateway.
+struct SnapshotReader {
+    image: std::sync::Arc<std::sync::Mutex<Image>>,
+    pool: super::pool::Pool,
+}
+
+impl snapshot_reader::Server for SnapshotReader {
+    async fn read(
+        self: CapRc<Self>,
+        _: snapshot_reader::ReadParams,
+        mut results: snapshot_reader::ReadResults,
+    ) -> capnp::Result<()> {
+        let image = self.image.clone();
+        let chunk = self
+            .pool
+            .run(move || {
+                let mut image = image
+                    .lock()
+                    .map_err(|_| ee::internal("a snapshot reader failed"))?;
+                image
+                    .read_chunk(schema::limits::SNAPSHOT_CHUNK_BYTES)
+                    .map_err(ee::internal)
+            })
+            .await
+            .and_then(|r| r);
+        let chunk = or_refuse!(results, chunk);
+        results.get().set_chunk(&chunk);
+        Ok(())
+    }
+}
+
+/// etcd's Maintenance.Snapshot: a checkpoint of the state machine now (on the maintenance
+/// thread: it flushes RocksDB), read out by the caller through a [`SnapshotReader`].
+pub(super) async fn snapshot(
+    state: &State,
+    _: client_plane::SnapshotParams,
+    mut results: client_plane::SnapshotResults,
+) -> capnp::Result<()> {
+    state.settled().await;
+    let db = state.ctx.db.clone();
+    let dir = state.ctx.data_dir.clone();
+    let image = (state.pools.maintenance)
+        .run(move || Image::create(&db, &dir).map_err(ee::internal))
+        .await
+        .and_then(|r| r);
+    let image = or_refuse!(results, image);
+    info!(
+        bytes = image.total_bytes(),
+        "sending a snapshot of the state machine"
+    );
+    let revision = state.ctx.shared.revision.load(Ordering::Acquire);
+    let mut r = results.get();
+    r.set_total_bytes(image.total_bytes());
+    codec::write_header(r.reborrow().init_header(), &state.header(revision));
+    let reader: snapshot_reader::Client = capnp_rpc::new_client(SnapshotReader {
+        image: std::sync::Arc::new(std::sync::Mutex::new(image)),
+        pool: state.pools.maintenance.clone(),
+    });
+    r.set_reader(reader);
     Ok(())
 }

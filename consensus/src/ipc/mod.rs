@@ -76,6 +76,8 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub commands: inbox::Sender,
     pub request_timeout: Duration,
+    /// The member's data dir: snapshot images are made under it.
+    pub data_dir: std::path::PathBuf,
 }
 
 struct State {
@@ -217,6 +219,14 @@ impl client_plane::Server for ClientPlane {
         results: client_plane::HashKvResults,
     ) -> capnp::Result<()> {
         maintenance::hash_kv(&self.0, params, results).await
+    }
+
+    async fn snapshot(
+        self: CapRc<Self>,
+        params: client_plane::SnapshotParams,
+        results: client_plane::SnapshotResults,
+    ) -> capnp::Result<()> {
+        maintenance::snapshot(&self.0, params, results).await
     }
 
     async fn metrics(

@@ -11,6 +11,7 @@ use crate::etcd_error::{self as ee, EtcdError};
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads taking jobs from one queue, in order. A job waits while every thread is busy.
+#[derive(Clone)]
 pub(crate) struct Pool {
     name: &'static str,
     jobs: mpsc::Sender<Job>,

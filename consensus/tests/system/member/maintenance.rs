@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::value_of;
-use crate::support::addresses::{AUTO_COMPACTION, HASH_KV, LARGE_KEYSPACE, MOVE_LEADER};
+use crate::support::addresses::{
+    AUTO_COMPACTION, HASH_KV, LARGE_KEYSPACE, MOVE_LEADER, SNAPSHOT_SAVE,
+};
 use crate::support::*;
 
 #[test]
@@ -302,4 +304,121 @@ fn compaction_and_a_count_over_many_keys_leave_raft_and_health_alone() {
         value_of(&members[2], &format!("key{:07}", keys - 1), &[]).as_deref(),
         Some("second")
     );
+}
+
+fn snapshot_status(file: &std::path::Path, format: &str) -> std::process::Output {
+    std::process::Command::new(repo().join("scripts/snapshot.sh"))
+        .env("ETCDRS_BIN_DIR", bin_dir())
+        .args([
+            "status".as_ref(),
+            file.as_os_str(),
+            "-w".as_ref(),
+            format.as_ref(),
+        ])
+        .output()
+        .expect("running scripts/snapshot.sh")
+}
+
+/// `etcdctl snapshot save` against a member of ours, with writes going on meanwhile: etcdctl
+/// accepts the stream (length and trailing SHA-256) and exits 0; `scripts/snapshot.sh status`
+/// reads the file and its hash is the member's HashKV at the snapshot's revision; nothing of the
+/// image stays in the data dir; a damaged copy, a cut one and an etcd snapshot are refused with
+/// one line each.
+#[test]
+fn snapshot_save_fetches_an_image_that_status_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = single_http_member(tmp.path(), "snap", SNAPSHOT_SAVE, "");
+    wait_healthy(&m, Duration::from_secs(30));
+    for i in 0..200 {
+        m.ctl_ok(&["put", &format!("key{:03}", i % 50), &"v".repeat(i)]);
+    }
+    m.ctl_ok(&["del", "key007"]);
+    m.ctl_ok(&["compaction", "100"]);
+    let before = m.status().unwrap()["header"]["revision"].as_i64().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (endpoint, stop) = (m.endpoint.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if etcdctl(&endpoint, &[], &["put", "during", &ok.to_string()])
+                    .status
+                    .success()
+                {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    };
+    let file = tmp.path().join("snap.db");
+    let saved = m.etcdctl(&["snapshot", "save", file.to_str().unwrap()]);
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert!(
+        saved.status.success(),
+        "snapshot save failed: {}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&saved.stdout).contains("Snapshot saved at"),
+        "{saved:?}"
+    );
+    assert!(during > 0, "no put went through around the snapshot");
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(len % 512, 32, "etcdctl keeps {len} bytes");
+
+    let out = snapshot_status(&file, "json");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let revision = status["revision"].as_i64().unwrap();
+    let after = m.status().unwrap()["header"]["revision"].as_i64().unwrap();
+    assert!(
+        (before..=after).contains(&revision),
+        "snapshot at {revision}, member at {before} before and {after} after"
+    );
+    assert_eq!(status["totalSize"].as_u64(), Some(len));
+    assert!(status["totalKey"].as_u64().unwrap() >= 100, "{status}");
+    let hashkv = m.etcdctl(&[
+        "endpoint",
+        "hashkv",
+        "-w",
+        "json",
+        &format!("--rev={revision}"),
+    ]);
+    let hashkv: serde_json::Value = serde_json::from_slice(&hashkv.stdout).unwrap();
+    assert_eq!(
+        status["hash"].as_u64(),
+        hashkv[0]["HashKV"]["hash"].as_u64(),
+        "the image's hash against the member's HashKV at {revision}"
+    );
+    let table = String::from_utf8(snapshot_status(&file, "table").stdout).unwrap();
+    assert!(
+        table.contains("| REVISION |") && table.contains(&format!("{revision} |")),
+        "{table}"
+    );
+
+    // The member deleted its checkpoint once the stream ended.
+    let snap_dir = m.data_dir.join("snap");
+    eventually(Duration::from_secs(5), "the image to be deleted", || {
+        let left = std::fs::read_dir(&snap_dir).map_or(0, |d| d.count());
+        (left == 0).then_some(())
+    });
+
+    let bytes = std::fs::read(&file).unwrap();
+    let bad = tmp.path().join("bad.db");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 3] ^= 0x40;
+    for (content, why) in [
+        (flipped, "SHA-256 does not match"),
+        (bytes[..bytes.len() - 100].to_vec(), "truncated"),
+    ] {
+        std::fs::write(&bad, content).unwrap();
+        let out = snapshot_status(&bad, "simple");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("bad.db") && err.contains(why), "{why}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
 }

@@ -36,6 +36,7 @@ pub const DIFF_CLUSTER: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 
 // member::maintenance
 pub const AUTO_COMPACTION: &str = "127.0.0.14";
+pub const SNAPSHOT_SAVE: &str = "127.0.0.117";
 pub const MOVE_LEADER: [&str; 3] = ["127.0.0.66", "127.0.0.67", "127.0.0.68"];
 pub const HASH_KV: [&str; 3] = ["127.0.0.73", "127.0.0.74", "127.0.0.75"];
 pub const LARGE_KEYSPACE: [&str; 3] = ["127.0.0.85", "127.0.0.86", "127.0.0.87"];
@@ -109,6 +110,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::maintenance::auto_compaction_forgets_old_revisions",
         hosts: &[AUTO_COMPACTION],
+    },
+    Claim {
+        owner: "member::maintenance::snapshot_save_fetches_an_image_that_status_reads",
+        hosts: &[SNAPSHOT_SAVE],
     },
     Claim {
         owner: "member::apply_and_reads::a_range_answer_larger_than_64_mib_comes_through",
