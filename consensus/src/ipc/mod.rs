@@ -5,7 +5,8 @@
 //! connection to the raft thread, which carries raft messages on it itself.
 
 //!
-//! Its parts: [`registration`] (the gateways' registrars and the stream sockets), [`kv`] (reads
+//! Its parts: [`registration`] (the gateways' registrars and the stream sockets), [`boot_check`]
+//! (asking the other members about us at a start from an empty data dir), [`kv`] (reads
 //! and compaction), [`maintenance`] (status, defragment, move-leader, hash, metrics) and
 //! [`compaction`] (auto compaction).
 
@@ -33,6 +34,7 @@ mod refuse {
     }
 }
 
+pub(crate) mod boot_check;
 pub(crate) mod compaction;
 mod kv;
 mod maintenance;
@@ -73,6 +75,8 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub commands: inbox::Sender,
     pub request_timeout: Duration,
+    /// The check of a start from an empty data dir, while the boot thread waits for it.
+    pub(crate) boot_check: Option<Arc<boot_check::BootCheck>>,
 }
 
 struct State {
