@@ -1,11 +1,14 @@
 //! Recovery: a member killed with -9 applies again what its database lost, a member whose
-//! storage fails while it applies stops instead of skipping the entry, and a write without a
-//! quorum gets etcd's timeout instead of hanging.
+//! storage fails while it applies stops instead of skipping the entry, a write without a
+//! quorum gets etcd's timeout instead of hanging, and a member whose data dir was wiped refuses
+//! to come back as itself (asking the others first, and on a leader's heartbeat).
 
 use std::time::{Duration, Instant};
 
 use super::value_of;
-use crate::support::addresses::{ALONE_AFTER_KILL, APPLY_FAILURE, NO_QUORUM, REPLAY, WIPED_MEMBER};
+use crate::support::addresses::{
+    ALONE_AFTER_KILL, APPLY_FAILURE, NO_QUORUM, REPLAY, WIPED_ASKS_FIRST, WIPED_MEMBER,
+};
 use crate::support::*;
 
 /// Applied state goes to RocksDB without its WAL, so kill -9 loses what no memtable flush has
@@ -299,6 +302,97 @@ fn a_member_whose_data_dir_was_wiped_cannot_rejoin_as_itself() {
             || (value_of(m, "acked", &[]).as_deref() == Some("yes")).then_some(()),
         );
     }
+    for m in &mut members {
+        m.stop();
+    }
+}
+
+/// etcd's `isMemberBootstrapped`: a member that starts from an empty data dir asks the others
+/// what they know of it before its raft takes part. Three members, A leading: B's consensus is
+/// paused, a put is acknowledged by A and C, A goes down (all three processes killed with -9),
+/// C's data dir is emptied and C started again, and B resumes. B's log lacks the put, so if C
+/// voted with its empty log B would lead without it, and overwrite A's copy once A is back; no
+/// leader's heartbeat reaches C first to tell it (A is down). C must refuse at once, with etcd's
+/// words, because B knows it as published. Then A comes back and leads with the put; C, its data
+/// dir restored, catches up; and the put is on every member, also after the leader's consensus
+/// is killed with -9 and restarted.
+#[test]
+fn a_wiped_member_asks_the_others_and_refuses_before_it_votes() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = http_cluster(tmp.path(), "wa", &WIPED_ASKS_FIRST, "", &[]);
+    let a = leader_index(&members, &[0, 1, 2]);
+    let b = (0..3).find(|i| *i != a).unwrap();
+    let c = (0..3).find(|i| *i != a && *i != b).unwrap();
+    let b_consensus = Pid::from_raw(members[b].pid("consensus"));
+    kill(b_consensus, Signal::SIGSTOP).unwrap();
+    members[a].ctl_ok(&["put", "acked", "yes"]);
+    members[a].kill9("consensus");
+    members[a].kill9_all();
+    members[c].kill9("consensus");
+    members[c].kill9_all();
+    // C's data, kept aside to restore later (etcd's first remedy).
+    let saved = tmp.path().join("c-data-saved");
+    std::fs::rename(&members[c].data_dir, &saved).unwrap();
+    // Its log holds every start: its first one, with the cluster, started raft as a new member.
+    let raft_starts = members[c].logged_times("starting raft as a new member");
+    members[c].start();
+    kill(b_consensus, Signal::SIGCONT).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the wiped member to refuse",
+        || {
+            members[c]
+                .logged("has already been bootstrapped")
+                .then_some(())
+        },
+    );
+    let log = members[c].log_tail();
+    // Refused by the start's own question to B, before raft ran, not by a leader's heartbeat.
+    assert!(
+        members[c].logged("knows it as published"),
+        "refused, but not by asking:\n{log}"
+    );
+    assert_eq!(
+        members[c].logged_times("starting raft as a new member"),
+        raft_starts,
+        "its raft started:\n{log}"
+    );
+    assert!(
+        members[c].data_dir.join("already-bootstrapped").exists(),
+        "{log}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the wiped member's start-node.sh to give up",
+        || members[c].script_exited().then_some(()),
+    );
+    // A is back: with B it elects a leader, which must be A (B's log lacks the put).
+    members[a].start();
+    for i in [a, b] {
+        eventually(
+            Duration::from_secs(60),
+            "the acknowledged put after A is back",
+            || (value_of(&members[i], "acked", &[]).as_deref() == Some("yes")).then_some(()),
+        );
+    }
+    // C with its own data dir again: it takes part and catches up.
+    std::fs::remove_dir_all(&members[c].data_dir).unwrap();
+    std::fs::rename(&saved, &members[c].data_dir).unwrap();
+    members[c].start();
+    wait_healthy(&members[c], Duration::from_secs(60));
+    // And the put survives the leader's consensus being killed and restarted.
+    let leader = leader_index(&members, &[0, 1, 2]);
+    members[leader].kill9("consensus");
+    for m in &members {
+        eventually(
+            Duration::from_secs(60),
+            "the acknowledged put on every member",
+            || (value_of(m, "acked", &[]).as_deref() == Some("yes")).then_some(()),
+        );
+    }
+    members[a].ctl_ok(&["put", "after", "ok"]);
     for m in &mut members {
         m.stop();
     }
