@@ -309,8 +309,8 @@ fn a_member_whose_data_dir_was_wiped_cannot_rejoin_as_itself() {
 
 /// etcd's `isMemberBootstrapped`: a member that starts from an empty data dir asks the others
 /// what they know of it before its raft takes part. Three members, A leading: B's consensus is
-/// paused, a put is acknowledged by A and C, A goes down (all three processes killed with -9),
-/// C's data dir is emptied and C started again, and B resumes. B's log lacks the put, so if C
+/// paused (and its peer gateway killed), a put is acknowledged by A and C, A goes down (all
+/// three processes killed with -9), B resumes, and C's data dir is emptied and C started again. B's log lacks the put, so if C
 /// voted with its empty log B would lead without it, and overwrite A's copy once A is back; no
 /// leader's heartbeat reaches C first to tell it (A is down). C must refuse at once, with etcd's
 /// words, because B knows it as published. Then A comes back and leads with the put; C, its data
@@ -322,12 +322,39 @@ fn a_wiped_member_asks_the_others_and_refuses_before_it_votes() {
     use nix::unistd::Pid;
     let tmp = tempfile::tempdir().unwrap();
     let mut members = http_cluster(tmp.path(), "wa", &WIPED_ASKS_FIRST, "", &[]);
+    // Every member has applied every member's publish, so B knows C as published (a member
+    // paused before it applied C's publish would not, and C would then rightly proceed).
+    for m in &members {
+        eventually(
+            Duration::from_secs(30),
+            "every member's table to have every member published",
+            || {
+                let out = m.etcdctl(&["member", "list", "-w", "json"]);
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let list = v["members"].as_array()?;
+                let published = |m: &serde_json::Value| {
+                    m["clientURLs"].as_array().is_some_and(|u| !u.is_empty())
+                };
+                (list.len() == 3 && list.iter().all(published)).then_some(())
+            },
+        );
+    }
     let a = leader_index(&members, &[0, 1, 2]);
     let b = (0..3).find(|i| *i != a).unwrap();
     let c = (0..3).find(|i| *i != a && *i != b).unwrap();
     let b_consensus = Pid::from_raw(members[b].pid("consensus"));
     kill(b_consensus, Signal::SIGSTOP).unwrap();
+    // And B's peer gateway, or what A sends B meanwhile would wait in B's raft stream and reach
+    // B's raft as it resumes. start-node.sh starts another, which cannot register (and so has
+    // no transport) until B's consensus resumes, when A is gone.
+    members[b].kill9("peer-gateway");
     members[a].ctl_ok(&["put", "acked", "yes"]);
+    let a_id = members[a].member_id();
+    assert_eq!(
+        members[a].leader_and_term().map(|(leader, _)| leader),
+        a_id,
+        "A no longer leads: the scenario needs the put acknowledged by A and C"
+    );
     members[a].kill9("consensus");
     members[a].kill9_all();
     members[c].kill9("consensus");
@@ -337,17 +364,18 @@ fn a_wiped_member_asks_the_others_and_refuses_before_it_votes() {
     std::fs::rename(&members[c].data_dir, &saved).unwrap();
     // Its log holds every start: its first one, with the cluster, started raft as a new member.
     let raft_starts = members[c].logged_times("starting raft as a new member");
-    members[c].start();
     kill(b_consensus, Signal::SIGCONT).unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the wiped member to refuse",
-        || {
-            members[c]
-                .logged("has already been bootstrapped")
-                .then_some(())
-        },
-    );
+    members[c].start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !members[c].logged("has already been bootstrapped") {
+        assert!(
+            Instant::now() < deadline,
+            "the wiped member did not refuse:\n{}\n--- B ---\n{}",
+            members[c].log_tail(),
+            members[b].log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = members[c].log_tail();
     // Refused by the start's own question to B, before raft ran, not by a leader's heartbeat.
     assert!(
