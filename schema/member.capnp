@@ -69,12 +69,30 @@ struct RaftMessage {
 interface PeerRegistrar {
   register @0 (version :UInt32, gateway :PeerGateway)
       -> (identity :Identity, config :PeerGatewayConfig, plane :PeerPlane);
+  # The member table as this consensus has applied it (names and client URLs once published):
+  # what the peer gateway answers another member's cluster query with (etcd's `/members` on the
+  # peer port). An older consensus answers "unimplemented", and the query goes unanswered.
+  members @1 () -> (members :List(Member));
 }
 
 # Served by the peer gateway, called by consensus.
 interface PeerGateway {
   send @0 (messages :List(RaftMessage)) -> ();     # protocol 1 only; now PeerFrame.messages
   membersChanged @1 (members :List(Member)) -> ();
+  # Asks every other member's peer gateway, over QUIC and after the same handshake as raft
+  # traffic, for its consensus's member table; answers within `timeoutMs` with the views of the
+  # members that answered (etcd's getClusterFromRemotePeers). It answers early once every member
+  # answered, or once one knows `publishedId` as published (non-empty client URLs). Consensus calls
+  # it once, at a start that bootstrapped an empty data dir, before raft takes part. An older
+  # gateway answers "unimplemented", and consensus proceeds as if nobody answered.
+  askMembers @2 (timeoutMs :UInt32, publishedId :UInt64) -> (views :List(PeerView));
+}
+
+# One member's view of the cluster's members, as its peer gateway answers a cluster query: on
+# QUIC (one length-prefixed frame, see peer-gateway's transport) and in PeerGateway.askMembers.
+struct PeerView {
+  memberId @0 :UInt64;       # who answered (in askMembers: the peer the answer came from)
+  members @1 :List(Member);
 }
 
 # Served by consensus, called by the peer gateway (protocol 1 only; since 2 these travel as

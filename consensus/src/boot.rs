@@ -1,5 +1,9 @@
 //! Starts a member's consensus process: locks the data dir, opens storage, settles the identity,
-//! then runs the raft thread and the IPC thread until SIGTERM or SIGINT.
+//! starts the IPC thread, and, when this start bootstrapped an empty data dir of a cluster with
+//! other members, asks them through the peer gateway whether they know this member already
+//! ([`crate::ipc::boot_check`], etcd's `isMemberBootstrapped`): if one does, the member lost its
+//! data and refuses to start. Only then does the raft thread start, so a wiped member never
+//! votes. Both run until SIGTERM or SIGINT.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +19,7 @@ use crate::cluster::MemberInfo;
 use crate::cluster::{self, ids};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ipc::boot_check::{BootCheck, Outcome};
 use crate::ipc::{self, Context, GatewayConfig, Sockets, TlsFiles};
 use crate::mvcc;
 use crate::raft::apply::Machine;
@@ -101,6 +106,24 @@ const ALREADY_BOOTSTRAPPED: &str = "already-bootstrapped";
 /// How long a starting consensus waits for the data dir's lock.
 const DATA_DIR_LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a start from an empty data dir waits for the other members to say whether they know
+/// it (and as long for its peer gateway to register first): etcd's peer dial timeout, a second
+/// plus one election timeout.
+fn bootstrap_check_timeout(config: &Config) -> Duration {
+    Duration::from_millis(1000 + config.election_timeout)
+}
+
+/// Refuses to go on as a member that has already been bootstrapped, as etcd does: one line in the
+/// log and on stderr, kept in the data dir so that no restart takes part either, and exit 1.
+fn refuse_as_bootstrapped(marker: &std::path::Path, why: &str) -> ! {
+    if let Err(e) = fs::write(marker, why) {
+        error!("cannot write {}: {e}", marker.display());
+    }
+    error!("{why}");
+    eprintln!("consensus: {why}");
+    std::process::exit(1);
+}
+
 pub fn run(config: Config) -> Result<()> {
     // Block the stop signals before any thread exists, so that only the wait below receives them.
     let mut stop = SigSet::empty();
@@ -139,6 +162,7 @@ pub fn run(config: Config) -> Result<()> {
         );
     }
     let revision = mvcc::View::snapshot(&db).current_revision()?;
+    let others = members.iter().any(|m| m.id != identity.member_id);
     let own_peer_urls = members
         .iter()
         .find(|m| m.id == identity.member_id)
@@ -217,34 +241,15 @@ pub fn run(config: Config) -> Result<()> {
     let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
     let name = identity.name.clone();
     let member = ids::format_id(identity.member_id);
-    let refused_file = refused.clone();
-    let refused_dir = dir.clone();
-    std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || {
-            match raft_loop.run() {
-                Ok(()) => {}
-                Err(Error::AlreadyBootstrapped { leader }) => {
-                    // As etcd refuses it. Kept in the data dir, so that no restart takes part.
-                    let why = format!(
-                        "member {name} ({member}) has already been bootstrapped: leader \
-                         {leader:x} holds entries it acknowledged before its data dir {} was \
-                         emptied; restore the data dir, or remove the member (etcdctl member \
-                         remove {member}) and add it again with an empty one",
-                        refused_dir.display()
-                    );
-                    let _ = fs::write(&refused_file, &why);
-                    error!("{why}");
-                    eprintln!("consensus: {why}");
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    error!("raft loop stopped: {e}");
-                    std::process::exit(1);
-                }
-            }
-        })
-        .map_err(|e| Error::io("starting the raft thread", e))?;
+    // Only a start that bootstrapped the data dir asks, and only when there is anyone to ask.
+    let ask =
+        started_empty && others && !schema::failpoint::set(schema::failpoint::SKIP_BOOTSTRAP_CHECK);
+    let (boot_check, check_events) = if ask {
+        let (check, events) = BootCheck::new(identity.member_id, bootstrap_check_timeout(&config));
+        (Some(check), Some(events))
+    } else {
+        (None, None)
+    };
 
     let sockets = Sockets {
         peer: schema::peer_socket(dir),
@@ -276,6 +281,7 @@ pub fn run(config: Config) -> Result<()> {
         commands: commands_tx,
         request_timeout,
         data_dir: dir.clone(),
+        boot_check: boot_check.clone(),
     };
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -291,6 +297,50 @@ pub fn run(config: Config) -> Result<()> {
             ));
         }
     }
+    if let (Some(check), Some(events)) = (boot_check, check_events) {
+        info!(
+            "this start bootstrapped an empty data dir: asking the other members whether they \
+             know this member already"
+        );
+        match check.wait(&events) {
+            Outcome::Published { by, member: known } => {
+                let why = format!(
+                    "member {name} ({member}) has already been bootstrapped: member {by:x} knows \
+                     it as published (client URLs {}), but its data dir {} was empty at this \
+                     start; restore the data dir, or remove the member (etcdctl member remove \
+                     {member}) and add it again with an empty one",
+                    known.client_urls.join(","),
+                    dir.display()
+                );
+                refuse_as_bootstrapped(&refused, &why);
+            }
+            Outcome::Proceed(why) => info!("starting raft as a new member: {why}"),
+        }
+    }
+    let refused_dir = dir.clone();
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            match raft_loop.run() {
+                Ok(()) => {}
+                // The second line of defence, should no member have answered at start.
+                Err(Error::AlreadyBootstrapped { leader }) => {
+                    let why = format!(
+                        "member {name} ({member}) has already been bootstrapped: leader \
+                         {leader:x} holds entries it acknowledged before its data dir {} was \
+                         emptied; restore the data dir, or remove the member (etcdctl member \
+                         remove {member}) and add it again with an empty one",
+                        refused_dir.display()
+                    );
+                    refuse_as_bootstrapped(&refused, &why);
+                }
+                Err(e) => {
+                    error!("raft loop stopped: {e}");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the raft thread", e))?;
     info!(
         name = identity.name,
         member = ids::format_id(identity.member_id),

@@ -6,6 +6,9 @@
 //!   send to peers; we write the ones peers sent us and the transport's reports. Nothing is
 //!   answered: a reply per batch cost a process wake-up on every hop of a replicated write.
 //!
+//! Cluster queries between members (a starting member asking the others what they know of it)
+//! are answered and asked in [`views`].
+//!
 //! Losing either connection means consensus is gone: register again, then connect the stream again.
 //! The [`Transport`] and the tasks turning its [`Events`] into frames live as long as the process;
 //! they queue frames to the current stream's writer task, which writes whatever queued up in one
@@ -28,6 +31,8 @@ use crate::error::{Error, Result};
 use crate::peer_url::PeerUrl;
 use crate::tls::{self, Restriction, TlsFiles};
 use crate::transport::{Events, Inbound, Peer, Report, Transport, TransportConfig};
+
+mod views;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -89,6 +94,9 @@ struct State {
     /// Frames for consensus, queued to the current raft stream's writer. None while the stream
     /// is not connected: inbound messages and reports are dropped then.
     link: RefCell<Option<mpsc::Sender<Queued>>>,
+    /// The registrar of the current connection to consensus, which answers peers' cluster
+    /// queries (`members`). None while not registered.
+    registrar: RefCell<Option<peer_registrar::Client>>,
 }
 
 /// Registers with consensus, again whenever the connection ends. Returns only on a fatal error:
@@ -104,10 +112,12 @@ pub async fn run(socket: PathBuf) -> Result<()> {
     let mut quiet = false;
     loop {
         match register(&socket, &gateway).await {
-            Ok((registration, done)) => {
+            Ok((registration, registrar, done)) => {
                 state.apply(registration)?;
+                *state.registrar.borrow_mut() = Some(registrar);
                 backoff = MIN_BACKOFF;
                 let why = state.serve_stream(&raft_socket, done).await;
+                state.registrar.borrow_mut().take();
                 warn!("lost consensus ({why}); registering again");
                 quiet = true;
             }
@@ -134,7 +144,7 @@ pub async fn run(socket: PathBuf) -> Result<()> {
 async fn register(
     socket: &Path,
     gateway: &peer_gateway::Client,
-) -> Result<(Registration, schema::Connection)> {
+) -> Result<(Registration, peer_registrar::Client, schema::Connection)> {
     let (registrar, done) = schema::dial::<peer_registrar::Client>(socket)
         .await
         .map_err(Error::ConsensusUnreachable)?;
@@ -159,7 +169,7 @@ async fn register(
         members: read_members(identity.get_members()?)?,
         listen: read_listen_config(reply.get_config()?)?,
     };
-    Ok((registration, done))
+    Ok((registration, registrar, done))
 }
 
 impl State {
@@ -210,7 +220,12 @@ impl State {
         })?;
         info!("listening for peers on {:?}", transport.local_addrs());
         tokio::task::spawn_local(report_counters(self.clone(), counters.clone()));
-        let Events { inbound, reports } = events;
+        let Events {
+            inbound,
+            reports,
+            queries,
+        } = events;
+        tokio::task::spawn_local(views::answer_queries(self.clone(), queries));
         tokio::task::spawn_local(deliver_inbound(
             self.clone(),
             inbound,
@@ -568,6 +583,21 @@ impl Gateway {
 }
 
 impl peer_gateway::Server for Gateway {
+    /// Waits for the network (at most the call's timeout): consensus calls it once, before its
+    /// raft takes part, and waits for the answer on purpose.
+    fn ask_members(
+        self: Rc<Self>,
+        params: peer_gateway::AskMembersParams,
+        results: peer_gateway::AskMembersResults,
+    ) -> impl Future<Output = capnp::Result<()>> + 'static {
+        let state = self.state.clone();
+        async move {
+            views::ask_members(state, params, results)
+                .await
+                .map_err(|e| capnp::Error::failed(e.to_string()))
+        }
+    }
+
     // Awaits nothing: consensus must never wait on the network.
     fn members_changed(
         self: Rc<Self>,

@@ -34,6 +34,10 @@ pub enum Error {
     FrameTooLarge { len: u64, limit: usize },
     #[error("stream ended in the middle of a frame")]
     Truncated,
+    #[error("malformed cluster query or answer: {0}")]
+    MalformedMembers(String),
+    #[error("member {0:x} is not in the member table")]
+    UnknownPeer(u64),
     #[error("stream I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("QUIC connect to {addr} failed: {source}")]

@@ -8,6 +8,9 @@
 //!
 //! This module knows nothing of consensus: messages go in through [`Transport::send`] and come
 //! out of [`Events::inbound`]; what consensus must hear about comes out of [`Events::reports`].
+//! Beside raft traffic, the same connections carry cluster queries ([`members`]): a member asks
+//! another for its member table with [`Transport::ask_members`], and the queries peers send us
+//! come out of [`Events::queries`] for the link to consensus to answer.
 //!
 //! Memory is bounded by bytes (audit M2), with etcd's defaults:
 //! - a message is at most [`TransportConfig::max_message`] (about 3.6 MiB, from
@@ -21,6 +24,7 @@
 
 mod frame;
 mod handshake;
+pub mod members;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +46,7 @@ use crate::peer_url::PeerUrl;
 use crate::tls::PeerTls;
 use frame::{STREAM_MESSAGES, STREAM_SNAPSHOT};
 use handshake::{ACCEPTED, HELLO_LEN, Hello, MAX_REASON, REFUSED, Refusal, WIRE_VERSION};
+pub use members::MembersQuery;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Messages waiting for one peer's connection; beyond this they are dropped (raft resends).
@@ -62,6 +67,11 @@ pub const INBOUND_BYTES: usize = 64 << 20;
 const RECEIVE_WINDOW: u32 = 16 << 20;
 /// Streams a peer may have open on one connection: one for messages each way and a spare.
 const MAX_UNI_STREAMS: u32 = 16;
+/// Bidirectional streams a peer may have open on one connection: the handshake's, then cluster
+/// queries ([`members`]), which are short.
+const MAX_BI_STREAMS: u32 = 4;
+/// Cluster queries from peers waiting for consensus's answer; more are not answered.
+const QUERIES_LEN: usize = 16;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// consensus hears that a peer is unreachable at most this often per peer.
@@ -134,6 +144,8 @@ pub enum Report {
 pub struct Events {
     pub inbound: mpsc::Receiver<Inbound>,
     pub reports: mpsc::UnboundedReceiver<Report>,
+    /// Cluster queries from peers, to answer with consensus's member table.
+    pub queries: mpsc::Receiver<MembersQuery>,
 }
 
 /// Why [`Transport::send`] dropped a message.
@@ -172,6 +184,7 @@ struct Shared {
     max_message: usize,
     counters: Arc<Counters>,
     reports: mpsc::UnboundedSender<Report>,
+    queries: mpsc::Sender<MembersQuery>,
     /// When we last logged a failed inbound connection, per remote address.
     accept_log: Mutex<HashMap<SocketAddr, Instant>>,
     /// Test-only failpoint (`schema::failpoint::PEER_SEND_DELAY`): how long each batch of
@@ -206,6 +219,8 @@ struct PeerLink {
     shared_conn: Mutex<Option<Connection>>,
     /// Batches of messages sent on `shared_conn` (for tests and debugging).
     shared_batches: std::sync::atomic::AtomicU64,
+    /// The connection we dialed to the peer, while it is up: cluster queries go on it.
+    own_conn: Mutex<Option<Connection>>,
 }
 
 impl PeerLink {
@@ -215,6 +230,15 @@ impl PeerLink {
             .as_ref()
             .filter(|c| c.close_reason().is_none())
             .cloned()
+    }
+
+    /// A connection to the peer that passed the handshake, ours first.
+    fn any_conn(&self) -> Option<Connection> {
+        lock(&self.own_conn)
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+            .or_else(|| self.shared_conn())
     }
 
     fn report_unreachable(&self, reports: &mpsc::UnboundedSender<Report>, id: u64) {
@@ -267,6 +291,7 @@ impl Transport {
 
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_LEN);
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (queries_tx, queries_rx) = mpsc::channel(QUERIES_LEN);
         let shared = Arc::new(Shared {
             cluster_id: config.cluster_id,
             member_id: config.member_id,
@@ -281,6 +306,7 @@ impl Transport {
             max_message: config.max_message,
             counters,
             reports: reports_tx,
+            queries: queries_tx,
             accept_log: Mutex::new(HashMap::new()),
             send_delay: schema::failpoint::pause(schema::failpoint::PEER_SEND_DELAY),
         });
@@ -299,6 +325,7 @@ impl Transport {
             Events {
                 inbound: inbound_rx,
                 reports: reports_rx,
+                queries: queries_rx,
             },
         ))
     }
@@ -365,6 +392,38 @@ impl Transport {
         };
         peer.link.report_unreachable(&shared.reports, to);
         Err(dropped)
+    }
+
+    /// The other members of the table.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = lock(&self.shared.peers).keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Asks member `id` for its member table (a cluster query, see [`members`]): waits until a
+    /// connection to it passed the handshake, and asks again on a new one when the connection
+    /// is lost meanwhile, so the caller bounds it with a timeout. Returns the answer's bytes (an
+    /// encoded `PeerView`, which this module does not read); an error for an answer that is
+    /// malformed or too large, or when the peer refuses the query.
+    pub async fn ask_members(&self, id: u64) -> Result<Vec<u8>> {
+        let link = lock(&self.shared.peers)
+            .get(&id)
+            .map(|p| p.link.clone())
+            .ok_or(Error::UnknownPeer(id))?;
+        loop {
+            if let Some(conn) = link.any_conn() {
+                match members::ask(&conn).await {
+                    Ok(answer) => return Ok(answer),
+                    // The connection went away under the query: ask on the next one.
+                    Err(e) if conn.close_reason().is_some() => {
+                        debug!("cluster query to member {id:x} lost with its connection: {e}")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// What this transport and its TLS verifiers counted.
@@ -464,6 +523,7 @@ fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     // What a peer can make us buffer, whatever it sends (see the module comment).
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BI_STREAMS));
     Arc::new(t)
 }
 
@@ -566,9 +626,11 @@ async fn run_peer(
                 });
                 // Whatever was queued for an earlier connection is stale by now.
                 drain(&shared, id, &link, &mut queue);
+                *lock(&link.own_conn) = Some(conn.clone());
                 link.connected.store(true, Ordering::Release);
                 let why = pump(&shared, id, &conn, &link, &mut queue).await;
                 link.connected.store(false, Ordering::Release);
+                lock(&link.own_conn).take();
                 conn.close(VarInt::from_u32(code::RECONNECT), b"reconnecting");
                 drain(&shared, id, &link, &mut queue);
                 info!("connection to member {id:x} at {target} ended: {why}");
@@ -826,17 +888,35 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
-/// Reads every stream the peer opens until the connection ends.
+/// Reads every stream the peer opens until the connection ends: unidirectional ones carry raft
+/// messages, bidirectional ones cluster queries.
 async fn read_streams(shared: &Shared, conn: Connection, from: u64) {
     loop {
-        match conn.accept_uni().await {
-            Ok(stream) => {
-                tokio::spawn(read_stream(StreamReader::of(shared), stream, from));
-            }
-            Err(e) => {
-                debug!("connection from member {from:x} ended: {e}");
-                return;
-            }
+        let ended = tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(stream) => {
+                    tokio::spawn(read_stream(StreamReader::of(shared), stream, from));
+                    None
+                }
+                Err(e) => Some(e),
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    tokio::spawn(members::answer(
+                        send,
+                        recv,
+                        from,
+                        shared.queries.clone(),
+                        shared.counters.clone(),
+                    ));
+                    None
+                }
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = ended {
+            debug!("connection from member {from:x} ended: {e}");
+            return;
         }
     }
 }

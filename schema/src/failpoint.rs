@@ -23,6 +23,11 @@ pub const RAFT_THREAD_PANIC: &str = "ETCDRS_FAILPOINT_RAFT_THREAD_PANIC";
 /// failure happens once, and not again after the restart it causes).
 pub const APPLY_READ_FAIL_ONCE: &str = "ETCDRS_FAILPOINT_APPLY_READ_FAIL_ONCE";
 
+/// consensus: when set (to anything), a start from an empty data dir does not ask the other
+/// members whether they know it already, so that a test reaches the second line of defence (a
+/// leader's heartbeat that commits past the empty log).
+pub const SKIP_BOOTSTRAP_CHECK: &str = "ETCDRS_FAILPOINT_SKIP_BOOTSTRAP_CHECK";
+
 /// Whether the switch failpoint `name` is set.
 pub fn set(name: &str) -> bool {
     let on = std::env::var_os(name).is_some();

@@ -32,6 +32,21 @@ pub const RAFT_BATCH_LEN: usize = 4096;
 /// Cap'n Proto's words around each message of a `messages` frame (its struct, data padding).
 const PER_MESSAGE_FRAMING: usize = 48;
 
+/// The largest answer to a cluster query on the peer port (a `PeerView`, the answering member's
+/// member table): a member entry takes a few hundred bytes, so this holds a thousand members and
+/// more. A longer answer is not sent, and a longer length prefix is refused before anything is
+/// read for it.
+pub const MEMBERS_ANSWER_BYTES: usize = 256 * 1024;
+
+/// Reader options for a `PeerView` from a peer: no more words than the answer's bytes allow, and
+/// a shallow nesting (a view is three levels deep).
+pub fn members_answer_reader_options() -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(MEMBERS_ANSWER_BYTES / 8));
+    options.nesting_limit(8);
+    options
+}
+
 /// The largest raft message a member sends or accepts (about 3.6 MiB with etcd's defaults).
 pub fn raft_message_limit(max_request_bytes: u64) -> usize {
     let bytes = max_request_bytes

@@ -5,8 +5,9 @@
 //! connection to the raft thread, which carries raft messages on it itself.
 
 //!
-//! Its parts: [`registration`] (the gateways' registrars and the stream sockets), [`kv`] (reads
-//! and compaction), [`maintenance`] (status, defragment, move-leader, hash, metrics),
+//! Its parts: [`registration`] (the gateways' registrars and the stream sockets), [`boot_check`]
+//! (asking the other members about us at a start from an empty data dir), [`kv`] (reads and
+//! compaction), [`maintenance`] (status, defragment, move-leader, hash, snapshot, metrics),
 //! [`compaction`] (auto compaction) and [`pool`] (the threads that run long reads and
 //! maintenance, so that this thread never waits for them).
 
@@ -34,6 +35,7 @@ mod refuse {
     }
 }
 
+pub(crate) mod boot_check;
 pub(crate) mod compaction;
 mod kv;
 mod maintenance;
@@ -78,6 +80,8 @@ pub struct Context {
     pub request_timeout: Duration,
     /// The member's data dir: snapshot images are made under it.
     pub data_dir: std::path::PathBuf,
+    /// The check of a start from an empty data dir, while the boot thread waits for it.
+    pub(crate) boot_check: Option<Arc<boot_check::BootCheck>>,
 }
 
 struct State {

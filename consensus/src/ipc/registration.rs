@@ -89,7 +89,8 @@ pub(super) struct PeerRegistrar(pub(super) Rc<State>);
 impl peer_registrar::Server for PeerRegistrar {
     /// Hands out the identity and the listen config. Raft messages then travel on `raft.sock`;
     /// `plane` stays null (protocol 1's calls are gone) and the gateway's capability is not kept,
-    /// as the member table does not change yet.
+    /// as the member table does not change yet, except to ask the other members about us while
+    /// a start from an empty data dir waits for that ([`super::boot_check`]).
     async fn register(
         self: CapRc<Self>,
         params: peer_registrar::RegisterParams,
@@ -99,6 +100,12 @@ impl peer_registrar::Server for PeerRegistrar {
         check_version(p.get_version())?;
         let state = &self.0;
         info!("peer gateway registered");
+        if let Some(check) = &state.ctx.boot_check {
+            match p.get_gateway() {
+                Ok(gateway) => check.on_register(gateway),
+                Err(e) => warn!("the peer gateway registered without its capability: {e}"),
+            }
+        }
         let mut r = results.get();
         fill_identity(state, r.reborrow().init_identity());
         let mut c: peer_gateway_config::Builder = r.reborrow().init_config();
@@ -110,6 +117,20 @@ impl peer_registrar::Server for PeerRegistrar {
         );
         c.set_max_request_bytes(g.max_request_bytes);
         fill_tls(c.init_tls(), &g.peer_tls);
+        Ok(())
+    }
+
+    /// The member table as applied, for the gateway's answers to other members' cluster queries.
+    async fn members(
+        self: CapRc<Self>,
+        _params: peer_registrar::MembersParams,
+        mut results: peer_registrar::MembersResults,
+    ) -> capnp::Result<()> {
+        let members = self.0.ctx.shared.members();
+        let mut list = results.get().init_members(members.len() as u32);
+        for (i, m) in members.iter().enumerate() {
+            cluster::write_member(list.reborrow().get(i as u32), m);
+        }
         Ok(())
     }
 }

@@ -11,6 +11,9 @@ pub const STREAM_MESSAGES: u8 = 0;
 /// are implemented (consensus drops `MsgSnapshot` before raft sees it anyway): a snapshot frame
 /// would be the one unbounded allocation on the peer port.
 pub const STREAM_SNAPSHOT: u8 = 1;
+/// A bidirectional stream that carries one cluster query and its answer (see
+/// [`super::members`]); the only kind of bidirectional stream after the handshake.
+pub const STREAM_MEMBERS: u8 = 2;
 
 /// The length prefix of a frame. Callers check the size against the limit first.
 pub fn header(len: usize) -> [u8; 4] {

@@ -572,3 +572,55 @@ async fn allowed_hostname_refuses_a_certificate_without_it() {
     )
     .await;
 }
+
+/// A cluster query travels on a connection that passed the handshake: B's answer (what its
+/// consensus gave, here canned bytes) reaches A as is; a query B's consensus leaves unanswered
+/// gives A an error instead of hanging; a malformed query (another kind, bytes after the kind)
+/// is refused and counted, and the connection keeps carrying raft messages.
+#[tokio::test]
+async fn cluster_queries_are_answered_on_authenticated_connections() {
+    let ((a, _ea), (b, mut eb)) = pair(self_signed(), self_signed());
+    // Unknown members are not asked.
+    assert!(matches!(a.ask_members(C).await, Err(Error::UnknownPeer(C))));
+    let answering = tokio::spawn(async move {
+        let query = eb.queries.recv().await.expect("a query");
+        assert_eq!(query.from, A);
+        query.reply.send(b"B's view".to_vec()).unwrap();
+        // The next one goes unanswered: its reply is dropped.
+        let query = eb.queries.recv().await.expect("a second query");
+        drop(query);
+        eb
+    });
+    let answer = timeout(WAIT, a.ask_members(B)).await.unwrap().unwrap();
+    assert_eq!(answer, b"B's view");
+    let unanswered = timeout(WAIT, a.ask_members(B)).await.unwrap();
+    assert!(unanswered.is_err(), "{unanswered:?}");
+    let mut eb = answering.await.unwrap();
+
+    let conn = dial(&a.shared, B, &PeerUrl::parse(&url_of(addr(&b))).unwrap())
+        .await
+        .unwrap();
+    for bad in [&[STREAM_MESSAGES][..], &[frame::STREAM_MEMBERS, 0]] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        send.finish().unwrap();
+        let got = timeout(WAIT, recv.read_to_end(1024)).await.unwrap();
+        assert!(got.is_err(), "{bad:?} was answered: {got:?}");
+    }
+    eventually_counted(&b, 2).await;
+    assert!(
+        eb.queries.try_recv().is_err(),
+        "a malformed query reached consensus"
+    );
+    deliver_eventually(&a, B, &mut eb, b"still a raft link").await;
+}
+
+async fn eventually_counted(t: &Transport, refused: u64) {
+    timeout(WAIT, async {
+        while t.counters().frames_refused < refused {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} refusals counted", t.counters().frames_refused));
+}

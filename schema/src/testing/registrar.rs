@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use crate::PROTOCOL_VERSION;
 use crate::member_capnp::{
-    client_plane, client_registrar, identity, peer_gateway, peer_registrar, response_header,
+    client_plane, client_registrar, identity, member, peer_gateway, peer_registrar, response_header,
 };
 
 /// One row of the member table a registration carries.
@@ -35,7 +35,10 @@ impl Identity {
         if self.members.is_empty() {
             return;
         }
-        let mut members = dst.init_members(len(self.members.len()));
+        self.write_members(dst.init_members(len(self.members.len())));
+    }
+
+    fn write_members(&self, mut members: capnp::struct_list::Builder<'_, member::Owned>) {
         for (i, m) in self.members.iter().enumerate() {
             let mut out = members.reborrow().get(len(i));
             out.set_id(m.id);
@@ -204,6 +207,17 @@ impl peer_registrar::Server for PeerRegistrar {
         set_texts(&self.listen_peer_urls, |n| {
             cfg.reborrow().init_listen_peer_urls(n)
         });
+        Ok(())
+    }
+
+    /// The member table of `identity`, as consensus answers it for peers' cluster queries.
+    async fn members(
+        self: Rc<Self>,
+        _params: peer_registrar::MembersParams,
+        mut results: peer_registrar::MembersResults,
+    ) -> Result<(), capnp::Error> {
+        let members = results.get().init_members(len(self.identity.members.len()));
+        self.identity.write_members(members);
         Ok(())
     }
 }

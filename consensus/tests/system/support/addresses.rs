@@ -54,6 +54,7 @@ pub const NO_QUORUM: [&str; 3] = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
 pub const APPLY_FAILURE: [&str; 3] = ["127.0.0.76", "127.0.0.77", "127.0.0.78"];
 pub const ALONE_AFTER_KILL: [&str; 3] = ["127.0.0.79", "127.0.0.80", "127.0.0.81"];
 pub const WIPED_MEMBER: [&str; 3] = ["127.0.0.82", "127.0.0.83", "127.0.0.84"];
+pub const WIPED_ASKS_FIRST: [&str; 3] = ["127.0.0.101", "127.0.0.102", "127.0.0.103"];
 
 // linearizable
 pub const LINEARIZABLE: [&str; 3] = ["127.0.0.57", "127.0.0.58", "127.0.0.59"];
@@ -142,6 +143,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::recovery::a_member_whose_data_dir_was_wiped_cannot_rejoin_as_itself",
         hosts: &WIPED_MEMBER,
+    },
+    Claim {
+        owner: "member::recovery::a_wiped_member_asks_the_others_and_refuses_before_it_votes",
+        hosts: &WIPED_ASKS_FIRST,
     },
     Claim {
         owner: "member::apply_and_reads::followers_apply_in_batches_without_reads_seeing_it",
