@@ -154,6 +154,7 @@ pub fn run(config: Config) -> Result<()> {
     // Applied entries were committed; raft-rs refuses an applied index above the commit, which
     // the WAL may hold from before the last apply (it is only written with new entries).
     log.set_commit(applied);
+    let log_commit = log.commit();
     let last_index = log.last_index_cached();
     if last_index > applied {
         info!(
@@ -173,6 +174,10 @@ pub fn run(config: Config) -> Result<()> {
         ..Default::default()
     });
     shared.applied.store(applied, Ordering::Relaxed);
+    // What the log says was committed may have been answered before a crash, and RocksDB may
+    // not hold it yet: reads wait (`Shared::settled`) until the raft thread applied it again,
+    // which it now starts only after the IPC thread serves.
+    shared.answered.store(log_commit, Ordering::Release);
     shared.revision.store(revision, Ordering::Relaxed);
     let clock_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

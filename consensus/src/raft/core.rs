@@ -97,6 +97,9 @@ pub(crate) struct Core<L: LogStore> {
     write_generation: u64,
     reads: Reads,
     applied: u64,
+    /// Until the entries the log knew as committed at start are applied again: every batch
+    /// then tells the reads waiting for them (`Shared::wait_settled`).
+    recovering: bool,
     publish: Publish,
     forwarders: Forwarders,
     leader_acks: LeaderAcks,
@@ -134,6 +137,7 @@ impl<L: LogStore> Core<L> {
             write_generation: 0,
             reads: Reads::starting_at(first_read),
             applied,
+            recovering: true,
             publish: Publish {
                 data: publish,
                 done: published,
@@ -659,9 +663,10 @@ impl<L: LogStore> Core<L> {
         self.applied = last;
         self.shared.revision.store(revision, Ordering::Release);
         self.shared.applied.store(last, Ordering::Release);
-        if streamed {
+        if streamed || self.recovering {
             // Reads on the IPC thread may wait for this batch (`Shared::wait_settled`).
             self.shared.settled_changed.notify_waiters();
+            self.recovering = !self.shared.settled();
         }
         for (reply, result) in local {
             let _ = reply.send(result);
@@ -748,7 +753,9 @@ impl<L: LogStore, F: Effects> ApplyHooks for Hooks<'_, L, F> {
                 // computed. Reads on the IPC thread wait until `applied` catches up with
                 // `answered`, so none misses a write already answered.
                 if !self.streamed {
-                    self.shared.answered.store(self.last, Ordering::Release);
+                    // A maximum: at start `answered` holds the recovered commit index, above
+                    // the first batches' (see `boot::run`).
+                    self.shared.answered.fetch_max(self.last, Ordering::AcqRel);
                     self.streamed = true;
                 }
                 self.fx

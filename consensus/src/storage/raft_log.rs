@@ -151,6 +151,11 @@ impl RaftLog {
 
     /// Raises the commit index in memory only: a commit index need not be durable (raft learns
     /// it again), and at start the applied index, durable with the state, bounds it from below.
+    /// The commit index the log knows of (from its records, or [`RaftLog::set_commit`]).
+    pub fn commit(&self) -> u64 {
+        self.hard_state.commit
+    }
+
     pub fn set_commit(&mut self, commit: u64) {
         if commit > self.hard_state.commit {
             self.hard_state.commit = commit;
