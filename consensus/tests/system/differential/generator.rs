@@ -11,18 +11,9 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// txn's range counts as compacted), so read-only txns get negative revisions too.
 const READ_ONLY_TXNS_CHECKED_LIKE_ETCD: bool = true;
 
-/// splitmix64: small, seeded, and the same everywhere.
-pub struct Rng(pub u64);
+pub use crate::support::SplitMix as Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }

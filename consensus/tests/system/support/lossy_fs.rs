@@ -28,6 +28,7 @@
 //! the mount are made on the backing dir by mknod and found again through the same FUSE inode.
 //! POSIX and flock locks stay in the kernel (fuser does not ask for FUSE's lock ops).
 
+use crate::support::SplitMix;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
@@ -1522,19 +1523,6 @@ impl Filesystem for Server {
     ) {
         self.0.count("ioctl (unsupported)");
         reply.error(Errno::ENOSYS);
-    }
-}
-
-/// A small deterministic generator (splitmix64) for `Keep::Prefix`.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
