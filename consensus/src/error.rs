@@ -18,6 +18,10 @@ pub enum Error {
         #[source]
         source: rocksdb::Error,
     },
+    /// RocksDB reported trouble without an error value of its own (a background error after a
+    /// flush it was asked for).
+    #[error("storage: {0}")]
+    StorageState(String),
     #[error("corrupt data on disk: {0}")]
     Corrupt(String),
     /// This member started from an empty data dir, but the leader holds entries this member
