@@ -15,7 +15,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use raft::eraftpb::{ConfState, Entry, EntryType, SnapshotMetadata};
-use tracing::{error, info};
+use tracing::{debug, error};
 
 use super::command::Applied;
 use super::shared::Shared;
@@ -86,7 +86,7 @@ impl Flusher {
                     let started = std::time::Instant::now();
                     let result = db.flush_applied().map(|()| point);
                     if let Ok(point) = &result {
-                        info!(
+                        debug!(
                             through = point.index,
                             took_ms = started.elapsed().as_millis() as u64,
                             "applied state flushed for the raft log's compaction"

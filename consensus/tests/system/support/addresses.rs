@@ -74,6 +74,9 @@ pub const JSON_ETCD: &str = "127.0.0.72";
 // support::lossy_fs
 pub const LOSSY_MEMBER: &str = "127.0.0.106";
 
+// member::log_compaction
+pub const LOG_COMPACTION: [&str; 3] = ["127.0.0.111", "127.0.0.112", "127.0.0.113"];
+
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
     Claim {
@@ -196,6 +199,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "support::lossy_fs::tests::a_member_keeps_every_acknowledged_put_through_power_losses",
         hosts: &[LOSSY_MEMBER],
+    },
+    Claim {
+        owner: "member::log_compaction::the_raft_log_stays_bounded_and_a_restart_reads_only_what_is_left",
+        hosts: &LOG_COMPACTION,
     },
 ];
 
