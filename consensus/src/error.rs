@@ -11,7 +11,7 @@ pub enum Error {
     #[error("{0}")]
     Startup(String),
     /// A RocksDB failure. The source stays RocksDB's own error, so its message and kind reach
-    /// the log unchanged; only [`crate::storage`] makes one.
+    /// the log unchanged; only `crate::storage` makes one.
     #[error("storage: {context}: {source}")]
     Storage {
         context: String,
