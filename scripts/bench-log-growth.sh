@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What a member's history costs it: one member (127.0.0.111, client port 2379) takes puts with
+# What a member's history costs it: one member (127.0.0.114, client port 2379) takes puts with
 # etcd-bench in steps, and after each step the script reports the consensus process's RSS
 # (VmRSS), the WAL's segment files and bytes on disk, RocksDB's bytes, and the time a clean restart
 # takes until `etcdctl endpoint health` answers. For issue 16's log compaction, run it once per
@@ -17,7 +17,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '%s bench-log-growth: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-bin='' steps=100000,1000000 val=256 keys=100000 work='' keep=0 host=127.0.0.111
+bin='' steps=100000,1000000 val=256 keys=100000 work='' keep=0 host=127.0.0.114
 extra=()
 while (($#)); do
   case $1 in

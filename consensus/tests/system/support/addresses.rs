@@ -153,6 +153,10 @@ pub const CLAIMS: &[Claim] = &[
         hosts: &["127.0.0.35"],
     },
     Claim {
+        owner: "scripts/bench-log-growth.sh",
+        hosts: &["127.0.0.114"],
+    },
+    Claim {
         owner: "scripts/bench-vs-etcd.sh (etcd during the bursts)",
         hosts: &["127.0.0.36", "127.0.0.37", "127.0.0.38"],
     },
