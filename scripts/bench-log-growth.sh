@@ -2,15 +2,15 @@
 # What a member's history costs it: one member (127.0.0.114, client port 2379) takes puts with
 # etcd-bench in steps, and after each step the script reports the consensus process's RSS
 # (VmRSS), the WAL's segment files and bytes on disk, RocksDB's bytes, and the time a clean restart
-# takes until `etcdctl endpoint health` answers. For issue 16's log compaction, run it once per
+# takes until `/health` answers true. For issue 16's log compaction, run it once per
 # build and compare.
 #
 #   scripts/bench-log-growth.sh --bin-dir DIR [--steps 100000,1000000] [--val-size 256]
 #                               [--key-space 100000] [--work DIR] [--keep] [-- member flags...]
 #
 # Binaries (consensus, peer-gateway, client-gateway, etcd-bench) come from --bin-dir; etcdctl
-# from PATH. Flags after `--` go to the member (e.g. --snapshot-count 1000). Everything started is
-# stopped by PID (also on Ctrl-C or failure).
+# and curl from PATH. Flags after `--` go to the member (e.g. --snapshot-count 1000). Everything
+# started is stopped by PID (also on Ctrl-C or failure).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,11 +41,15 @@ node_pid=''
 
 stop_member() {
   [[ -n $node_pid ]] || return 0
+  local old
+  old=$(consensus_pid)
   kill -TERM "$node_pid" 2>/dev/null
   for _ in $(seq 1 300); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$node_pid" 2>/dev/null
   wait "$node_pid" 2>/dev/null
   node_pid=''
+  # start-node.sh waits for its three processes; make sure of the one that matters.
+  for _ in $(seq 1 300); do [[ -n $old ]] && kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
 }
 cleanup() {
   stop_member
@@ -54,6 +58,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Starts the member in the background (node_pid) and sets `took` to the seconds until its
+# /health answers true (the predecessor gone first, see stop_member).
+took=''
 start_member() {
   ETCDRS_BIN_DIR=$bin RUST_LOG=info "$repo/scripts/start-node.sh" --name lg --data-dir "$data" \
     --listen-client-urls "http://$host:2379" --advertise-client-urls "http://$host:2379" \
@@ -62,22 +69,28 @@ start_member() {
   node_pid=$!
   local started=$EPOCHREALTIME
   for _ in $(seq 1 6000); do
-    if etcdctl --endpoints "http://$host:2379" --command-timeout=1s endpoint health >/dev/null 2>&1; then
-      echo "$started $EPOCHREALTIME" | awk '{printf "%.2f", $2 - $1}'
+    # /health (a linearizable read, as etcdctl's health check) fails at once while nothing
+    # listens, so the poll's granularity is its 20 ms sleep.
+    if curl -sf -m 2 "http://$host:2379/health" 2>/dev/null | grep -q '"health":"true"'; then
+      took=$(echo "$started $EPOCHREALTIME" | awk '{printf "%.2f", $2 - $1}')
       return 0
     fi
     kill -0 "$node_pid" 2>/dev/null || die "the member stopped: $(tail -5 "$work/member.log")"
-    sleep 0.05
+    sleep 0.02
   done
   die "the member never became healthy"
 }
 
-consensus_pid() { awk '$1 == "consensus" {print $2}' "$data/member.pids"; }
+consensus_pid() { awk '$1 == "consensus" {print $2}' "$data/member.pids" 2>/dev/null; }
 rss_mib() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$(consensus_pid)/status"; }
 
-start_member >/dev/null
-printf '| puts | consensus RSS | WAL segments | WAL bytes | RocksDB bytes | clean restart |\n'
-printf '|---:|---:|---:|---:|---:|---:|\n'
+# Nothing else may hold the address: the measurements would go to it.
+if etcdctl --endpoints "http://$host:2379" --dial-timeout=1s endpoint health >/dev/null 2>&1; then
+  die "something already serves $host:2379"
+fi
+start_member
+printf '| puts | consensus RSS | WAL segments | WAL bytes | RocksDB bytes | clean restart | RSS after it |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|\n'
 done_puts=0
 IFS=, read -ra targets <<<"$steps"
 for target in "${targets[@]}"; do
@@ -94,8 +107,9 @@ for target in "${targets[@]}"; do
   wal_bytes=$(du -sb "$data/wal" | cut -f1)
   db_bytes=$(du -sb "$data/db" | cut -f1)
   stop_member
-  restart=$(start_member)
-  printf '| %s | %s MiB | %s | %s MB | %s MB | %s s |\n' "$target" "$rss" "$segments" \
-    "$((wal_bytes / 1000000))" "$((db_bytes / 1000000))" "$restart"
+  start_member
+  sleep 1
+  printf '| %s | %s MiB | %s | %s MB | %s MB | %s s | %s MiB |\n' "$target" "$rss" "$segments" \
+    "$((wal_bytes / 1000000))" "$((db_bytes / 1000000))" "$took" "$(rss_mib)"
 done
 log "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
