@@ -23,7 +23,7 @@ use crate::ipc::boot_check::{BootCheck, Outcome};
 use crate::ipc::{self, Context, GatewayConfig, Sockets, TlsFiles};
 use crate::mvcc;
 use crate::raft::apply::Machine;
-use crate::raft::core::Core;
+use crate::raft::core::{Core, LogCompaction};
 use crate::raft::{RaftLoop, Settings, Shared};
 use crate::storage::Db;
 use crate::streams::write::Limits;
@@ -243,6 +243,10 @@ pub fn run(config: Config) -> Result<()> {
     })?;
     let machine = Machine::new(db.clone(), shared.clone(), compactor);
     core.set_started_empty(started_empty);
+    core.set_log_compaction(LogCompaction {
+        snapshot_count: config.snapshot_count,
+        catchup_entries: config.snapshot_catchup_entries,
+    });
     let raft_loop = RaftLoop::new(core, machine, inbox, shared.clone(), settings);
     let name = identity.name.clone();
     let member = ids::format_id(identity.member_id);

@@ -11,13 +11,17 @@ pub enum Error {
     #[error("{0}")]
     Startup(String),
     /// A RocksDB failure. The source stays RocksDB's own error, so its message and kind reach
-    /// the log unchanged; only [`crate::storage`] makes one.
+    /// the log unchanged; only `crate::storage` makes one.
     #[error("storage: {context}: {source}")]
     Storage {
         context: String,
         #[source]
         source: rocksdb::Error,
     },
+    /// RocksDB reported trouble without an error value of its own (a background error after a
+    /// flush it was asked for).
+    #[error("storage: {0}")]
+    StorageState(String),
     #[error("corrupt data on disk: {0}")]
     Corrupt(String),
     /// This member started from an empty data dir, but the leader holds entries this member

@@ -2,7 +2,7 @@
 //!
 //! The data's path through it:
 //! - [`config`]: what the operator asked for;
-//! - [`cluster`]: who this member is and who the others are ([`ids`], the member table), decided
+//! - `cluster`: who this member is and who the others are ([`ids`], the member table), decided
 //!   once at the first start ([`boot`] starts the threads);
 //! - `ipc`: the IPC thread, serving the gateways' Cap'n Proto planes (registration, KV reads,
 //!   maintenance, compaction);

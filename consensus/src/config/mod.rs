@@ -36,6 +36,33 @@ use values::{parse_initial_cluster, parse_retention, render_initial_cluster};
 /// etcd's upper bound on `--election-timeout`, in milliseconds.
 const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
 
+/// etcd 3.6's `--snapshot-count` default.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 10_000;
+/// etcd 3.6's `--snapshot-catchup-entries` default.
+pub const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
+
+/// `--snapshot-catchup-entries`, or its deprecated `--experimental-` name; both at once is an
+/// error, as in etcd 3.6.
+fn snapshot_catchup_entries(raw: &Raw) -> Result<u64, ConfigError> {
+    const NEW: &str = "snapshot-catchup-entries";
+    const OLD: &str = "experimental-snapshot-catchup-entries";
+    let n = match (raw.get(NEW), raw.get(OLD)) {
+        (Some(new), Some(old)) => {
+            return Err(ConfigError::Inconsistent(format!(
+                "cannot set --{OLD} {old:?} and --{NEW} {new:?} at the same time, please use \
+                 --{NEW} only"
+            )));
+        }
+        (_, Some(_)) => raw.u64_or(OLD, DEFAULT_SNAPSHOT_CATCHUP_ENTRIES)?,
+        _ => raw.u64_or(NEW, DEFAULT_SNAPSHOT_CATCHUP_ENTRIES)?,
+    };
+    Ok(if n == 0 {
+        DEFAULT_SNAPSHOT_CATCHUP_ENTRIES
+    } else {
+        n
+    })
+}
+
 /// The log levels etcd accepts for `--log-level`.
 const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error", "dpanic", "panic", "fatal"];
 
@@ -171,8 +198,13 @@ pub struct Config {
     pub max_request_bytes: u64,
     /// `--max-txn-ops` (`128`).
     pub max_txn_ops: u64,
-    /// `--snapshot-count` (`100000`).
+    /// `--snapshot-count` (`10000`, etcd 3.6's; 0 means the default, as in etcd): the raft log
+    /// is compacted once more entries than this were applied since the last compaction.
     pub snapshot_count: u64,
+    /// `--snapshot-catchup-entries`, or etcd 3.6's deprecated
+    /// `--experimental-snapshot-catchup-entries` (`5000`; 0 means the default, as in etcd):
+    /// applied entries a compaction keeps for followers that lag.
+    pub snapshot_catchup_entries: u64,
     /// `--quota-backend-bytes` (`0`: the default quota).
     pub quota_backend_bytes: u64,
     /// `--auto-compaction-mode` (`periodic`).
@@ -407,7 +439,11 @@ impl Config {
             election_timeout: raw.u64_or("election-timeout", 1000)?,
             max_request_bytes: raw.u64_or("max-request-bytes", 1_572_864)?,
             max_txn_ops: raw.u64_or("max-txn-ops", 128)?,
-            snapshot_count: raw.u64_or("snapshot-count", 100_000)?,
+            snapshot_count: match raw.u64_or("snapshot-count", DEFAULT_SNAPSHOT_COUNT)? {
+                0 => DEFAULT_SNAPSHOT_COUNT,
+                n => n,
+            },
+            snapshot_catchup_entries: snapshot_catchup_entries(raw)?,
             quota_backend_bytes: raw.u64_or("quota-backend-bytes", 0)?,
             auto_compaction_mode,
             auto_compaction_retention,

@@ -41,6 +41,8 @@ const SETTINGS: &[(&str, Kind)] = &[
     ("max-request-bytes", Kind::Value),
     ("max-txn-ops", Kind::Value),
     ("snapshot-count", Kind::Value),
+    ("snapshot-catchup-entries", Kind::Value),
+    ("experimental-snapshot-catchup-entries", Kind::Value),
     ("quota-backend-bytes", Kind::Value),
     ("auto-compaction-mode", Kind::Value),
     ("auto-compaction-retention", Kind::Value),

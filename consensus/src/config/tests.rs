@@ -140,7 +140,8 @@ fn seed_file() {
         election_timeout: 1000,
         max_request_bytes: 1_572_864,
         max_txn_ops: 128,
-        snapshot_count: 100_000,
+        snapshot_count: 10_000,
+        snapshot_catchup_entries: 5_000,
         quota_backend_bytes: 0,
         auto_compaction_mode: CompactionMode::Periodic,
         auto_compaction_retention: "0".into(),
@@ -221,7 +222,8 @@ fn defaults() {
     assert_eq!(c.election_timeout, 1000);
     assert_eq!(c.max_request_bytes, 1_572_864);
     assert_eq!(c.max_txn_ops, 128);
-    assert_eq!(c.snapshot_count, 100_000);
+    assert_eq!(c.snapshot_count, 10_000);
+    assert_eq!(c.snapshot_catchup_entries, 5_000);
     assert_eq!(c.quota_backend_bytes, 0);
     assert_eq!(c.auto_compaction_mode, CompactionMode::Periodic);
     assert_eq!(c.auto_compaction_retention, "0");
@@ -304,6 +306,62 @@ fn precedence_file_env_flag() {
     // A later flag wins over an earlier one.
     let c = load(&args(&["--snapshot-count", "5", "--snapshot-count=6"]), &[]).expect("config");
     assert_eq!(c.snapshot_count, 6);
+}
+
+#[test]
+fn log_compaction_knobs_as_in_etcd_3_6() {
+    // Flags, either name of the catch-up setting, and 0 meaning the default (as etcd does).
+    let c = load(
+        &args(&["--snapshot-count", "1000", "--snapshot-catchup-entries=500"]),
+        &[],
+    )
+    .expect("config");
+    assert_eq!((c.snapshot_count, c.snapshot_catchup_entries), (1000, 500));
+    let c = load(
+        &args(&["--experimental-snapshot-catchup-entries", "7"]),
+        &[],
+    )
+    .expect("config");
+    assert_eq!(c.snapshot_catchup_entries, 7);
+    let c = load(
+        &args(&["--snapshot-count=0", "--snapshot-catchup-entries=0"]),
+        &[],
+    )
+    .expect("config");
+    assert_eq!(
+        (c.snapshot_count, c.snapshot_catchup_entries),
+        (10_000, 5_000)
+    );
+    // The environment, as every other setting.
+    let c = load(
+        &[],
+        &env(&[
+            ("ETCD_SNAPSHOT_COUNT", "300"),
+            ("ETCD_SNAPSHOT_CATCHUP_ENTRIES", "30"),
+        ]),
+    )
+    .expect("config");
+    assert_eq!((c.snapshot_count, c.snapshot_catchup_entries), (300, 30));
+    let c = load(
+        &[],
+        &env(&[("ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", "40")]),
+    )
+    .expect("config");
+    assert_eq!(c.snapshot_catchup_entries, 40);
+    // Both names at once: etcd 3.6's refusal, naming both.
+    let err = load_err(
+        &[
+            "--snapshot-catchup-entries=1",
+            "--experimental-snapshot-catchup-entries=2",
+        ],
+        &[],
+    );
+    assert_eq!(
+        err,
+        "cannot set --experimental-snapshot-catchup-entries \"2\" and \
+         --snapshot-catchup-entries \"1\" at the same time, please use \
+         --snapshot-catchup-entries only"
+    );
 }
 
 #[test]
@@ -472,6 +530,9 @@ fn invalid_values_name_field_and_value() {
         ("max-request-bytes", "1.5MiB", "integer"),
         ("max-txn-ops", "many", "integer"),
         ("snapshot-count", "1e5", "integer"),
+        ("snapshot-count", "-1", "integer"),
+        ("snapshot-catchup-entries", "5k", "integer"),
+        ("experimental-snapshot-catchup-entries", "lots", "integer"),
         ("quota-backend-bytes", "8G", "integer"),
         ("initial-cluster-state", "old", "existing"),
         ("auto-compaction-mode", "daily", "revision"),

@@ -11,11 +11,11 @@
 //! with [`Error::Apply`] before its batch is written or any of its answers leaves, and the
 //! member stops (fail-stop) and applies the entry again from its log once restarted.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use raft::eraftpb::{ConfState, Entry, EntryType};
-use tracing::error;
+use raft::eraftpb::{ConfState, Entry, EntryType, SnapshotMetadata};
+use tracing::{debug, error};
 
 use super::command::Applied;
 use super::shared::Shared;
@@ -35,6 +35,13 @@ pub(crate) trait StateMachine {
     /// change to [`ApplyHooks::conf_change`]; [`ApplyHooks::before_write`] runs once all results
     /// are in and before the batch is written, so that answers overlap the write.
     fn apply(&mut self, entries: &[Entry], hooks: &mut dyn ApplyHooks) -> Result<i64>;
+    /// Records `point` as where the raft log is to start (with the applied index, after every
+    /// apply so far) and starts making that and everything applied durable, off the raft
+    /// thread; [`StateMachine::compaction_durable`] hands the point back once it is.
+    fn begin_compaction(&mut self, point: SnapshotMetadata) -> Result<()>;
+    /// The point of [`StateMachine::begin_compaction`] once it and the applied state it covers
+    /// are durable (once), or the storage error that kept them from being so.
+    fn compaction_durable(&mut self) -> Result<Option<SnapshotMetadata>>;
 }
 
 /// The core's side of an apply.
@@ -58,6 +65,43 @@ pub(crate) struct Machine {
     /// Test-only failpoint (`schema::failpoint::APPLY_WRITE_DELAY`): a pause between answering
     /// applied writes and handing their batch to RocksDB, to make that window wide.
     apply_write_delay: Option<Duration>,
+    /// The last index applied in this run.
+    applied: u64,
+    /// The thread that flushes RocksDB for the raft log's compaction, once started.
+    flusher: Option<Flusher>,
+}
+
+/// The log compaction's flush thread: points in, points made durable (or the error) out.
+struct Flusher {
+    points: mpsc::Sender<SnapshotMetadata>,
+    durable: mpsc::Receiver<Result<SnapshotMetadata>>,
+}
+
+impl Flusher {
+    fn start(db: Arc<Db>) -> Result<Flusher> {
+        let (points, inbox) = mpsc::channel::<SnapshotMetadata>();
+        let (outbox, durable) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("log-compaction".into())
+            .spawn(move || {
+                for point in inbox {
+                    let started = std::time::Instant::now();
+                    let result = db.flush_applied().map(|()| point);
+                    if let Ok(point) = &result {
+                        debug!(
+                            through = point.index,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "applied state flushed for the raft log's compaction"
+                        );
+                    }
+                    if outbox.send(result).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the log compaction thread", e))?;
+        Ok(Flusher { points, durable })
+    }
 }
 
 impl Machine {
@@ -68,6 +112,8 @@ impl Machine {
             shared,
             compactor,
             apply_write_delay: schema::failpoint::pause(schema::failpoint::APPLY_WRITE_DELAY),
+            applied: 0,
+            flusher: None,
         }
     }
 
@@ -158,6 +204,9 @@ impl StateMachine for Machine {
             // before the batch refusing them is written.
             self.compactor.notify();
         }
+        if let Some(last) = entries.last() {
+            self.applied = last.index;
+        }
         self.mvcc = Some(applier.into_state());
         if members_changed {
             let members = cluster::load_members(&self.db)?;
@@ -166,6 +215,39 @@ impl StateMachine for Machine {
             }
         }
         Ok(revision)
+    }
+
+    fn begin_compaction(&mut self, point: SnapshotMetadata) -> Result<()> {
+        // After every apply batch so far, and like them without RocksDB's WAL: the flush that
+        // persists this record persists all of them (atomic flush), so a durable record always
+        // comes with an applied index at or past it.
+        let mut batch = self.db.batch();
+        batch.put_log_start(&point);
+        if self.applied > 0 {
+            batch.put_applied(self.applied);
+        }
+        self.db.write_applied(batch)?;
+        if self.flusher.is_none() {
+            self.flusher = Some(Flusher::start(self.db.clone())?);
+        }
+        let stopped = || Error::Startup("the log compaction thread stopped".into());
+        match &self.flusher {
+            Some(f) => f.points.send(point).map_err(|_| stopped()),
+            None => Err(stopped()),
+        }
+    }
+
+    fn compaction_durable(&mut self) -> Result<Option<SnapshotMetadata>> {
+        let Some(f) = &self.flusher else {
+            return Ok(None);
+        };
+        match f.durable.try_recv() {
+            Ok(result) => result.map(Some),
+            Err(mpsc::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Err(Error::Startup("the log compaction thread stopped".into()))
+            }
+        }
     }
 }
 

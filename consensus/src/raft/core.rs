@@ -24,13 +24,24 @@
 //!   batch is written ([`ApplyHooks::before_write`]); reads on the IPC thread wait for
 //!   [`Shared::settled`].
 //! - `advance_append` and `advance_apply_to` instead of `advance`, as applies lag the log.
+//!
+//! # Log compaction
+//! After an apply, once more than `--snapshot-count` entries were applied since the last
+//! compaction ([`LogCompaction`]), the core picks a compaction point `--snapshot-catchup-entries`
+//! behind the applied index and hands it to the state machine
+//! ([`StateMachine::begin_compaction`]), which records it and makes it durable off the raft
+//! thread. Once it is ([`Core::poll_compaction`]), the log drops everything up to it
+//! ([`LogStore::compact`]). As in etcd, the point does not wait for slow followers: one that
+//! needs entries before it needs a raft snapshot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, SnapshotMetadata,
+};
 use raft::{RawNode, StateRole};
 use tracing::{debug, error, info};
 
@@ -53,6 +64,25 @@ pub(crate) const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(5);
 
 /// How often a member that has not yet published its attributes tries again.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// etcd's `--snapshot-count` and `--snapshot-catchup-entries`: compact the raft log once more
+/// than `snapshot_count` entries were applied since the last compaction, keeping the last
+/// `catchup_entries` applied entries for followers that lag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogCompaction {
+    pub snapshot_count: u64,
+    pub catchup_entries: u64,
+}
+
+/// Where the log's compaction stands.
+#[derive(Default)]
+struct Compaction {
+    policy: Option<LogCompaction>,
+    /// The applied index when the last compaction was decided (at start: where the log starts).
+    since: u64,
+    /// A point handed to the state machine and not yet durable.
+    in_flight: Option<u64>,
+}
 
 /// What leaves the process: carried out by the runtime.
 pub(crate) trait Effects {
@@ -112,6 +142,7 @@ pub(crate) struct Core<L: LogStore> {
     started_empty: bool,
     /// The leader whose heartbeat proved this member lost data it had acknowledged.
     lost_data_to: Option<u64>,
+    compaction: Compaction,
 }
 
 impl<L: LogStore> Core<L> {
@@ -150,7 +181,67 @@ impl<L: LogStore> Core<L> {
             unapplied_since: None,
             started_empty: false,
             lost_data_to: None,
+            compaction: Compaction::default(),
         }
+    }
+
+    /// Compacts the log by `policy` from now on (off until this is called).
+    pub(crate) fn set_log_compaction(&mut self, policy: LogCompaction) {
+        // After a restart the count starts from the recorded point, which is behind the last
+        // compaction's applied index by the catch-up entries: the first compaction comes early.
+        self.compaction = Compaction {
+            policy: Some(policy),
+            since: self.node.raft.raft_log.first_index().saturating_sub(1),
+            in_flight: None,
+        };
+    }
+
+    /// Picks a compaction point and hands it to the state machine, when `--snapshot-count`
+    /// entries were applied since the last one and none is in flight.
+    fn maybe_compact(&mut self, sm: &mut impl StateMachine) -> Result<()> {
+        let Some(policy) = self.compaction.policy else {
+            return Ok(());
+        };
+        if self.compaction.in_flight.is_some()
+            || self.applied.saturating_sub(self.compaction.since) <= policy.snapshot_count
+        {
+            return Ok(());
+        }
+        self.compaction.since = self.applied;
+        let point = self.applied.saturating_sub(policy.catchup_entries);
+        let log = &self.node.raft.raft_log;
+        if point < log.first_index() {
+            return Ok(());
+        }
+        let term = log.term(point)?;
+        let mut meta = SnapshotMetadata {
+            index: point,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.node.raft.prs().conf().to_conf_state());
+        debug!(
+            point,
+            term,
+            applied = self.applied,
+            "compacting the raft log"
+        );
+        sm.begin_compaction(meta)?;
+        self.compaction.in_flight = Some(point);
+        Ok(())
+    }
+
+    /// Drops the log up to the compaction point in flight once the state machine made it
+    /// durable. Cheap when there is none: the runtime calls it every turn.
+    pub(crate) fn poll_compaction(&mut self, sm: &mut impl StateMachine) -> Result<()> {
+        if self.compaction.in_flight.is_none() {
+            return Ok(());
+        }
+        if let Some(point) = sm.compaction_durable()? {
+            self.node.mut_store().compact(&point)?;
+            self.compaction.in_flight = None;
+        }
+        Ok(())
     }
 
     /// This run started from an empty data dir (a new member of a new cluster, or one whose data
@@ -672,7 +763,7 @@ impl<L: LogStore> Core<L> {
             let _ = reply.send(result);
         }
         self.node.advance_apply_to(self.applied);
-        Ok(())
+        self.maybe_compact(sm)
     }
 
     /// Raft's position, for the IPC thread.

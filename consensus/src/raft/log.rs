@@ -1,7 +1,7 @@
 //! The log the raft core writes through: [`LogStore`], raft-rs's [`raft::Storage`] plus what
 //! persisting a `Ready` needs. [`RaftLog`] (the WAL) is the member's; the simulator has its own.
 
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 use crate::error::Result;
 use crate::storage::RaftLog;
@@ -26,6 +26,9 @@ pub(crate) trait LogStore: raft::Storage {
     /// The configuration applied; the state machine stores it with the entry's apply batch.
     fn set_conf_state(&mut self, cs: &ConfState);
     fn last_index_cached(&self) -> u64;
+    /// Drops the log up to and including `point`, whose record and applied state are durable
+    /// (see [`RaftLog::compact`]).
+    fn compact(&mut self, point: &SnapshotMetadata) -> Result<()>;
 }
 
 impl LogStore for RaftLog {
@@ -55,5 +58,8 @@ impl LogStore for RaftLog {
     }
     fn last_index_cached(&self) -> u64 {
         RaftLog::last_index_cached(self)
+    }
+    fn compact(&mut self, point: &SnapshotMetadata) -> Result<()> {
+        RaftLog::compact(self, point)
     }
 }

@@ -269,6 +269,7 @@ impl RaftLoop {
             }
             self.core
                 .maybe_apply(Instant::now(), &mut self.io, &mut self.machine)?;
+            self.core.poll_compaction(&mut self.machine)?;
             self.core.publish_status();
         }
     }

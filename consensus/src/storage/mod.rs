@@ -165,6 +165,41 @@ impl Db {
         }
     }
 
+    /// Makes everything written so far durable: one atomic flush of every family's memtables
+    /// (applied state is written without RocksDB's WAL, so this is what persists it), for the
+    /// raft log's compaction. Blocks until the flush is done: not for the raft thread.
+    ///
+    /// RocksDB 7.8's C API has no multi-family flush and a one-family `Flush` flushes only that
+    /// family even with atomic flush, so this asks for a manual compaction of the one meta key
+    /// the compaction point was just written to ([`schema::META_SNAPSHOT`]): its range overlaps
+    /// the memtable, so RocksDB first flushes every family atomically, then compacts that key's
+    /// few meta files. That call reports no error; RocksDB's background error count does (a
+    /// failed flush sets one, and the database then refuses writes).
+    pub fn flush_applied(&self) -> Result<()> {
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_exclusive_manual_compaction(false);
+        self.db.compact_range_cf_opt(
+            self.cf(Cf::Meta),
+            Some(schema::META_SNAPSHOT),
+            Some(schema::META_SNAPSHOT),
+            &opts,
+        );
+        // Counted since the database was opened: one an earlier flush recovered from makes this
+        // flush unprovable too, and the member stops rather than drop log it may still need.
+        let errors = self
+            .db
+            .property_int_value("rocksdb.background-errors")
+            .map_err(|e| Error::storage("reading RocksDB's background error count", e))?
+            .unwrap_or(0);
+        if errors > 0 {
+            return Err(Error::StorageState(format!(
+                "RocksDB counted {errors} background error(s) by the time it flushed applied \
+                 state for the raft log's compaction (see the LOG file in the database directory)"
+            )));
+        }
+        Ok(())
+    }
+
     /// etcd's defrag: compacts every family over its whole key range, which drops deleted and
     /// overwritten versions and rewrites the files (a flush first, atomic across the families).
     /// Blocks for as long as that takes: not for the IPC thread.

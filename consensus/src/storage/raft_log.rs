@@ -1,5 +1,14 @@
 //! [`RaftLog`]: raft-rs's `Storage` over the WAL (entries, hard state) and RocksDB (conf state,
-//! snapshot bounds), with the newest entries cached in memory.
+//! the compaction point), with the newest entries cached in memory.
+//!
+//! Log compaction: once every entry up to a point is applied and durable in RocksDB, the point's
+//! `SnapshotMetadata` (index, term, conf state) is stored in meta ([`Batch::put_log_start`]) and
+//! [`RaftLog::compact`] drops the log up to it. From then on `first_index` is the point + 1 and
+//! `term(point)` is answered from the record; at start the WAL must begin at or before the
+//! point + 1, or the member refuses to start. A follower that needs entries before the first
+//! index would need a raft snapshot, which this version cannot send yet:
+//! [`raft::Storage::snapshot`] answers `SnapshotTemporarilyUnavailable`, and raft-rs tries again
+//! at the next heartbeat response.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -8,7 +17,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use super::schema::{Cf, META_CONF_STATE, META_SNAPSHOT, be_u64};
+use super::schema::{Cf, META_CONF_STATE, META_SNAPSHOT};
 use super::wal::Wal;
 use super::{Batch, Db, legacy};
 use crate::error::{Error, Result};
@@ -27,6 +36,24 @@ impl Batch<'_> {
     pub fn put_conf_state(&mut self, cs: &ConfState) {
         self.put(Cf::Meta, META_CONF_STATE, encode(cs));
     }
+
+    /// Where the raft log starts: every entry up to `point.index` is applied and may be dropped
+    /// from the log; `point.term` is that entry's term, `point.conf_state` the configuration
+    /// applied when the point was chosen (at or after it). A received raft snapshot will be
+    /// recorded the same way.
+    pub fn put_log_start(&mut self, point: &SnapshotMetadata) {
+        self.put(Cf::Meta, META_SNAPSHOT, encode(point));
+    }
+}
+
+impl Db {
+    /// The recorded start of the raft log ([`Batch::put_log_start`]), if the log was ever
+    /// compacted.
+    pub fn log_start(&self) -> Result<Option<SnapshotMetadata>> {
+        self.get_meta(META_SNAPSHOT)?
+            .map(|v| decode("the raft log's compaction point", &v))
+            .transpose()
+    }
 }
 
 /// raft-rs's view of the log: hard state, conf state and entries, with the bounds cached in memory.
@@ -36,7 +63,8 @@ pub struct RaftLog {
     /// The commit index the WAL holds, as of the last hard state queued for it.
     written_commit: u64,
     conf_state: ConfState,
-    /// Index and term of the last entry folded into a snapshot (0/0 before the first one).
+    /// Index and term of the compaction point, the last entry dropped from the log (0/0 before
+    /// the first compaction).
     snapshot_index: u64,
     snapshot_term: u64,
     last_index: u64,
@@ -62,11 +90,38 @@ impl RaftLog {
             Some(v) => decode("conf state", &v)?,
             None => ConfState::default(),
         };
-        let (snapshot_index, snapshot_term) = match db.get_meta(META_SNAPSHOT)? {
-            Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
-            _ => (0, 0),
+        let (snapshot_index, snapshot_term) = db
+            .log_start()?
+            .map_or((0, 0), |point| (point.index, point.term));
+        // Entries after the compaction point must all be there; the WAL may start earlier (a
+        // crash between recording the point and deleting segments), never later.
+        match wal.first_index() {
+            Some(first) if first > snapshot_index + 1 => {
+                return Err(Error::Corrupt(format!(
+                    "the raft log in {} starts at entry {first}, but RocksDB records it compacted \
+                     only through entry {snapshot_index}: entries {} to {} are missing; nothing \
+                     on disk was changed",
+                    wal_dir.display(),
+                    snapshot_index + 1,
+                    first - 1
+                )));
+            }
+            None if snapshot_index > 0 => {
+                return Err(Error::Corrupt(format!(
+                    "the raft log in {} holds no entries, but RocksDB records it compacted \
+                     through entry {snapshot_index}, so it held entries after that; nothing on \
+                     disk was changed",
+                    wal_dir.display()
+                )));
+            }
+            _ => {}
+        }
+        // Only the retained log is indexed; segments a crash left behind go now.
+        wal.compact(snapshot_index)?;
+        let (last_index, last_term) = match wal.last() {
+            Some((index, term)) if index > snapshot_index => (index, term),
+            _ => (snapshot_index, snapshot_term),
         };
-        let (last_index, last_term) = wal.last().unwrap_or((snapshot_index, snapshot_term));
         Ok(RaftLog {
             wal,
             written_commit: hard_state.commit,
@@ -210,6 +265,34 @@ impl RaftLog {
         self.wal.wait_durable()
     }
 
+    /// Drops the log up to and including `point`, whose record ([`Batch::put_log_start`]) and
+    /// applied state are durable: the WAL forgets those entries and deletes the segments wholly
+    /// before the point's, the cache drops them, and `first_index` becomes `point.index + 1`.
+    pub fn compact(&mut self, point: &SnapshotMetadata) -> Result<()> {
+        if point.index <= self.snapshot_index {
+            return Ok(());
+        }
+        let deleted = self.wal.compact(point.index)?;
+        while self.cache.front().is_some_and(|e| e.index <= point.index) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        self.snapshot_index = point.index;
+        self.snapshot_term = point.term;
+        if self.last_index < point.index {
+            self.last_index = point.index;
+            self.last_term = point.term;
+        }
+        tracing::info!(
+            through = point.index,
+            segments_deleted = deleted,
+            segments_left = self.wal.segment_count(),
+            "raft log compacted"
+        );
+        Ok(())
+    }
+
     /// The configuration as applied; [`Batch::put_conf_state`] stores it with the apply batch.
     pub fn remember_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
@@ -293,22 +376,13 @@ impl raft::Storage for RaftLog {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted yet, so no follower needs a snapshot; raft-rs asks only when
-        // entries below first_index are wanted. Report it as temporarily unavailable.
-        let mut snap = Snapshot::default();
-        let mut meta = SnapshotMetadata {
-            index: self.snapshot_index,
-            term: self.snapshot_term,
-            ..Default::default()
-        };
-        meta.set_conf_state(self.conf_state.clone());
-        snap.set_metadata(meta);
-        if self.snapshot_index == 0 {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        Ok(snap)
+        // raft-rs asks only for a follower that needs entries before `first_index`. This
+        // version cannot send the state machine yet: temporarily unavailable, which raft-rs
+        // takes calmly (it logs at debug level and tries again at the follower's next heartbeat
+        // response); any other error would be fatal to it.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -437,6 +511,156 @@ pub(super) mod tests {
         assert!(
             log.entries(2, 6, None, GetEntriesContext::empty(false))
                 .is_err()
+        );
+    }
+
+    /// A log of entries 1..=8 (term 1), each a third of a WAL segment, so that entries 2k-1
+    /// and 2k are in segment k; bootstrapped, hard state written with the first.
+    fn eight_big_entries(dir: &Path) -> (Arc<Db>, RaftLog) {
+        let (db, mut log) = open(dir);
+        let mut b = db.batch();
+        log.bootstrap(vec![1], &mut b);
+        db.write(b, true).unwrap();
+        log.set_hard_state(&HardState {
+            term: 1,
+            vote: 1,
+            commit: 8,
+            ..Default::default()
+        });
+        let big = (super::super::wal::SEGMENT_BYTES / 3) as usize;
+        for i in 1..=8 {
+            let mut e = entry(i, 1);
+            e.data = vec![i as u8; big].into();
+            log.append(&[e]);
+            log.persist(true).unwrap();
+        }
+        (db, log)
+    }
+
+    fn point(index: u64, term: u64) -> SnapshotMetadata {
+        let mut p = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        p.set_conf_state(ConfState {
+            voters: vec![1],
+            ..Default::default()
+        });
+        p
+    }
+
+    fn record(db: &Db, p: &SnapshotMetadata) {
+        let mut b = db.batch();
+        b.put_log_start(p);
+        db.write(b, true).unwrap();
+    }
+
+    fn wal_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".wal")
+            })
+            .count()
+    }
+
+    fn assert_compacted_through_5(log: &RaftLog) {
+        let ctx = || GetEntriesContext::empty(false);
+        assert_eq!(log.first_index().unwrap(), 6);
+        assert_eq!(log.last_index().unwrap(), 8);
+        // Entry 5 is gone from the WAL's index: its term comes from the record.
+        assert!(log.wal.term(5).is_none());
+        assert_eq!(log.term(5).unwrap(), 1);
+        assert!(matches!(
+            log.term(4),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            log.entries(5, 7, None, ctx()),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        let got = log.entries(6, 9, None, ctx()).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), [6, 7, 8]);
+        assert!(matches!(
+            log.snapshot(5, 2),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+    }
+
+    #[test]
+    fn a_compacted_log_starts_after_its_record_and_reopens_from_what_is_retained() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, mut log) = eight_big_entries(dir.path());
+            assert_eq!(wal_files(dir.path()), 4 + 1, "four segments and the spare");
+            let p = point(5, 1);
+            record(&db, &p);
+            log.compact(&p).unwrap();
+            assert_compacted_through_5(&log);
+            assert!(log.cached(5).is_none() && log.cached(6).is_some());
+            assert_eq!(wal_files(dir.path()), 2 + 1, "segments 1 and 2 deleted");
+        }
+        let (_db, log) = open(dir.path());
+        assert_compacted_through_5(&log);
+        let state = log.initial_state().unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.commit), (1, 8));
+    }
+
+    #[test]
+    fn a_crash_between_the_record_and_the_deletion_deletes_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, _log) = eight_big_entries(dir.path());
+            record(&db, &point(5, 1));
+        }
+        let (_db, log) = open(dir.path());
+        assert_compacted_through_5(&log);
+        assert_eq!(wal_files(dir.path()), 2 + 1);
+    }
+
+    #[test]
+    fn a_wal_that_starts_after_the_recorded_point_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, mut log) = eight_big_entries(dir.path());
+            let p = point(5, 1);
+            record(&db, &p);
+            log.compact(&p).unwrap();
+            // The record now lags the WAL, which starts at entry 5 on disk: 4 is missing.
+            record(&db, &point(3, 1));
+        }
+        let files = wal_files(dir.path());
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let wal_dir = dir.path().join("wal");
+        let Err(Error::Corrupt(why)) = RaftLog::load(&db, &wal_dir) else {
+            panic!("a WAL starting after the compaction point + 1 must not load");
+        };
+        assert!(
+            why.contains(&wal_dir.display().to_string())
+                && why.contains("starts at entry 5")
+                && why.contains("through entry 3")
+                && why.contains("entries 4 to 4 are missing")
+                && !why.contains('\n'),
+            "{why}"
+        );
+        assert_eq!(wal_files(dir.path()), files, "nothing deleted");
+        // Without any segment left, the same.
+        for e in std::fs::read_dir(&wal_dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let Err(Error::Corrupt(why)) = RaftLog::load(&db, &wal_dir) else {
+            panic!("an empty WAL after a compaction must not load");
+        };
+        assert!(
+            why.contains("holds no entries") && why.contains("through entry 3"),
+            "{why}"
         );
     }
 

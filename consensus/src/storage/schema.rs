@@ -46,7 +46,8 @@ impl Cf {
 /// Raft hard state; only left by earlier versions (the WAL holds it now).
 pub const META_HARD_STATE: &[u8] = b"raft/hard_state";
 pub const META_CONF_STATE: &[u8] = b"raft/conf_state";
-/// Index and term (big-endian u64 each) of the last entry folded into a snapshot.
+/// Where the raft log starts: an `eraftpb.SnapshotMetadata` (index, term, conf state) of the
+/// compaction point, the last entry dropped from the log (see `RaftLog::compact`).
 pub const META_SNAPSHOT: &[u8] = b"raft/snapshot_meta";
 pub const META_APPLIED: &[u8] = b"raft/applied_index";
 pub const META_IDENTITY: &[u8] = b"cluster/identity";

@@ -17,6 +17,11 @@
 //! `hard state (u32 length, then protobuf; length 0: none) | entry count: u32 | per entry: index
 //! u64 | term u64 | length u32 | protobuf Entry`. A later entry with an index already in the log
 //! replaces that entry and everything after it (a new leader overwrote an uncommitted tail).
+//!
+//! Compaction ([`Wal::compact`]) drops the entries up to a compaction point from the index and
+//! deletes the segments wholly before the one holding the point; the segment holding it stays,
+//! so the log on disk always starts at or before the point + 1. The point itself is recorded by
+//! the caller (in RocksDB, see [`super::RaftLog`]): the WAL only forgets.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -81,6 +86,9 @@ pub struct Wal {
     sync_due: bool,
     /// Where the last record went in the active segment (offset, length).
     last_record: (u64, u64),
+    /// The segment of the last record that carried a hard state: compaction never deletes it
+    /// without writing the hard state again first.
+    hs_segment: u64,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -266,6 +274,7 @@ impl Wal {
             unsynced: false,
             sync_due: false,
             last_record: (0, 0),
+            hs_segment: 0,
         };
         // Segments are written one after another: records, then zeroes. A torn record can only
         // be the last thing written, so only empty segments may follow one.
@@ -391,6 +400,7 @@ impl Wal {
             };
             if let Some(hs) = record.hard_state {
                 self.hard_state = Some(hs);
+                self.hs_segment = segment.id;
             }
             let payload = &data[start..start + len as usize];
             for (index, term, offset, entry_len) in record.entries {
@@ -455,7 +465,7 @@ impl Wal {
         Some((self.first + self.positions.len() as u64 - 1, p.term))
     }
 
-    #[cfg(test)]
+    /// Index of the first entry the log holds, if any.
     pub fn first_index(&self) -> Option<u64> {
         (!self.positions.is_empty()).then_some(self.first)
     }
@@ -596,8 +606,74 @@ impl Wal {
         self.write_at += record.len() as u64;
         if hs.is_some() {
             self.hard_state = hs;
+            self.hs_segment = id;
         }
         Ok(())
+    }
+
+    /// How many segment files hold the log (the spare being prepared not counted).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Forgets every entry up to and including `through` (a compaction point whose index and term
+    /// the caller has recorded durably) and deletes the segments wholly before the one holding
+    /// it; that one, and every later one, stays. Returns how many segments were deleted.
+    ///
+    /// The hard state lives in the records too: when the last record carrying it is in a segment
+    /// about to go, it is written again (durably) into the active segment first, and an unsynced
+    /// active segment is synced, so that the retained log always holds a durable hard state.
+    pub fn compact(&mut self, through: u64) -> Result<usize> {
+        if self.positions.is_empty() || through < self.first {
+            return Ok(0);
+        }
+        let active = self.segments.last().map_or(0, |s| s.id);
+        // Live entries lie in segments in index order, so nothing after `through` lies before
+        // its segment. Past the last entry, only the active segment need stay.
+        let keep_from = self
+            .positions
+            .get((through - self.first) as usize)
+            .map_or(active, |p| p.segment);
+        let dropped = ((through - self.first + 1) as usize).min(self.positions.len());
+        self.positions.drain(..dropped);
+        self.first += dropped as u64;
+        if self.positions.capacity() > 4096 && self.positions.capacity() > 4 * self.positions.len()
+        {
+            self.positions.shrink_to(2 * self.positions.len());
+        }
+        let doomed = self
+            .segments
+            .iter()
+            .take_while(|s| s.id < keep_from && s.id != active)
+            .count();
+        if doomed == 0 {
+            return Ok(0);
+        }
+        if self.hard_state.is_some() && self.hs_segment < keep_from {
+            if self.has_pending() {
+                // Never between `append` and `write`: compaction runs between Readies.
+                return Err(Error::Corrupt(
+                    "raft log compaction with a record half built".into(),
+                ));
+            }
+            self.pending_hs = self.hard_state.clone();
+            self.write(true)?;
+            self.wait_durable()?;
+        } else if self.unsynced {
+            self.sync_active()?;
+        }
+        for segment in self.segments.drain(..doomed) {
+            let path = segment_path(&self.dir, segment.id);
+            drop(segment);
+            fs::remove_file(&path).map_err(io_err(format!("deleting {}", path.display())))?;
+        }
+        debug!(
+            through,
+            deleted = doomed,
+            kept = self.segments.len(),
+            "raft log compacted"
+        );
+        Ok(doomed)
     }
 
     /// Has the device start writing the record a durable `write` left, without waiting.
@@ -879,6 +955,80 @@ mod tests {
             before,
             "bytes unchanged"
         );
+    }
+
+    /// Eight records of one entry a third of a segment each: two per segment, so entries
+    /// 2k-1 and 2k are in segment k. Only the first record carries a hard state.
+    fn four_segments(dir: &Path) {
+        let big = (SEGMENT_BYTES / 3) as usize;
+        let mut wal = Wal::open(dir).unwrap();
+        wal.set_hard_state(&hs(1, 2));
+        for i in 1..=8 {
+            wal.append(&[entry(i, 1, big)]);
+            wal.sync(true).unwrap();
+        }
+        assert_eq!(
+            wal.segments.iter().map(|s| s.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+    }
+
+    fn segment_files(dir: &Path) -> Vec<u64> {
+        let mut ids: Vec<u64> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                u64::from_str_radix(name.strip_suffix(".wal")?, 16).ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn compaction_deletes_exactly_the_segments_wholly_before_the_point() {
+        let dir = tempfile::tempdir().unwrap();
+        four_segments(dir.path());
+        let mut wal = Wal::open(dir.path()).unwrap();
+        // Entry 5 opens segment 3: segments 1 and 2 go, 3 stays although 5 is dropped.
+        assert_eq!(wal.compact(5).unwrap(), 2);
+        assert_eq!(wal.first_index(), Some(6));
+        assert!(wal.entry(5).is_none() && wal.term(5).is_none());
+        assert_eq!(wal.entry(6).unwrap().unwrap().index, 6);
+        let files = segment_files(dir.path());
+        assert_eq!(&files[..2], [3, 4], "{files:?}");
+        // Entry 6 is in segment 3 too: nothing more to delete.
+        assert_eq!(wal.compact(6).unwrap(), 0);
+        assert_eq!(&segment_files(dir.path())[..2], [3, 4]);
+        assert_eq!(wal.first_index(), Some(7));
+        // A point before the first entry changes nothing.
+        assert_eq!(wal.compact(2).unwrap(), 0);
+        assert_eq!(wal.first_index(), Some(7));
+        drop(wal);
+
+        // Reopened, the log is the retained segments: from entry 5 on disk, the hard state
+        // (last written in deleted segment 1) written again before the deletion.
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.first_index(), Some(5));
+        assert_eq!(wal.last(), Some((8, 1)));
+        assert_eq!(wal.hard_state(), Some(&hs(1, 2)));
+        assert_eq!(wal.entry(8).unwrap().unwrap().index, 8);
+    }
+
+    #[test]
+    fn compacting_past_the_last_entry_keeps_the_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        four_segments(dir.path());
+        let mut wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.compact(20).unwrap(), 3);
+        assert_eq!(wal.first_index(), None);
+        assert_eq!(segment_files(dir.path())[0], 4);
+        wal.append(&[entry(21, 2, 10)]);
+        wal.sync(true).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.hard_state(), Some(&hs(1, 2)));
+        assert_eq!(wal.term(21), Some(2));
     }
 
     #[test]

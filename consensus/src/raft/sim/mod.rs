@@ -48,13 +48,21 @@ const ELECTION_TICKS: usize = 10;
 #[derive(Clone)]
 pub(crate) struct MemLog {
     store: MemStorage,
+    /// Index and term of the compaction point, as [`crate::storage::RaftLog`] records them
+    /// (shared by the clones a restart makes, like the store).
+    compacted: Arc<std::sync::Mutex<(u64, u64)>>,
 }
 
 impl MemLog {
     fn new(voters: Vec<u64>) -> MemLog {
         MemLog {
             store: MemStorage::new_with_conf_state((voters, vec![])),
+            compacted: Arc::default(),
         }
+    }
+
+    fn compacted(&self) -> (u64, u64) {
+        self.compacted.lock().map_or((0, 0), |c| *c)
     }
 
     /// The term of the entry at `index` in this log, if it has one.
@@ -79,6 +87,10 @@ impl Storage for MemLog {
         self.store.entries(low, high, max_size, context)
     }
     fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (index, term) = self.compacted();
+        if index > 0 && idx == index {
+            return Ok(term);
+        }
         self.store.term(idx)
     }
     fn first_index(&self) -> raft::Result<u64> {
@@ -87,8 +99,11 @@ impl Storage for MemLog {
     fn last_index(&self) -> raft::Result<u64> {
         self.store.last_index()
     }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<raft::eraftpb::Snapshot> {
-        self.store.snapshot(request_index, to)
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<raft::eraftpb::Snapshot> {
+        // As the member's log: no snapshots to send yet.
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -120,6 +135,16 @@ impl LogStore for MemLog {
     fn last_index_cached(&self) -> u64 {
         self.store.last_index().unwrap_or(0)
     }
+    fn compact(&mut self, point: &raft::eraftpb::SnapshotMetadata) -> Result<()> {
+        self.store
+            .wl()
+            .compact(point.index + 1)
+            .map_err(crate::error::Error::Raft)?;
+        if let Ok(mut c) = self.compacted.lock() {
+            *c = (point.index, point.term);
+        }
+        Ok(())
+    }
 }
 
 /// A simulated request: a write of `value` (unique), encoded as the entry's data.
@@ -147,6 +172,8 @@ pub(crate) struct MemMachine {
     entries: BTreeMap<u64, (u64, Vec<u8>)>,
     values: HashSet<u64>,
     events: Vec<MachineEvent>,
+    /// A compaction point, durable at once.
+    compaction: Option<raft::eraftpb::SnapshotMetadata>,
 }
 
 impl StateMachine for MemMachine {
@@ -183,6 +210,15 @@ impl StateMachine for MemMachine {
             self.events.push(MachineEvent::Written { last: last.index });
         }
         Ok(self.applied as i64)
+    }
+
+    fn begin_compaction(&mut self, point: raft::eraftpb::SnapshotMetadata) -> Result<()> {
+        self.compaction = Some(point);
+        Ok(())
+    }
+
+    fn compaction_durable(&mut self) -> Result<Option<raft::eraftpb::SnapshotMetadata>> {
+        Ok(self.compaction.take())
     }
 }
 
@@ -236,6 +272,8 @@ struct Member {
     next_tick: Instant,
     /// How many times it started: a restart's read contexts differ from the last run's.
     incarnation: u64,
+    /// Log compaction, when a test turns it on.
+    compaction: Option<super::core::LogCompaction>,
 }
 
 /// The member's own raft configuration, but for one thing: raft-rs randomises election timeouts
@@ -275,6 +313,9 @@ impl Member {
             self.incarnation << 32,
             Duration::from_secs(5),
         );
+        if let Some(policy) = self.compaction {
+            core.set_log_compaction(policy);
+        }
         core.campaign_if_alone();
         self.core = Some(core);
         self.next_tick = now + TICK;
@@ -294,6 +335,7 @@ impl Member {
             core.on_ready(now, &mut self.out, &mut self.machine)?;
         }
         core.maybe_apply(now, &mut self.out, &mut self.machine)?;
+        core.poll_compaction(&mut self.machine)?;
         core.publish_status();
         Ok(())
     }
@@ -325,6 +367,7 @@ impl Cluster {
                 shared: Arc::new(Shared::default()),
                 next_tick: now,
                 incarnation: 0,
+                compaction: None,
             })
             .collect();
         for m in &mut members {

@@ -288,6 +288,12 @@ fn write_stream_answers_leave_before_the_batch_is_written_and_local_ones_after()
             self.local_answered_by_write = Some(!self.local.is_empty());
             r
         }
+        fn begin_compaction(&mut self, p: raft::eraftpb::SnapshotMetadata) -> Result<()> {
+            self.inner.begin_compaction(p)
+        }
+        fn compaction_durable(&mut self) -> Result<Option<raft::eraftpb::SnapshotMetadata>> {
+            self.inner.compaction_durable()
+        }
     }
     let shared = m.shared.clone();
     let mut rec = Recording {
@@ -484,4 +490,117 @@ fn a_wiped_member_learns_from_the_leaders_heartbeat_that_it_was_bootstrapped() {
     c.tick(1);
     c.settle();
     assert_eq!(c.member(2).core().lost_data_to(), Some(1));
+}
+
+/// Delivers every message in flight, dropping those to or from `cut`, until none is left.
+fn settle_without(c: &mut Cluster, cut: u64) {
+    for _ in 0..10_000 {
+        c.net.retain(|m| m.to != cut && m.from != cut);
+        if c.net.is_empty() {
+            return;
+        }
+        c.deliver(0);
+    }
+    panic!("messages never stopped");
+}
+
+/// Heartbeats (and what they trigger) until nothing is left in flight.
+fn heartbeats(c: &mut Cluster, leader: u64, n: usize) {
+    for _ in 0..n {
+        c.advance(TICK);
+        c.tick(leader);
+        c.settle();
+    }
+    c.advance(FOLLOWER_APPLY_DELAY);
+    c.pump_all();
+    c.settle();
+}
+
+#[test]
+fn the_log_is_compacted_behind_the_applied_index_and_a_follower_behind_it_waits_calmly() {
+    use super::super::core::LogCompaction;
+    let policy = LogCompaction {
+        snapshot_count: 20,
+        catchup_entries: 10,
+    };
+    let mut c = Cluster::new(3);
+    for id in 1..=3 {
+        c.member(id).compaction = Some(policy);
+        c.member(id).core().set_log_compaction(policy);
+    }
+    c.elect(1);
+    let check = |c: &mut Cluster, id: u64| {
+        let m = c.member(id);
+        let applied = m.machine.applied;
+        let first = m.log.first_index().unwrap();
+        assert!(first > 1, "member {id} compacted (applied {applied})");
+        assert!(
+            first - 1 + policy.catchup_entries <= applied,
+            "member {id} kept {} catch-up entries (first {first}, applied {applied})",
+            policy.catchup_entries
+        );
+        // The point's term is answered from the record, and is the applied entry's.
+        let (term, _) = m.machine.entries[&(first - 1)];
+        assert_eq!(m.log.term(first - 1).unwrap(), term);
+        assert!(
+            m.log
+                .entries(first - 1, first, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+    };
+    // One write at a time: the leader applies one entry per Ready, so it decides at applied 21.
+    for v in 1..=30 {
+        let _rx = propose_at(&mut c, 1, v);
+        c.settle();
+    }
+    heartbeats(&mut c, 1, 2);
+    assert_eq!(
+        c.member(1).log.first_index().unwrap() - 1,
+        21 - policy.catchup_entries,
+        "the leader's point: the applied index when more than snapshot-count were applied, \
+         less the catch-up entries"
+    );
+    for id in 1..=3 {
+        check(&mut c, id);
+    }
+
+    // Member 3 misses fewer writes than the catch-up entries: it catches up from the log.
+    for v in 100..105 {
+        let _rx = propose_at(&mut c, 1, v);
+        settle_without(&mut c, 3);
+    }
+    heartbeats(&mut c, 1, 3);
+    let leader_applied = c.member(1).machine.applied;
+    assert_eq!(c.member(3).machine.applied, leader_applied);
+    check(&mut c, 3);
+
+    // Member 3 misses more than the leader keeps: it would need a snapshot, which the leader
+    // cannot send yet. Nothing panics, no snapshot message leaves, and the heartbeats settle
+    // (`settle` fails on messages that never stop).
+    let behind = c.member(3).machine.applied;
+    for v in 200..250 {
+        let _rx = propose_at(&mut c, 1, v);
+        settle_without(&mut c, 3);
+    }
+    assert!(c.member(1).log.first_index().unwrap() > behind + 1);
+    for _ in 0..5 {
+        c.advance(TICK);
+        c.tick(1);
+        assert!(
+            !c.net
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgSnapshot),
+            "no snapshot is sent"
+        );
+        c.settle();
+    }
+    assert_eq!(
+        c.member(3).machine.applied,
+        behind,
+        "it cannot catch up yet"
+    );
+    assert!(
+        c.member(2).machine.applied > behind + 40,
+        "the others go on"
+    );
 }

@@ -1,9 +1,11 @@
 //! Whole members, started through `scripts/start-node.sh` and driven with the real `etcdctl`,
 //! by topic: how a cluster forms (and the default member), recovery from crashes and lost
-//! quorums, how followers apply and when reads see writes, and maintenance.
+//! quorums, how followers apply and when reads see writes, the raft log's compaction, and
+//! maintenance.
 
 mod apply_and_reads;
 mod formation;
+mod log_compaction;
 mod maintenance;
 mod recovery;
 

@@ -77,6 +77,9 @@ pub const JSON_ETCD: &str = "127.0.0.72";
 // support::lossy_fs
 pub const LOSSY_MEMBER: &str = "127.0.0.106";
 
+// member::log_compaction
+pub const LOG_COMPACTION: [&str; 3] = ["127.0.0.111", "127.0.0.112", "127.0.0.113"];
+
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
     Claim {
@@ -161,6 +164,10 @@ pub const CLAIMS: &[Claim] = &[
         hosts: &["127.0.0.35"],
     },
     Claim {
+        owner: "scripts/bench-log-growth.sh",
+        hosts: &["127.0.0.114"],
+    },
+    Claim {
         owner: "scripts/bench-vs-etcd.sh (etcd during the bursts)",
         hosts: &["127.0.0.36", "127.0.0.37", "127.0.0.38"],
     },
@@ -211,6 +218,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::maintenance::compaction_and_a_count_over_many_keys_leave_raft_and_health_alone",
         hosts: &LARGE_KEYSPACE,
+    },
+    Claim {
+        owner: "member::log_compaction::the_raft_log_stays_bounded_and_a_restart_reads_only_what_is_left",
+        hosts: &LOG_COMPACTION,
     },
 ];
 
