@@ -177,10 +177,12 @@ impl Image {
                         .map_err(|e| io_err(format!("stat {}", path.display()), e))?
                         .len();
                     if on_disk != len {
-                        return Err(Error::Startup(format!(
-                            "{} changed size while being sent ({len} -> {on_disk} bytes)",
-                            path.display()
-                        )));
+                        return Err(io_err(
+                            format!("sending {}", path.display()),
+                            io::Error::other(format!(
+                                "changed size while being sent ({len} -> {on_disk} bytes)"
+                            )),
+                        ));
                     }
                     if len > 0 {
                         self.open = Some((file, len));

@@ -3,7 +3,7 @@
 //! mount; the filler that takes the disk's last blocks lives beside the backing dir, outside it.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +75,6 @@ impl Disk {
             }
         }
         let block = [0xAAu8; 4096];
-        let mut f = f;
         loop {
             match f.write_all_at(&block, taken) {
                 Ok(()) => taken += block.len() as u64,
@@ -91,7 +90,6 @@ impl Disk {
         }
         // What did not fit may sit in the page cache; a sync makes the disk refuse it now.
         let _ = f.sync_all();
-        f.flush()?;
         Ok(taken)
     }
 

@@ -802,6 +802,29 @@ impl Server {
         }
     }
 
+    /// mknod, mkdir, symlink: `make` creates `name` in `parent`'s backing dir, which then
+    /// belongs to the caller, and the reply is its entry.
+    fn make_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(&OwnedFd, &CStr) -> io::Result<()>,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let (dir, _) = self.0.node(parent).map_err(io_of)?;
+            let name = cstring(name)?;
+            make(&dir, &name)?;
+            own(&dir, &name, req)?;
+            self.0.entry(&dir, &name)
+        })();
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn getattr_io(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
         let (fd, _) = self.0.node(ino)?;
         let st = fstat(fd.as_raw_fd()).map_err(errno)?;
@@ -927,19 +950,11 @@ impl Filesystem for Server {
         reply: ReplyEntry,
     ) {
         self.0.count("mknod");
-        let r = (|| {
-            let (dir, _) = self.0.node(parent).map_err(io_of)?;
-            let name = cstring(name)?;
-            cvt(unsafe {
-                libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t)
-            })?;
-            own(&dir, &name, req)?;
-            self.0.entry(&dir, &name)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        let make = |dir: &OwnedFd, name: &CStr| {
+            cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t) })
+                .map(drop)
+        };
+        self.make_entry(req, parent, name, make, reply);
     }
 
     fn mkdir(
@@ -952,17 +967,10 @@ impl Filesystem for Server {
         reply: ReplyEntry,
     ) {
         self.0.count("mkdir");
-        let r = (|| {
-            let (dir, _) = self.0.node(parent).map_err(io_of)?;
-            let name = cstring(name)?;
-            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })?;
-            own(&dir, &name, req)?;
-            self.0.entry(&dir, &name)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        let make = |dir: &OwnedFd, name: &CStr| {
+            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+        };
+        self.make_entry(req, parent, name, make, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1005,18 +1013,12 @@ impl Filesystem for Server {
         reply: ReplyEntry,
     ) {
         self.0.count("symlink");
-        let r = (|| {
-            let (dir, _) = self.0.node(parent).map_err(io_of)?;
-            let name = cstring(link_name)?;
+        let make = |dir: &OwnedFd, name: &CStr| {
             let target = cstring(target.as_os_str())?;
-            cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
-            own(&dir, &name, req)?;
-            self.0.entry(&dir, &name)
-        })();
-        match r {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+            cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+                .map(drop)
+        };
+        self.make_entry(req, parent, link_name, make, reply);
     }
 
     fn rename(
