@@ -175,7 +175,7 @@ fn histories_under_process_kills_are_linearizable() {
             let verdict = (0..KEYS)
                 .map(|key| {
                     let history: Vec<Op> = ops.iter().filter(|o| o.key == key).cloned().collect();
-                    linearizable(&history).map_err(|e| format!("key {}: {e}", key_name(key)))
+                    linearizable(&history, None).map_err(|e| format!("key {}: {e}", key_name(key)))
                 })
                 .collect::<Result<Vec<()>, String>>();
             (verdict, ops)

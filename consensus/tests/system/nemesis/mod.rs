@@ -21,8 +21,11 @@
 //! a FUSE layer that loses unsynced writes (`support::lossy_fs`). Root and /dev/fuse are needed.
 //!
 //! Meanwhile clients on every member put, swap (txn on the value), delete, and read (linearizable,
-//! serializable, and at past revisions). Afterwards: each key's history is linearizable as a
-//! register with compare-and-swap (`support::history::linearizable`); the MVCC revision rules
+//! serializable, and at past revisions). Afterwards the store's own history of each key is read
+//! back revision by revision (`workload::store_history`), and: every acknowledged change is in it
+//! at its revision; each key's client history is linearizable as a register with
+//! compare-and-swap, in the order of the store's revisions (`support::history::linearizable`);
+//! the MVCC revision rules
 //! hold over every acknowledged change and every version read (`support::history::revisions_hold`);
 //! every acknowledged change is found at its revision on every member; the members' HashKV
 //! agree; and no process logged a panic.
@@ -492,11 +495,20 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
     );
     assert!(changes.len() > 50, "too few acknowledged changes to judge");
 
+    let mut verdicts_before = Vec::new();
+    let store = runtime.block_on(workload::store_history(&endpoints[0]));
+    eprintln!(
+        "nemesis: the store's history has {} changes to the keys",
+        store.iter().map(Vec::len).sum::<usize>()
+    );
+    if let Err(e) = history::acknowledged_in_store(&changes, &store) {
+        verdicts_before.push(e);
+    }
     let checker = std::thread::spawn(move || {
-        let mut verdicts = Vec::new();
+        let mut verdicts = verdicts_before;
         for key in 0..KEYS {
             let history: Vec<Op> = ops.iter().filter(|o| o.key == key).cloned().collect();
-            if let Err(e) = history::linearizable(&history) {
+            if let Err(e) = history::linearizable(&history, Some(&store[key])) {
                 verdicts.push(format!("key {} is not linearizable: {e}", key_name(key)));
             }
         }

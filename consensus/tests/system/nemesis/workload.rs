@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use crate::support::history::{Change, Kind, Observation, Op, UnansweredDelete, xorshift};
+use crate::support::history::{Change, Effect, Kind, Observation, Op, UnansweredDelete, xorshift};
 
 pub const KEYS: usize = 8;
 /// How long a client waits for an answer before it counts the request as unanswered.
@@ -144,20 +144,21 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                 },
             });
         } else if dice < 55 {
-            let answer = match tokio::time::timeout(t, c.delete(name, None)).await {
+            let (answer, removed_at) = match tokio::time::timeout(t, c.delete(name, None)).await {
                 Ok(Ok(resp)) => {
                     let revision = resp.header().map_or(0, |h| h.revision());
-                    if resp.deleted() > 0 {
+                    let removed = resp.deleted() > 0;
+                    if removed {
                         out.acknowledged(key, revision, None, start);
                     }
                     last_seen[key] = None;
                     revisions.push(revision);
-                    Some(start.elapsed())
+                    (Some(start.elapsed()), removed.then_some(revision))
                 }
                 _ => {
                     out.failed += 1;
                     out.unanswered_deletes.push(UnansweredDelete { key, call });
-                    None
+                    (None, None)
                 }
             };
             out.ops.push(Op {
@@ -165,7 +166,7 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
                 client: id,
                 call,
                 answer,
-                kind: Kind::Delete,
+                kind: Kind::Delete { removed_at },
             });
         } else {
             // A read: linearizable, serializable, or at a revision this client was told of.
@@ -209,4 +210,67 @@ pub async fn client(id: usize, endpoint: String, start: Instant, stop: Arc<Atomi
         tokio::time::sleep(Duration::from_millis(3 + (r >> 60))).await;
     }
     out
+}
+
+/// Every key's history as the store kept it: for each revision up to the newest, what changed
+/// (all the clients' writes are to one key each), read at that revision through `endpoint`.
+/// Nothing in the run compacts, so the whole history is there.
+pub async fn store_history(endpoint: &str) -> Vec<Vec<Effect>> {
+    use futures::StreamExt;
+    let mut c = Client::connect([endpoint], None)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"));
+    let prefix = "nemesis-";
+    let newest = c
+        .get(prefix, None)
+        .await
+        .ok()
+        .and_then(|r| Some(r.header()?.revision()))
+        .unwrap_or_else(|| panic!("the newest revision of {endpoint}"));
+    let reads = futures::stream::iter(1..=newest)
+        .map(|revision| {
+            let mut c = c.clone();
+            async move {
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_revision(revision)
+                    .with_serializable();
+                let got = c
+                    .get(prefix, Some(options))
+                    .await
+                    .unwrap_or_else(|e| panic!("reading revision {revision}: {e}"));
+                let mut held = [None; KEYS];
+                for kv in got.kvs() {
+                    let key = kv
+                        .key_str()
+                        .ok()
+                        .and_then(|k| k.strip_prefix(prefix)?.parse::<usize>().ok())
+                        .filter(|k| *k < KEYS)
+                        .unwrap_or_else(|| panic!("{:?} is not a key this test wrote", kv.key()));
+                    held[key] = Some((parse(kv.value()), kv.mod_revision()));
+                }
+                (revision, held)
+            }
+        })
+        .buffered(32);
+    futures::pin_mut!(reads);
+    let mut effects = vec![Vec::new(); KEYS];
+    let mut before = [None; KEYS];
+    while let Some((revision, held)) = reads.next().await {
+        for key in 0..KEYS {
+            match (before[key], held[key]) {
+                (_, Some((value, modified))) if modified == revision => effects[key].push(Effect {
+                    revision,
+                    value: Some(value),
+                }),
+                (Some(_), None) => effects[key].push(Effect {
+                    revision,
+                    value: None,
+                }),
+                _ => {}
+            }
+        }
+        before = held;
+    }
+    effects
 }

@@ -5,9 +5,10 @@
 //!
 //! The linearizability check is Wing and Gong's search with Lowe's memo of (operations done,
 //! register value), iterative so that a long history cannot overflow the stack. An operation
-//! that got no answer may or may not have taken effect, at any time after its call: it is
-//! optional and never bounds the others; a read that got no answer says nothing and is not
-//! recorded.
+//! that got no answer may or may not have taken effect, at any time after its call: it never
+//! bounds the others; a read that got no answer says nothing and is not recorded. Given the
+//! store's own history of the key ([`Effect`]s, read back after the run), the writes must take
+//! effect in its order, which decides histories the free search gives up on.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -17,8 +18,9 @@ use std::time::Duration;
 pub enum Kind {
     /// A put of a value no other operation writes.
     Put(u64),
-    /// A delete; `None` in the register.
-    Delete,
+    /// A delete; `None` in the register. `removed_at`: the revision at which an answered delete
+    /// removed the key (`None`: it found nothing, or got no answer).
+    Delete { removed_at: Option<i64> },
     /// A txn: if the value is `expect` (`None`: the key is absent), put `new`. `succeeded` is
     /// the txn's answer, `None` when it got none.
     Cas {
@@ -53,7 +55,7 @@ impl Op {
     fn step(&self, value: Option<u64>) -> Option<Option<u64>> {
         match self.kind {
             Kind::Put(v) => Some(Some(v)),
-            Kind::Delete => Some(None),
+            Kind::Delete { .. } => Some(None),
             Kind::Cas {
                 expect,
                 new,
@@ -72,32 +74,197 @@ impl Op {
     }
 }
 
+/// A change the store made to one key, as its MVCC history shows it after the run: the revision
+/// and what the key held after it (`None`: the key was deleted).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Effect {
+    pub revision: i64,
+    pub value: Option<u64>,
+}
+
+/// What an operation may do in the search, once the store's own history of the key is known.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Role {
+    /// Without the store's history: whatever [`Op::step`] says.
+    Free,
+    /// It made the `n`th effect of the store's history.
+    Effect(usize),
+    /// An unanswered delete: it may have made any delete effect, or nothing.
+    AnyDelete,
+    /// It changed nothing and needed `Some(v)` not to be the value (a failed swap expecting
+    /// `v`) or, for `None`, the key to be absent (a delete that found nothing).
+    Unchanged { not: Option<Option<u64>> },
+    /// A read of the value.
+    Read(Option<u64>),
+}
+
+/// The register after `op` in its `role` on `value` with `at` effects of the store's history
+/// done; `None` if it cannot happen there.
+fn step(
+    op: &Op,
+    role: Role,
+    value: Option<u64>,
+    at: usize,
+    effects: &[Effect],
+) -> Option<(Option<u64>, usize)> {
+    match role {
+        Role::Free => op.step(value).map(|v| (v, at)),
+        Role::Effect(n) if n == at => {
+            // A swap that took effect needed its expectation to hold.
+            if let Kind::Cas { expect, .. } = op.kind
+                && value != expect
+            {
+                return None;
+            }
+            Some((effects[n].value, at + 1))
+        }
+        Role::Effect(_) => None,
+        Role::AnyDelete => {
+            let e = effects.get(at)?;
+            e.value.is_none().then_some((None, at + 1))
+        }
+        Role::Unchanged { not: Some(v) } => (value != v).then_some((value, at)),
+        Role::Unchanged { not: None } => value.is_none().then_some((value, at)),
+        Role::Read(v) => (v == value).then_some((value, at)),
+    }
+}
+
+/// Each operation's role against the store's history of the key; the operations that cannot
+/// have happened are left out, and a contradiction between the answers and the history (an
+/// acknowledged write the store does not have, a value it has that nobody wrote) is an error.
+fn roles(ops: &[Op], effects: &[Effect]) -> Result<Vec<(Op, Role)>, String> {
+    let mut problems = Vec::new();
+    let mut slot: HashMap<u64, usize> = HashMap::new();
+    let mut deletes: HashMap<i64, usize> = HashMap::new();
+    for (n, e) in effects.iter().enumerate() {
+        match e.value {
+            Some(v) => {
+                if slot.insert(v, n).is_some() {
+                    problems.push(format!("the store wrote value {v} twice"));
+                }
+            }
+            None => {
+                deletes.insert(e.revision, n);
+            }
+        }
+    }
+    let mut written = HashSet::new();
+    let mut out = Vec::new();
+    for o in ops {
+        let role = match o.kind {
+            Kind::Put(v) | Kind::Cas { new: v, .. } => {
+                written.insert(v);
+                let failed = matches!(
+                    o.kind,
+                    Kind::Cas {
+                        succeeded: Some(false),
+                        ..
+                    }
+                );
+                match (slot.get(&v), o.answer.is_some(), failed) {
+                    (Some(_), _, true) => {
+                        problems.push(format!("{o:?}: failed, yet the store holds its value"));
+                        continue;
+                    }
+                    (Some(&n), _, false) => Role::Effect(n),
+                    (None, _, true) => match o.kind {
+                        Kind::Cas { expect, .. } => Role::Unchanged { not: Some(expect) },
+                        _ => unreachable!("only a swap fails"),
+                    },
+                    (None, true, false) => {
+                        problems.push(format!(
+                            "{o:?}: acknowledged, but not in the store's history"
+                        ));
+                        continue;
+                    }
+                    // Unanswered and not in the store: it never happened (or failed).
+                    (None, false, false) => continue,
+                }
+            }
+            Kind::Delete { removed_at } => match (o.answer, removed_at) {
+                (None, _) => Role::AnyDelete,
+                (Some(_), None) => Role::Unchanged { not: None },
+                (Some(_), Some(r)) => match deletes.get(&r) {
+                    Some(&n) => Role::Effect(n),
+                    None => {
+                        problems.push(format!(
+                            "{o:?}: acknowledged, but the store deleted nothing at revision {r}"
+                        ));
+                        continue;
+                    }
+                },
+            },
+            Kind::Read(v) => Role::Read(v),
+        };
+        out.push((o.clone(), role));
+    }
+    for e in effects {
+        if let Some(v) = e.value
+            && !written.contains(&v)
+        {
+            problems.push(format!("{e:?}: a value no operation wrote"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        problems.truncate(8);
+        Err(problems.join("\n"))
+    }
+}
+
 /// The search gives up (and the check fails, saying so) beyond this many states.
 const MAX_STATES: usize = 20_000_000;
 
 /// Whether `ops` (one key's) are linearizable as a register that starts empty; on failure, the
 /// operations that could not be placed after the longest order found.
-pub fn linearizable(ops: &[Op]) -> Result<(), String> {
-    // An unanswered write whose value nobody read can be taken as never having happened: values
-    // are unique, so no read fell between it and the next write. Dropping those keeps the search
-    // from trying each of them everywhere.
-    let read: HashSet<u64> = ops
-        .iter()
-        .filter_map(|o| match o.kind {
-            Kind::Read(v) => v,
-            _ => None,
-        })
-        .collect();
-    let mut ops: Vec<Op> = ops
-        .iter()
-        .filter(|o| match o.writes() {
-            Some(v) => o.answer.is_some() || read.contains(&v),
-            None => true,
-        })
-        .cloned()
-        .collect();
-    ops.sort_by_key(|o| o.call);
+///
+/// With `store`, the key's history as the store itself kept it (every revision that changed the
+/// key, read back after the run), the order of the writes is the store's: each write that took
+/// effect is placed exactly where its revision puts it, a write the store does not have did not
+/// happen (an error if it was acknowledged), and an unanswered delete either made one of the
+/// store's deletes or nothing. This is etcd's own promise (revisions order every change) and
+/// leaves the search almost nothing to guess, so a long history with many unanswered requests
+/// is decided, not given up on. Without it, each unanswered write may have happened at any time
+/// after its call, or not at all.
+pub fn linearizable(ops: &[Op], store: Option<&[Effect]>) -> Result<(), String> {
+    let effects = store.unwrap_or(&[]);
+    let mut ops: Vec<(Op, Role)> = match store {
+        Some(effects) => roles(ops, effects)?,
+        None => {
+            // An unanswered write whose value nobody read can be taken as never having happened:
+            // values are unique, so no read fell between it and the next write. Dropping those
+            // keeps the search from trying each of them everywhere.
+            let read: HashSet<u64> = ops
+                .iter()
+                .filter_map(|o| match o.kind {
+                    Kind::Read(v) => v,
+                    _ => None,
+                })
+                .collect();
+            ops.iter()
+                .filter(|o| match o.writes() {
+                    Some(v) => o.answer.is_some() || read.contains(&v),
+                    None => true,
+                })
+                .map(|o| (o.clone(), Role::Free))
+                .collect()
+        }
+    };
+    ops.sort_by_key(|(o, _)| o.call);
     let n = ops.len();
+    // Which operation made each of the store's effects, and the deletes an acknowledged delete
+    // made (no unanswered one may take those).
+    let mut maker = vec![None; effects.len()];
+    for (i, (_, role)) in ops.iter().enumerate() {
+        if let Role::Effect(e) = role {
+            maker[*e] = Some(i);
+        }
+    }
+    let claimed: Vec<bool> = maker
+        .iter()
+        .map(|m| m.is_some_and(|i| ops[i].0.answer.is_some()))
+        .collect();
     // Zobrist hashing: the done set's hash is the XOR of its members' random words.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let words: Vec<u128> = ops
@@ -109,30 +276,39 @@ pub fn linearizable(ops: &[Op]) -> Result<(), String> {
     let mut pending: BTreeSet<(Duration, usize)> = ops
         .iter()
         .enumerate()
-        .filter_map(|(i, o)| o.answer.map(|a| (a, i)))
+        .filter_map(|(i, (o, _))| o.answer.map(|a| (a, i)))
         .collect();
-    let mut seen: HashSet<(u128, Option<u64>)> = HashSet::new();
-    // Each frame: the register and hash before its choice, the first operation not yet done
-    // when it was pushed, and the candidate it placed (or will try next).
+    // The unanswered deletes not yet placed. Once one may be placed, every later choice may
+    // place it too (the bound only grows), so they are interchangeable: only the first is tried.
+    let mut spare_deletes: BTreeSet<usize> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, r))| (*r == Role::AnyDelete).then_some(i))
+        .collect();
+    let mut seen: HashSet<(u128, usize, Option<u64>)> = HashSet::new();
+    // Each frame: the register, the effects done and the hash before its choice, the first
+    // operation not yet done when it was pushed (spare deletes aside), the candidate it tries
+    // next, whether it tried the spare delete, and the candidate it placed.
     struct Frame {
         value: Option<u64>,
+        at: usize,
         hash: u128,
         first: usize,
         next: usize,
+        spare_tried: bool,
         placed: Option<usize>,
     }
     let mut stack = vec![Frame {
         value: None,
+        at: 0,
         hash: 0,
         first: 0,
         next: 0,
+        spare_tried: false,
         placed: None,
     }];
     let mut deepest = (0, Vec::new());
     loop {
-        if pending.is_empty() {
-            return Ok(());
-        }
         if seen.len() > MAX_STATES {
             break;
         }
@@ -141,51 +317,88 @@ pub fn linearizable(ops: &[Op]) -> Result<(), String> {
         if let Some(i) = top.placed.take() {
             // Coming back to this frame: undo its last choice before trying the next.
             done[i] = false;
-            if let Some(a) = ops[i].answer {
+            if let Some(a) = ops[i].0.answer {
                 pending.insert((a, i));
             }
+            if ops[i].1 == Role::AnyDelete {
+                spare_deletes.insert(i);
+            }
+        }
+        if pending.is_empty()
+            && store.is_none_or(|_| {
+                tail_completes(
+                    top.value,
+                    top.at,
+                    effects,
+                    &ops,
+                    &maker,
+                    spare_deletes.len(),
+                )
+            })
+        {
+            return Ok(());
         }
         let bound = pending.first().map_or(Duration::MAX, |(a, _)| *a);
         let mut chosen = None;
-        let mut i = top.next;
-        while i < n && ops[i].call <= bound {
-            if !done[i]
-                && let Some(next) = ops[i].step(top.value)
+        // The spare delete first, once per frame; then the others in call order, skipping the
+        // spare deletes, whose one candidate that was.
+        if !top.spare_tried {
+            top.spare_tried = true;
+            if let Some(&i) = spare_deletes.first()
+                && ops[i].0.call <= bound
+                && !claimed.get(top.at).copied().unwrap_or(true)
+                && let Some((value, at)) = step(&ops[i].0, ops[i].1, top.value, top.at, effects)
             {
                 let hash = top.hash ^ words[i];
-                if seen.insert((hash, next)) {
-                    chosen = Some((i, next, hash));
-                    break;
+                if seen.insert((hash, at, value)) {
+                    chosen = Some((i, value, at, hash));
+                }
+            }
+        }
+        let mut i = top.next;
+        while chosen.is_none() && i < n && ops[i].0.call <= bound {
+            let (op, role) = &ops[i];
+            if !done[i]
+                && *role != Role::AnyDelete
+                && let Some((value, at)) = step(op, *role, top.value, top.at, effects)
+            {
+                let hash = top.hash ^ words[i];
+                if seen.insert((hash, at, value)) {
+                    chosen = Some((i, value, at, hash));
+                    top.next = i + 1;
                 }
             }
             i += 1;
         }
-        let Some((i, value, hash)) = chosen else {
-            // Nothing fits after this prefix: back up one choice.
+        let Some((i, value, at, hash)) = chosen else {
+            // Nothing fits after this prefix: back up one choice (remembering the deepest dead
+            // end, to say where it got stuck).
+            if depth > deepest.0 {
+                deepest = (depth, done.clone());
+            }
             stack.pop();
             if stack.is_empty() {
                 break;
             }
             continue;
         };
-        top.next = i + 1;
         top.placed = Some(i);
         done[i] = true;
-        if let Some(a) = ops[i].answer {
+        if let Some(a) = ops[i].0.answer {
             pending.remove(&(a, i));
         }
-        if depth + 1 > deepest.0 {
-            deepest = (depth + 1, done.clone());
-        }
+        spare_deletes.remove(&i);
         let mut first = top.first;
-        while first < n && done[first] {
+        while first < n && (done[first] || ops[first].1 == Role::AnyDelete) {
             first += 1;
         }
         stack.push(Frame {
             value,
+            at,
             hash,
             first,
             next: first,
+            spare_tried: false,
             placed: None,
         });
     }
@@ -198,9 +411,9 @@ pub fn linearizable(ops: &[Op]) -> Result<(), String> {
     let stuck: Vec<String> = ops
         .iter()
         .zip(&done)
-        .filter(|(o, done)| !**done && o.answer.is_some())
+        .filter(|((o, _), done)| !**done && o.answer.is_some())
         .take(8)
-        .map(|(o, _)| format!("client {}: {o:?}", o.client))
+        .map(|((o, _), _)| format!("client {}: {o:?}", o.client))
         .collect();
     let gave_up = if seen.len() > MAX_STATES {
         format!(" (gave up after {MAX_STATES} states)")
@@ -211,6 +424,35 @@ pub fn linearizable(ops: &[Op]) -> Result<(), String> {
         "{depth} of {n} operations ordered{gave_up}; the first that could not be:\n{}",
         stuck.join("\n")
     ))
+}
+
+/// Whether the store's effects from `at` on can all come after every answered operation: each
+/// write by its unanswered operation (a swap only if its expectation holds there), each delete
+/// by one of the `spare` unanswered deletes.
+fn tail_completes(
+    mut value: Option<u64>,
+    at: usize,
+    effects: &[Effect],
+    ops: &[(Op, Role)],
+    maker: &[Option<usize>],
+    mut spare: usize,
+) -> bool {
+    for (n, e) in effects.iter().enumerate().skip(at) {
+        match (e.value, maker[n]) {
+            (None, _) if spare > 0 => spare -= 1,
+            (None, _) => return false,
+            (Some(_), Some(i)) => {
+                if let Kind::Cas { expect, .. } = ops[i].0.kind
+                    && expect != value
+                {
+                    return false;
+                }
+            }
+            (Some(_), None) => return false,
+        }
+        value = e.value;
+    }
+    true
 }
 
 pub fn xorshift(state: &mut u64) -> u64 {
@@ -355,6 +597,32 @@ pub fn revisions_hold(
     ))
 }
 
+/// Every acknowledged change is the store's own change of its key at its revision (`store`:
+/// each key's [`Effect`]s in revision order).
+pub fn acknowledged_in_store(changes: &[Change], store: &[Vec<Effect>]) -> Result<(), String> {
+    let missing: Vec<String> = changes
+        .iter()
+        .filter(|c| {
+            let effects = store.get(c.key).map_or(&[][..], Vec::as_slice);
+            let at = effects.partition_point(|e| e.revision < c.revision);
+            effects.get(at)
+                != Some(&Effect {
+                    revision: c.revision,
+                    value: c.value,
+                })
+        })
+        .map(|c| format!("{c:?}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let n = missing.len();
+    Err(format!(
+        "{n} acknowledged change(s) not in the store's history at their revision:\n{}",
+        missing[..n.min(20)].join("\n")
+    ))
+}
+
 // ------------------------------------------------------------------ the checks on their own
 
 #[cfg(test)]
@@ -381,7 +649,7 @@ mod tests {
             op(35, Some(50), Kind::Read(Some(2))),
             op(60, Some(70), Kind::Read(Some(2))),
         ];
-        assert_eq!(linearizable(&ops), Ok(()));
+        assert_eq!(linearizable(&ops, None), Ok(()));
     }
 
     #[test]
@@ -392,13 +660,13 @@ mod tests {
             op(20, Some(30), Kind::Put(2)),
             op(40, Some(50), Kind::Read(Some(1))),
         ];
-        assert!(linearizable(&stale).is_err());
+        assert!(linearizable(&stale, None).is_err());
         // An acknowledged write that a later read does not see is lost.
         let lost = [
             op(0, Some(10), Kind::Put(1)),
             op(20, Some(30), Kind::Read(None)),
         ];
-        assert!(linearizable(&lost).is_err());
+        assert!(linearizable(&lost, None).is_err());
         // Reads that disagree on the order of two writes.
         let flip = [
             op(0, Some(100), Kind::Put(1)),
@@ -407,7 +675,7 @@ mod tests {
             op(30, Some(40), Kind::Read(Some(2))),
             op(50, Some(60), Kind::Read(Some(1))),
         ];
-        assert!(linearizable(&flip).is_err());
+        assert!(linearizable(&flip, None).is_err());
     }
 
     #[test]
@@ -416,26 +684,26 @@ mod tests {
             op(0, None, Kind::Put(1)),
             op(20, Some(30), Kind::Read(Some(1))),
         ];
-        assert_eq!(linearizable(&happened), Ok(()));
+        assert_eq!(linearizable(&happened, None), Ok(()));
         let did_not = [
             op(0, None, Kind::Put(1)),
             op(20, Some(30), Kind::Read(None)),
         ];
-        assert_eq!(linearizable(&did_not), Ok(()));
+        assert_eq!(linearizable(&did_not, None), Ok(()));
         // But not before it was called.
         let too_early = [
             op(0, Some(10), Kind::Read(Some(1))),
             op(20, None, Kind::Put(1)),
         ];
-        assert!(linearizable(&too_early).is_err());
+        assert!(linearizable(&too_early, None).is_err());
         // An unanswered delete may have removed a value, late.
         let late_delete = [
             op(0, Some(10), Kind::Put(1)),
-            op(20, None, Kind::Delete),
+            op(20, None, Kind::Delete { removed_at: None }),
             op(30, Some(40), Kind::Read(Some(1))),
             op(50, Some(60), Kind::Read(None)),
         ];
-        assert_eq!(linearizable(&late_delete), Ok(()));
+        assert_eq!(linearizable(&late_delete, None), Ok(()));
     }
 
     #[test]
@@ -451,7 +719,7 @@ mod tests {
             op(20, Some(40), cas(Some(1), 2, Some(true))),
             op(20, Some(40), cas(Some(1), 3, Some(true))),
         ];
-        assert!(linearizable(&both).is_err());
+        assert!(linearizable(&both, None).is_err());
         // One succeeds, the other fails because it came second.
         let one = [
             op(0, Some(10), Kind::Put(1)),
@@ -459,19 +727,19 @@ mod tests {
             op(20, Some(40), cas(Some(1), 3, Some(false))),
             op(50, Some(60), Kind::Read(Some(2))),
         ];
-        assert_eq!(linearizable(&one), Ok(()));
+        assert_eq!(linearizable(&one, None), Ok(()));
         // A failed swap when the value was what it expected, with nothing concurrent, is wrong.
         let wrong_failure = [
             op(0, Some(10), Kind::Put(1)),
             op(20, Some(30), cas(Some(1), 2, Some(false))),
         ];
-        assert!(linearizable(&wrong_failure).is_err());
+        assert!(linearizable(&wrong_failure, None).is_err());
         // A swap expecting an absent key succeeds only on an absent key.
         let create = [
             op(0, Some(10), cas(None, 5, Some(true))),
             op(20, Some(30), cas(None, 6, Some(true))),
         ];
-        assert!(linearizable(&create).is_err());
+        assert!(linearizable(&create, None).is_err());
         // An unanswered swap whose value was read took effect only if its expectation held.
         let unanswered = [
             op(0, Some(10), Kind::Put(1)),
@@ -479,7 +747,7 @@ mod tests {
             op(40, None, cas(Some(1), 2, None)),
             op(50, Some(60), Kind::Read(Some(2))),
         ];
-        assert!(linearizable(&unanswered).is_err());
+        assert!(linearizable(&unanswered, None).is_err());
     }
 
     #[test]
@@ -489,7 +757,247 @@ mod tests {
             ops.push(op(i * 10, Some(i * 10 + 5), Kind::Put(i)));
         }
         ops.push(op(3_000_000, Some(3_000_010), Kind::Read(Some(199_999))));
-        assert_eq!(linearizable(&ops), Ok(()));
+        assert_eq!(linearizable(&ops, None), Ok(()));
+    }
+
+    fn put_at(revision: i64, value: u64) -> Effect {
+        Effect {
+            revision,
+            value: Some(value),
+        }
+    }
+
+    fn deleted_at(revision: i64) -> Effect {
+        Effect {
+            revision,
+            value: None,
+        }
+    }
+
+    #[test]
+    fn the_stores_order_of_writes_must_agree_with_real_time_and_every_answer() {
+        let ops = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, Some(40), Kind::Put(2)),
+            op(25, Some(30), Kind::Read(Some(1))),
+            op(35, Some(50), Kind::Read(Some(2))),
+        ];
+        let store = [put_at(2, 1), put_at(3, 2)];
+        assert_eq!(linearizable(&ops, Some(&store)), Ok(()));
+        // Put 1 was answered before put 2 was called: the store cannot order 2 first.
+        let flipped = [put_at(2, 2), put_at(3, 1)];
+        assert!(linearizable(&ops, Some(&flipped)).is_err());
+        // An acknowledged put the store does not have was lost.
+        let lost = linearizable(&ops, Some(&store[..1])).unwrap_err();
+        assert!(lost.contains("not in the store"), "{lost}");
+        // A value the store has that nobody wrote.
+        let stranger = [put_at(2, 1), put_at(3, 2), put_at(4, 9)];
+        assert!(linearizable(&ops, Some(&stranger)).is_err());
+    }
+
+    #[test]
+    fn an_unanswered_write_the_store_has_happened_and_one_it_lacks_did_not() {
+        let ops = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, None, Kind::Put(2)),
+            op(30, None, Kind::Put(3)),
+            op(40, Some(50), Kind::Read(Some(1))),
+            op(60, Some(70), Kind::Read(Some(2))),
+        ];
+        // 2 took effect late (after the read of 1); 3 never did.
+        assert_eq!(
+            linearizable(&ops, Some(&[put_at(2, 1), put_at(3, 2)])),
+            Ok(())
+        );
+        // The store says 3 came after 2: then the last read, of 2, was stale, unless 3 came
+        // later still, which it may (it got no answer).
+        assert_eq!(
+            linearizable(&ops, Some(&[put_at(2, 1), put_at(3, 2), put_at(4, 3)])),
+            Ok(())
+        );
+        // But a read of 1 after a read of 2 cannot be.
+        let mut back = ops.to_vec();
+        back.push(op(80, Some(90), Kind::Read(Some(1))));
+        assert!(linearizable(&back, Some(&[put_at(2, 1), put_at(3, 2)])).is_err());
+    }
+
+    #[test]
+    fn a_delete_in_the_store_needs_a_delete_that_made_it() {
+        let acknowledged = [
+            op(0, Some(10), Kind::Put(1)),
+            op(
+                20,
+                Some(30),
+                Kind::Delete {
+                    removed_at: Some(3),
+                },
+            ),
+            op(40, Some(50), Kind::Read(None)),
+        ];
+        let store = [put_at(2, 1), deleted_at(3)];
+        assert_eq!(linearizable(&acknowledged, Some(&store)), Ok(()));
+        // The store deleted at another revision than the one acknowledged.
+        assert!(linearizable(&acknowledged, Some(&[put_at(2, 1), deleted_at(4)])).is_err());
+        let unanswered = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, None, Kind::Delete { removed_at: None }),
+            op(40, Some(50), Kind::Read(None)),
+        ];
+        assert_eq!(linearizable(&unanswered, Some(&store)), Ok(()));
+        // Without any delete, the store's delete came from nowhere.
+        let nobody = [
+            op(0, Some(10), Kind::Put(1)),
+            op(40, Some(50), Kind::Read(None)),
+        ];
+        assert!(linearizable(&nobody, Some(&store)).is_err());
+        // An unanswered delete the store never made did nothing.
+        let kept = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, None, Kind::Delete { removed_at: None }),
+            op(40, Some(50), Kind::Read(Some(1))),
+        ];
+        assert_eq!(linearizable(&kept, Some(&store[..1])), Ok(()));
+        // A delete answered as finding nothing needs the key absent.
+        let found_nothing = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, Some(30), Kind::Delete { removed_at: None }),
+        ];
+        assert!(linearizable(&found_nothing, Some(&store[..1])).is_err());
+    }
+
+    #[test]
+    fn a_swap_the_store_made_needed_its_expectation() {
+        let cas = |expect, new, succeeded| Kind::Cas {
+            expect,
+            new,
+            succeeded,
+        };
+        let ops = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, Some(30), Kind::Put(7)),
+            op(40, None, cas(Some(1), 2, None)),
+        ];
+        // The unanswered swap expected 1 but the value was 7: the store cannot have made it.
+        assert!(linearizable(&ops, Some(&[put_at(2, 1), put_at(3, 7), put_at(4, 2)])).is_err());
+        assert_eq!(
+            linearizable(&ops, Some(&[put_at(2, 1), put_at(3, 7)])),
+            Ok(())
+        );
+        // A swap answered as failed whose value the store holds.
+        let failed = [
+            op(0, Some(10), Kind::Put(1)),
+            op(20, Some(30), cas(Some(1), 2, Some(false))),
+        ];
+        assert!(linearizable(&failed, Some(&[put_at(2, 1), put_at(3, 2)])).is_err());
+    }
+
+    /// A random history of `clients` running against a true register, with a third of the
+    /// requests unanswered (half of those taking effect, late), and the store's history of it.
+    fn simulated(clients: u64, per_client: u64, seed: u64) -> (Vec<Op>, Vec<Effect>) {
+        let mut rng = seed;
+        let mut planned = Vec::new();
+        let mut written = vec![None];
+        for c in 0..clients {
+            let mut now = 0;
+            for s in 0..per_client {
+                let r = xorshift(&mut rng);
+                let call = now + r % 7;
+                let point = call + 1 + (r >> 8) % 40;
+                let unanswered = (r >> 16) % 3 == 0;
+                // An unanswered request takes effect (late) or not at all.
+                let point = if unanswered {
+                    point + (r >> 24) % 400
+                } else {
+                    point
+                };
+                let happens = !unanswered || (r >> 40) % 2 == 0;
+                let answer = (!unanswered).then(|| point + 1 + (r >> 32) % 40);
+                now = answer.unwrap_or(call + 100);
+                let value = c * 1_000_000 + s + 1;
+                let kind = match (r >> 48) % 10 {
+                    0..=2 => Kind::Put(value),
+                    3..=4 => Kind::Cas {
+                        expect: written[(r >> 52) as usize % written.len()],
+                        new: value,
+                        succeeded: None,
+                    },
+                    5 => Kind::Delete { removed_at: None },
+                    _ if unanswered => continue,
+                    _ => Kind::Read(None),
+                };
+                written.push(Some(value));
+                planned.push((point, happens, c, call, answer, kind));
+            }
+        }
+        planned.sort_by_key(|p| p.0);
+        let (mut value, mut revision) = (None, 1);
+        let mut ops = Vec::new();
+        let mut effects = Vec::new();
+        for (_, happens, client, call, answer, mut kind) in planned {
+            if happens {
+                let before = value;
+                match &mut kind {
+                    Kind::Put(v) => value = Some(*v),
+                    Kind::Cas {
+                        expect,
+                        new,
+                        succeeded,
+                    } => {
+                        let ok = *expect == value;
+                        if ok {
+                            value = Some(*new);
+                        }
+                        *succeeded = answer.map(|_| ok);
+                    }
+                    Kind::Delete { removed_at } => {
+                        if value.is_some() {
+                            value = None;
+                            revision += 1;
+                            effects.push(deleted_at(revision));
+                            *removed_at = answer.map(|_| revision);
+                        }
+                    }
+                    Kind::Read(seen) => *seen = value,
+                }
+                if value != before && value.is_some() {
+                    revision += 1;
+                    effects.push(Effect { revision, value });
+                }
+            }
+            ops.push(Op {
+                key: 0,
+                client: client as usize,
+                call: Duration::from_millis(call),
+                answer: answer.map(Duration::from_millis),
+                kind,
+            });
+        }
+        (ops, effects)
+    }
+
+    #[test]
+    fn the_stores_history_decides_long_histories_full_of_unanswered_requests() {
+        for seed in 1..=5u64 {
+            let (ops, effects) = simulated(6, 2_000, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let unanswered = ops.iter().filter(|o| o.answer.is_none()).count();
+            assert!(unanswered > ops.len() / 5, "{unanswered} of {}", ops.len());
+            assert_eq!(linearizable(&ops, Some(&effects)), Ok(()), "seed {seed}");
+            // A last read of the first value written is stale: acknowledged writes followed it.
+            let end = ops
+                .iter()
+                .filter_map(|o| o.answer)
+                .max()
+                .unwrap_or_default();
+            let mut stale = ops.clone();
+            stale.push(Op {
+                key: 0,
+                client: 99,
+                call: end + Duration::from_secs(1),
+                answer: Some(end + Duration::from_secs(2)),
+                kind: Kind::Read(effects[0].value),
+            });
+            assert!(linearizable(&stale, Some(&effects)).is_err(), "seed {seed}");
+        }
     }
 
     #[test]
