@@ -73,6 +73,36 @@ interface PeerRegistrar {
   # what the peer gateway answers another member's cluster query with (etcd's `/members` on the
   # peer port). An older consensus answers "unimplemented", and the query goes unanswered.
   members @1 () -> (members :List(Member));
+
+  # Raft snapshots. A raft message with `isSnapshot` set (a MsgSnapshot) is only a description of
+  # a state-machine image; the image itself travels on a QUIC stream of its own, streamed from a
+  # file here through `reader` to the receiving member's file through `writer`, in chunks, never
+  # whole in memory.
+  #
+  # Sending: the peer gateway opens the image `message` (that RaftMessage's `data`, as consensus
+  # sent it) describes and reads it to the end; an error (the image is gone, a newer one replaced
+  # it) means the send failed, which the gateway reports in a `snapshotStatus` frame as for any
+  # failed send. An older consensus answers "unimplemented" and sends no snapshots.
+  snapshotImage @2 (message :Data) -> (error :Status, reader :SnapshotReader, totalBytes :UInt64);
+  # Receiving: a snapshot stream from member `from` (as the QUIC handshake authenticated it)
+  # began with `message` and announces `totalBytes` of image. With no error, the gateway writes
+  # every byte of the image that follows through `writer`, in order, then calls `finish`.
+  receiveSnapshot @3 (from :UInt64, message :Data, totalBytes :UInt64)
+      -> (error :Status, writer :SnapshotWriter);
+}
+
+# Where a received snapshot image goes: a file of consensus's own (see
+# PeerRegistrar.receiveSnapshot). Dropped without `finish`, the file is deleted.
+interface SnapshotWriter {
+  # The next bytes of the image, at most `schema::limits::SNAPSHOT_CHUNK_BYTES`; the gateway may
+  # have two writes in flight.
+  write @0 (chunk :Data) -> (error :Status);
+  # Every byte written: consensus checks the image (its length and trailing SHA-256, its format,
+  # that it holds the state the message describes) and installs it, atomically. No error: the
+  # member has that state now (or already had it), and the sender may report success to its
+  # raft; consensus then restarts itself in place on the new state, and the gateways register
+  # again. An error: nothing changed, and the sender reports a failure.
+  finish @1 () -> (error :Status);
 }
 
 # Served by the peer gateway, called by consensus.
