@@ -18,6 +18,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -42,21 +43,58 @@ enum Part {
     File(PathBuf, u64),
 }
 
-/// An image being read out; its checkpoint is deleted when it is dropped.
-pub struct Image {
+/// A RocksDB checkpoint under the data dir's [`SNAP_DIR`], deleted once nothing uses it: a
+/// `snapshot save` has one of its own; a raft snapshot's is shared by every follower it goes to.
+pub struct Checkpoint {
     dir: PathBuf,
+}
+
+impl Checkpoint {
+    /// Checkpoints `db` into a new directory under `data_dir`'s [`SNAP_DIR`] named `prefix` and a
+    /// number unique to this process.
+    pub fn create(db: &Db, data_dir: &Path, prefix: &str) -> Result<Checkpoint> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let root = data_dir.join(SNAP_DIR);
+        fs::create_dir_all(&root).map_err(|e| io_err(format!("creating {}", root.display()), e))?;
+        let dir = root.join(format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        db.checkpoint(&dir)?;
+        Ok(Checkpoint { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a snapshot checkpoint");
+        }
+    }
+}
+
+/// An image being read out of a [`Checkpoint`].
+pub struct Image {
+    checkpoint: Arc<Checkpoint>,
     parts: std::collections::VecDeque<Part>,
     open: Option<(File, u64)>,
     hash: Sha256,
     total: u64,
     trailer_sent: bool,
+    /// Dropped with the image: tells whoever lent the checkpoint that this read is over.
+    _lease: Option<Box<dyn Send>>,
 }
 
 fn io_err(what: impl std::fmt::Display, e: io::Error) -> Error {
     Error::io(what.to_string(), e)
 }
 
-/// Deletes the images a killed process left under `data_dir`.
+/// Deletes the images (and received raft snapshots) a killed process left under `data_dir`.
 pub fn remove_leftovers(data_dir: &Path) -> Result<()> {
     let root = data_dir.join(SNAP_DIR);
     let entries = match fs::read_dir(&root) {
@@ -66,9 +104,13 @@ pub fn remove_leftovers(data_dir: &Path) -> Result<()> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| io_err(format!("reading {}", root.display()), e))?;
-        if entry.file_name().to_string_lossy().starts_with(SAVE_PREFIX) {
-            let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(SAVE_PREFIX) || name.starts_with(super::snap::CHECKPOINT_PREFIX) {
             fs::remove_dir_all(&path)
+                .map_err(|e| io_err(format!("removing {}", path.display()), e))?;
+        } else if name.starts_with(super::snap::INCOMING_PREFIX) {
+            fs::remove_file(&path)
                 .map_err(|e| io_err(format!("removing {}", path.display()), e))?;
         }
     }
@@ -76,30 +118,29 @@ pub fn remove_leftovers(data_dir: &Path) -> Result<()> {
 }
 
 impl Image {
-    /// Checkpoints `db` under `data_dir`'s [`SNAP_DIR`] and lays out the stream.
+    /// Checkpoints `db` under `data_dir`'s [`SNAP_DIR`] and lays out the stream (`snapshot save`).
     pub fn create(db: &Db, data_dir: &Path) -> Result<Image> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let root = data_dir.join(SNAP_DIR);
-        fs::create_dir_all(&root).map_err(|e| io_err(format!("creating {}", root.display()), e))?;
-        let dir = root.join(format!(
-            "{SAVE_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        db.checkpoint(&dir)?;
+        let checkpoint = Checkpoint::create(db, data_dir, SAVE_PREFIX)?;
+        Image::of(Arc::new(checkpoint), None)
+    }
+
+    /// Lays out the stream of `checkpoint`'s files; `lease` is dropped with the image.
+    pub fn of(checkpoint: Arc<Checkpoint>, lease: Option<Box<dyn Send>>) -> Result<Image> {
         let mut image = Image {
-            dir,
+            checkpoint,
             parts: Default::default(),
             open: None,
             hash: Sha256::new(),
             total: 0,
             trailer_sent: false,
+            _lease: lease,
         };
+        let dir = image.checkpoint.dir().to_path_buf();
         let mut files = Vec::new();
-        let listing = fs::read_dir(&image.dir)
-            .map_err(|e| io_err(format!("reading {}", image.dir.display()), e))?;
+        let listing =
+            fs::read_dir(&dir).map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
         for entry in listing {
-            let entry = entry.map_err(|e| io_err(format!("reading {}", image.dir.display()), e))?;
+            let entry = entry.map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
             let meta = entry
                 .metadata()
                 .map_err(|e| io_err(format!("stat {}", entry.path().display()), e))?;
@@ -118,9 +159,7 @@ impl Image {
             h.extend(name.as_bytes());
             h.extend(len.to_be_bytes());
             image.parts.push_back(Part::Bytes(h));
-            image
-                .parts
-                .push_back(Part::File(image.dir.join(&name), len));
+            image.parts.push_back(Part::File(dir.join(&name), len));
         }
         let body: u64 = image
             .parts
@@ -151,7 +190,10 @@ impl Image {
                 out.resize(start + want, 0);
                 file.read_exact(&mut out[start..]).map_err(|e| {
                     io_err(
-                        format!("reading the checkpoint in {}", self.dir.display()),
+                        format!(
+                            "reading the checkpoint in {}",
+                            self.checkpoint.dir().display()
+                        ),
                         e,
                     )
                 })?;
@@ -196,14 +238,6 @@ impl Image {
             }
         }
         Ok(out)
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a snapshot checkpoint");
-        }
     }
 }
 
@@ -386,7 +420,7 @@ mod tests {
         let db = db_with(dir.path(), 2000);
         let mut image = Image::create(&db, dir.path()).unwrap();
         let total = image.total_bytes();
-        let checkpoint = image.dir.clone();
+        let checkpoint = image.checkpoint.dir().to_path_buf();
         assert!(checkpoint.exists());
         let bytes = read_all(&mut image, 4096);
         assert_eq!(bytes.len() as u64, total);
@@ -466,7 +500,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with(dir.path(), 10);
         let image = Image::create(&db, dir.path()).unwrap();
-        let left = image.dir.clone();
+        let left = image.checkpoint.dir().to_path_buf();
         // As a kill -9 leaves it.
         std::mem::forget(image);
         remove_leftovers(dir.path()).unwrap();

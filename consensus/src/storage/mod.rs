@@ -12,6 +12,7 @@ pub mod image;
 mod legacy;
 mod raft_log;
 pub mod schema;
+pub mod snap;
 pub mod wal;
 
 use std::path::Path;

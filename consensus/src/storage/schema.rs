@@ -50,6 +50,9 @@ pub const META_CONF_STATE: &[u8] = b"raft/conf_state";
 /// compaction point, the last entry dropped from the log (see `RaftLog::compact`).
 pub const META_SNAPSHOT: &[u8] = b"raft/snapshot_meta";
 pub const META_APPLIED: &[u8] = b"raft/applied_index";
+/// The index of the raft snapshot this database was installed from (big-endian): while the log
+/// still starts there, an empty WAL is the install's, not a lost log.
+pub const META_SNAPSHOT_INSTALLED: &[u8] = b"raft/snapshot_installed";
 pub const META_IDENTITY: &[u8] = b"cluster/identity";
 pub const META_MEMBER_PREFIX: &[u8] = b"cluster/member/";
 /// The MVCC revision of the last write.
