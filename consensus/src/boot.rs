@@ -142,6 +142,9 @@ pub fn run(config: Config) -> Result<()> {
     if let Ok(why) = fs::read_to_string(&refused) {
         return Err(Error::Startup(why.trim().to_string()));
     }
+    // A raft snapshot's install that a crash (or its own restart) interrupted is finished or
+    // dropped before anything opens the database or the WAL.
+    crate::storage::snap::recover(dir)?;
     let db = Db::open(&dir.join("db"))?;
     crate::storage::image::remove_leftovers(dir)?;
     let cluster::Loaded {
@@ -150,6 +153,8 @@ pub fn run(config: Config) -> Result<()> {
         mut log,
         bootstrapped: started_empty,
     } = cluster::load_or_bootstrap(&db, &config)?;
+    let snapshots = crate::storage::snap::Snapshots::new(db.clone(), dir);
+    log.serve_snapshots(snapshots.clone());
     let applied = db.applied_index()?;
     // Applied entries were committed; raft-rs refuses an applied index above the commit, which
     // the WAL may hold from before the last apply (it is only written with new entries).
@@ -211,6 +216,7 @@ pub fn run(config: Config) -> Result<()> {
     let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout);
     let settings = Settings {
         tick,
+        data_dir: dir.clone(),
         cluster_id: identity.cluster_id,
         member_id: identity.member_id,
         limits: Limits {
@@ -291,6 +297,7 @@ pub fn run(config: Config) -> Result<()> {
         request_timeout,
         data_dir: dir.clone(),
         boot_check: boot_check.clone(),
+        snapshots,
     };
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -369,4 +376,20 @@ pub fn run(config: Config) -> Result<()> {
     db_at_stop.flush_for_stop();
     info!("applied state flushed to disk; stopped");
     Ok(())
+}
+
+/// Starts this consensus again, in this process (same PID, arguments and environment): after a
+/// raft snapshot was installed, the cheapest way to a state that is the new data dir's alone.
+/// Every other thread ends with the exec, and the gateways register again.
+pub(crate) fn restart_in_place() -> ! {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let exe = c"/proc/self/exe";
+    let e = nix::unistd::execv(exe, &args).unwrap_err();
+    // Not restarted: stop, and the supervisor starts consensus again.
+    tracing::error!("cannot restart in place: {e}; exiting");
+    std::process::exit(1)
 }

@@ -145,7 +145,7 @@ pub fn load_members(db: &Db) -> Result<Vec<MemberInfo>> {
     Ok(out)
 }
 
-fn encode_identity(id: &Identity) -> Vec<u8> {
+pub(crate) fn encode_identity(id: &Identity) -> Vec<u8> {
     let mut msg = capnp::message::Builder::new_default();
     let mut b = msg.init_root::<identity::Builder>();
     b.set_member_id(id.member_id);

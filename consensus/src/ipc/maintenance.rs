@@ -173,11 +173,21 @@ pub(super) async fn metrics(
     Ok(())
 }
 
-/// An image being read by the client gateway; dropped (and its checkpoint deleted) when the
+/// An image being read by a gateway (a `snapshot save`, a raft snapshot); dropped (and its checkpoint deleted) when the
 /// gateway drops its reference, or this process loses the gateway.
-struct SnapshotReader {
+pub(super) struct SnapshotReader {
     image: std::sync::Arc<std::sync::Mutex<Image>>,
     pool: super::pool::Pool,
+}
+
+impl SnapshotReader {
+    /// Reads `image` out on `pool`'s thread.
+    pub(super) fn new(image: Image, pool: super::pool::Pool) -> SnapshotReader {
+        SnapshotReader {
+            image: std::sync::Arc::new(std::sync::Mutex::new(image)),
+            pool,
+        }
+    }
 }
 
 impl snapshot_reader::Server for SnapshotReader {
@@ -228,10 +238,10 @@ pub(super) async fn snapshot(
     let mut r = results.get();
     r.set_total_bytes(image.total_bytes());
     codec::write_header(r.reborrow().init_header(), &state.header(revision));
-    let reader: snapshot_reader::Client = capnp_rpc::new_client(SnapshotReader {
-        image: std::sync::Arc::new(std::sync::Mutex::new(image)),
-        pool: state.pools.maintenance.clone(),
-    });
+    let reader: snapshot_reader::Client = capnp_rpc::new_client(SnapshotReader::new(
+        image,
+        state.pools.maintenance.clone(),
+    ));
     r.set_reader(reader);
     Ok(())
 }

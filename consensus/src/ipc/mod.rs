@@ -9,7 +9,8 @@
 //! (asking the other members about us at a start from an empty data dir), [`kv`] (reads and
 //! compaction), [`maintenance`] (status, defragment, move-leader, hash, snapshot, metrics),
 //! [`compaction`] (auto compaction) and [`pool`] (the threads that run long reads and
-//! maintenance, so that this thread never waits for them).
+//! maintenance, so that this thread never waits for them), and [`snapshots`] (raft snapshot
+//! images to and from the peer gateway).
 
 #[macro_use]
 mod refuse {
@@ -41,6 +42,7 @@ mod kv;
 mod maintenance;
 mod pool;
 mod registration;
+mod snapshots;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -82,11 +84,15 @@ pub struct Context {
     pub data_dir: std::path::PathBuf,
     /// The check of a start from an empty data dir, while the boot thread waits for it.
     pub(crate) boot_check: Option<Arc<boot_check::BootCheck>>,
+    /// The raft snapshot images this member sends.
+    pub snapshots: Arc<crate::storage::snap::Snapshots>,
 }
 
 struct State {
     ctx: Context,
     pools: pool::Pools,
+    /// A raft snapshot is being received (one at a time).
+    receiving_snapshot: std::cell::Cell<bool>,
 }
 
 impl State {
@@ -341,7 +347,11 @@ pub fn run(ctx: Context, sockets: Sockets, ready: std::sync::mpsc::Sender<Result
         };
         let mut ctx = ctx;
         let compactor = ctx.compactor.take();
-        let state = Rc::new(State { ctx, pools });
+        let state = Rc::new(State {
+            ctx,
+            pools,
+            receiving_snapshot: Default::default(),
+        });
         let peer_bootstrap: peer_registrar::Client =
             capnp_rpc::new_client(registration::PeerRegistrar(state.clone()));
         let client_bootstrap: client_registrar::Client =

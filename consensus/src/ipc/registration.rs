@@ -120,6 +120,22 @@ impl peer_registrar::Server for PeerRegistrar {
         Ok(())
     }
 
+    async fn snapshot_image(
+        self: CapRc<Self>,
+        params: peer_registrar::SnapshotImageParams,
+        results: peer_registrar::SnapshotImageResults,
+    ) -> capnp::Result<()> {
+        super::snapshots::snapshot_image(&self.0, params, results).await
+    }
+
+    async fn receive_snapshot(
+        self: CapRc<Self>,
+        params: peer_registrar::ReceiveSnapshotParams,
+        results: peer_registrar::ReceiveSnapshotResults,
+    ) -> capnp::Result<()> {
+        super::snapshots::receive_snapshot(&self.0, params, results).await
+    }
+
     /// The member table as applied, for the gateway's answers to other members' cluster queries.
     async fn members(
         self: CapRc<Self>,

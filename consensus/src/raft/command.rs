@@ -27,4 +27,10 @@ pub(crate) enum Command {
     PeerStream(std::os::unix::net::UnixStream),
     /// The client gateway connected the write stream (a newer one replaces the older).
     WriteStream(std::os::unix::net::UnixStream),
+    /// A received raft snapshot at `point` is staged (`storage::snap::stage`): install it if
+    /// it is still needed, then restart in place. Answers whether it installed.
+    InstallSnapshot {
+        point: raft::eraftpb::SnapshotMetadata,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
 }

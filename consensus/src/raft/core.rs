@@ -40,7 +40,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, SnapshotMetadata,
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    SnapshotMetadata,
 };
 use raft::{RawNode, StateRole};
 use tracing::{debug, error, info};
@@ -205,6 +206,10 @@ impl<L: LogStore> Core<L> {
         if self.compaction.in_flight.is_some()
             || self.applied.saturating_sub(self.compaction.since) <= policy.snapshot_count
         {
+            return Ok(());
+        }
+        // A follower receiving a raft snapshot needs the entries after it when it is done.
+        if self.node.store().snapshot_in_flight() {
             return Ok(());
         }
         self.compaction.since = self.applied;
@@ -386,7 +391,8 @@ impl<L: LogStore> Core<L> {
             {
                 Some("an append whose entries do not follow its index")
             }
-            MessageType::MsgSnapshot => Some("a snapshot (this version installs none)"),
+            // Snapshots arrive beside the raft stream, image and all (PeerRegistrar.receiveSnapshot).
+            MessageType::MsgSnapshot => Some("a snapshot on the raft stream"),
             _ => None,
         }
     }
@@ -431,6 +437,20 @@ impl<L: LogStore> Core<L> {
 
     pub(crate) fn report_unreachable(&mut self, id: u64) {
         self.node.report_unreachable(id);
+    }
+
+    /// Whether a received raft snapshot at `point` is still needed, and if so the hard state the
+    /// installed member starts from: this term and vote (never forgotten), the commit at least
+    /// the snapshot's. Not needed when this member applied that far, or its log holds the
+    /// snapshot's entry (its log then matches the leader's up to it, and raft catches up).
+    pub(crate) fn snapshot_wanted(&self, point: &SnapshotMetadata) -> Option<HardState> {
+        let log = &self.node.raft.raft_log;
+        if self.applied >= point.index || log.term(point.index).is_ok_and(|t| t == point.term) {
+            return None;
+        }
+        let mut hs = self.node.raft.hard_state();
+        hs.commit = hs.commit.max(point.index);
+        Some(hs)
     }
 
     pub(crate) fn report_snapshot(&mut self, to: u64, ok: bool) {

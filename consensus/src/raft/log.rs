@@ -29,6 +29,10 @@ pub(crate) trait LogStore: raft::Storage {
     /// Drops the log up to and including `point`, whose record and applied state are durable
     /// (see [`RaftLog::compact`]).
     fn compact(&mut self, point: &SnapshotMetadata) -> Result<()>;
+    /// Whether a raft snapshot is being sent, or was just now: the log must not be compacted.
+    fn snapshot_in_flight(&self) -> bool {
+        false
+    }
 }
 
 impl LogStore for RaftLog {
@@ -61,5 +65,8 @@ impl LogStore for RaftLog {
     }
     fn compact(&mut self, point: &SnapshotMetadata) -> Result<()> {
         RaftLog::compact(self, point)
+    }
+    fn snapshot_in_flight(&self) -> bool {
+        RaftLog::snapshot_in_flight(self)
     }
 }

@@ -50,6 +50,8 @@ pub(crate) struct Settings {
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
+    /// Where a received raft snapshot is installed.
+    pub data_dir: std::path::PathBuf,
 }
 
 pub(crate) struct RaftLoop {
@@ -305,7 +307,35 @@ impl RaftLoop {
                 }
                 Err(e) => warn!("cannot use the client gateway's write stream: {e}"),
             },
+            Command::InstallSnapshot { point, reply } => {
+                let result = self.install_snapshot(&point);
+                let installed = matches!(result, Ok(true));
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+                if installed {
+                    // The answer reaches the peer gateway (and the leader) first; nothing may
+                    // touch the old log or state after the swap.
+                    std::thread::sleep(Duration::from_millis(300));
+                    crate::boot::restart_in_place();
+                }
+            }
         }
+    }
+
+    /// Installs the staged raft snapshot at `point` unless this member has that state already
+    /// or its log holds the snapshot's entry (raft would only move its commit index then).
+    fn install_snapshot(&mut self, point: &raft::eraftpb::SnapshotMetadata) -> Result<bool> {
+        let dir = &self.settings.data_dir;
+        let Some(hard_state) = self.core.snapshot_wanted(point) else {
+            crate::storage::snap::unstage(dir)?;
+            return Ok(false);
+        };
+        crate::storage::snap::commit(dir, &hard_state)?;
+        info!(
+            index = point.index,
+            term = point.term,
+            "installed a raft snapshot; restarting on it"
+        );
+        Ok(true)
     }
 
     /// Proposes the writes that arrived on the write stream; refused ones are answered at once.

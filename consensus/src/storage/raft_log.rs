@@ -5,19 +5,21 @@
 //! `SnapshotMetadata` (index, term, conf state) is stored in meta ([`Batch::put_log_start`]) and
 //! [`RaftLog::compact`] drops the log up to it. From then on `first_index` is the point + 1 and
 //! `term(point)` is answered from the record; at start the WAL must begin at or before the
-//! point + 1, or the member refuses to start. A follower that needs entries before the first
-//! index would need a raft snapshot, which this version cannot send yet:
-//! [`raft::Storage::snapshot`] answers `SnapshotTemporarilyUnavailable`, and raft-rs tries again
-//! at the next heartbeat response.
+//! point + 1 (or hold no entries at all right after a raft snapshot was installed there), or
+//! the member refuses to start. A follower that needs entries before the first index gets a raft
+//! snapshot ([`super::snap`]): [`raft::Storage::snapshot`] answers with the metadata of an image
+//! prepared in the background, which travels beside the message.
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use super::schema::{Cf, META_CONF_STATE, META_SNAPSHOT};
+use super::schema::{Cf, META_CONF_STATE, META_SNAPSHOT, META_SNAPSHOT_INSTALLED};
+use super::snap::Snapshots;
 use super::wal::Wal;
 use super::{Batch, Db, legacy};
 use crate::error::{Error, Result};
@@ -47,6 +49,13 @@ impl Batch<'_> {
 }
 
 impl Db {
+    /// The index of the raft snapshot this database was installed from, if it was.
+    pub fn installed_snapshot(&self) -> Result<Option<u64>> {
+        Ok(self
+            .get_meta(META_SNAPSHOT_INSTALLED)?
+            .map(|v| super::be_u64(&v)))
+    }
+
     /// The recorded start of the raft log ([`Batch::put_log_start`]), if the log was ever
     /// compacted.
     pub fn log_start(&self) -> Result<Option<SnapshotMetadata>> {
@@ -73,6 +82,8 @@ pub struct RaftLog {
     /// needs no read back from RocksDB. Bounded by `CACHE_MAX_ENTRIES` and `CACHE_MAX_BYTES`.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// The images raft snapshots send, once the member serves them ([`RaftLog::serve_snapshots`]).
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 const CACHE_MAX_ENTRIES: usize = 8192;
@@ -106,7 +117,8 @@ impl RaftLog {
                     first - 1
                 )));
             }
-            None if snapshot_index > 0 => {
+            // An install's WAL holds only the hard state until entries after it come.
+            None if snapshot_index > 0 && db.installed_snapshot()? != Some(snapshot_index) => {
                 return Err(Error::Corrupt(format!(
                     "the raft log in {} holds no entries, but RocksDB records it compacted \
                      through entry {snapshot_index}, so it held entries after that; nothing on \
@@ -133,7 +145,18 @@ impl RaftLog {
             last_term,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            snapshots: None,
         })
+    }
+
+    /// From now on, a follower behind the compacted log gets a raft snapshot out of `snapshots`.
+    pub fn serve_snapshots(&mut self, snapshots: Arc<Snapshots>) {
+        self.snapshots = Some(snapshots);
+    }
+
+    /// Whether a raft snapshot is being sent (or was just now), when the log must stay.
+    pub fn snapshot_in_flight(&self) -> bool {
+        self.snapshots.as_ref().is_some_and(|s| s.in_flight())
     }
 
     /// First start of a new cluster: every initial member is a voter.
@@ -375,22 +398,51 @@ impl raft::Storage for RaftLog {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // raft-rs asks only for a follower that needs entries before `first_index`. This
-        // version cannot send the state machine yet: temporarily unavailable, which raft-rs
-        // takes calmly (it logs at debug level and tries again at the follower's next heartbeat
-        // response); any other error would be fatal to it.
-        Err(raft::Error::Store(
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Until an image is prepared (on a thread of its own): temporarily unavailable, which
+        // raft-rs takes calmly (it tries again at the follower's next heartbeat response); any
+        // other error would be fatal to it.
+        let unavailable = Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        ));
+        let Some(snapshots) = &self.snapshots else {
+            return unavailable;
+        };
+        let Some((index, conf_state)) = snapshots.current(request_index) else {
+            return unavailable;
+        };
+        let term = match self.term(index) {
+            Ok(term) => term,
+            Err(_) => {
+                // The log moved past the image: a newer one is needed.
+                snapshots.discard();
+                return unavailable;
+            }
+        };
+        tracing::info!(
+            to = format!("{to:x}"),
+            index,
+            term,
+            "sending a raft snapshot to a follower behind the compacted log"
+        );
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        // The image itself goes beside the message (PeerRegistrar.snapshotImage), never in it.
+        snapshot.data = IMAGE_BESIDE.to_vec().into();
+        Ok(snapshot)
     }
 }
+
+/// A raft snapshot's `data`: its image travels on a stream of its own.
+pub const IMAGE_BESIDE: &[u8] = b"etcd-rs: image sent beside";
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
     use raft::Storage;
-    use std::sync::Arc;
 
     pub(in crate::storage) fn entry(index: u64, term: u64) -> Entry {
         Entry {

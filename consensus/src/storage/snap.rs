@@ -368,6 +368,13 @@ fn swap(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Drops a staged install that turned out not to be needed.
+pub fn unstage(data_dir: &Path) -> Result<()> {
+    let [(_, db_into, _), (_, wal_into, _)] = swaps(data_dir);
+    remove_dir_if_any(&db_into)?;
+    remove_dir_if_any(&wal_into)
+}
+
 /// At start, before the database and the WAL are opened: finishes an install that was
 /// committed, or drops one that was not. Returns whether an install was finished.
 pub fn recover(data_dir: &Path) -> Result<bool> {
