@@ -714,6 +714,16 @@ pub(super) mod tests {
             why.contains("holds no entries") && why.contains("through entry 3"),
             "{why}"
         );
+        // Unless a raft snapshot was installed there: its log starts empty after the point.
+        let mut b = db.batch();
+        b.put(Cf::Meta, META_SNAPSHOT_INSTALLED, 3u64.to_be_bytes());
+        db.write(b, true).unwrap();
+        let log = RaftLog::load(&db, &wal_dir).unwrap();
+        assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (4, 3));
+        assert_eq!(log.term(3).unwrap(), 1);
+        // But not once the log moved on from that snapshot.
+        record(&db, &point(4, 1));
+        assert!(RaftLog::load(&db, &wal_dir).is_err());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Whole members, started through `scripts/start-node.sh` and driven with the real `etcdctl`,
 //! by topic: how a cluster forms (and the default member), recovery from crashes and lost
-//! quorums, how followers apply and when reads see writes, the raft log's compaction, and
-//! maintenance.
+//! quorums, how followers apply and when reads see writes, the raft log's compaction, raft
+//! snapshots, and maintenance.
 
 mod apply_and_reads;
 mod formation;
 mod log_compaction;
 mod maintenance;
+mod raft_snapshot;
 mod recovery;
 
 use crate::support::Member;

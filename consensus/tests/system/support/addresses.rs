@@ -79,6 +79,8 @@ pub const LOSSY_MEMBER: &str = "127.0.0.106";
 
 // member::log_compaction
 pub const LOG_COMPACTION: [&str; 3] = ["127.0.0.111", "127.0.0.112", "127.0.0.113"];
+/// A follower catching up by raft snapshot.
+pub const RAFT_SNAPSHOT: [&str; 3] = ["127.0.0.121", "127.0.0.122", "127.0.0.123"];
 
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
@@ -222,6 +224,10 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::log_compaction::the_raft_log_stays_bounded_and_a_restart_reads_only_what_is_left",
         hosts: &LOG_COMPACTION,
+    },
+    Claim {
+        owner: "member::raft_snapshot::a_follower_behind_the_compacted_log_catches_up_by_snapshot",
+        hosts: &RAFT_SNAPSHOT,
     },
 ];
 
