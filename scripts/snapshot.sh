@@ -3,10 +3,17 @@
 #
 #   etcdctl --endpoints=HOST:2379 snapshot save FILE     (any member; etcdctl as for etcd)
 #   scripts/snapshot.sh status FILE [-w simple|table|json]
+#   scripts/snapshot.sh restore FILE --name NAME --initial-cluster NAME=URL,... \
+#       [--initial-cluster-token TOKEN] [--initial-advertise-peer-urls URL] [--data-dir DIR] \
+#       [--bump-revision N --mark-compacted]
 #
 # `status` checks the file's SHA-256 and prints its hash (the member's HashKV at the snapshot's
 # revision), revision, rows (every stored version and tombstone) and size, as `etcdutl snapshot
-# status` does. Restoring (`etcdutl snapshot restore`) is not there yet.
+# status` does. `restore` makes the data dir (default NAME.etcd) of one member of a new cluster
+# from the file, as `etcdutl snapshot restore` does: run it once per member with the same file
+# and --initial-cluster, then start each member on its data dir. With etcd 3.6's
+# `--bump-revision N --mark-compacted`, revisions continue N past the snapshot's, everything
+# before is compacted, so watchers and caches of the old cluster start over.
 #
 # Uses $ETCDRS_BIN_DIR/consensus if set, else the release build (built if missing).
 set -uo pipefail

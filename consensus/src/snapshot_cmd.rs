@@ -1,5 +1,7 @@
 //! `consensus snapshot status FILE`: what `etcdutl snapshot status` prints of a snapshot that
-//! `etcdctl snapshot save` fetched from a member of ours (see [`crate::storage::image`]).
+//! `etcdctl snapshot save` fetched from a member of ours (see [`crate::storage::image`]); and
+//! `consensus snapshot restore FILE ...`, which makes a data dir of a new cluster from it, as
+//! `etcdutl snapshot restore` does ([`restore`]).
 //!
 //! The hash is the image's HashKV at its revision (what `etcdctl endpoint hashkv --rev` gives
 //! on a member at that revision, not etcd's CRC over bbolt pages); total keys counts every
@@ -47,6 +49,134 @@ pub fn status(file: &Path) -> Result<Status> {
         total_keys,
         total_size,
     })
+}
+
+/// What `snapshot restore` is asked for besides the member's configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bump {
+    /// etcd 3.6's `--bump-revision`: how far the newest revision moves forward.
+    pub revision: u64,
+    /// `--mark-compacted`: everything before the bumped revision is compacted, so that watchers
+    /// and caches (Kubernetes') that knew the old cluster start over instead of missing changes.
+    pub mark_compacted: bool,
+}
+
+/// Makes `config.data_dir` (which must not exist, or be empty) the data dir of member
+/// `config.name` of the new cluster `config.initial_cluster` (with its token), holding the
+/// state in the image `file`: the key space with its history and compaction revision, new
+/// member and cluster IDs, the new members, and a raft log that starts after the image's
+/// applied index. Every member of the new cluster is restored from the same file. Returns the
+/// new identity's member ID. Nothing is left behind on an error.
+pub fn restore(file: &Path, config: &crate::config::Config, bump: Bump) -> Result<u64> {
+    use crate::cluster::{self, ids};
+    use crate::storage::schema::{Cf, META_MEMBER_PREFIX, META_SNAPSHOT_INSTALLED};
+    use raft::eraftpb::{HardState, SnapshotMetadata};
+
+    if bump.revision > 0 && !bump.mark_compacted {
+        return Err(Error::Config(
+            "--mark-compacted required if --bump-revision > 0".into(),
+        ));
+    }
+    if bump.revision == 0 && bump.mark_compacted {
+        return Err(Error::Config(
+            "--mark-compacted is only allowed with --bump-revision > 0".into(),
+        ));
+    }
+    let dir = &config.data_dir;
+    let existed = dir.exists();
+    if existed && std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_some()) {
+        return Err(Error::Config(format!(
+            "data-dir {:?} not empty or could not be read",
+            dir.display().to_string()
+        )));
+    }
+    let name = file.display().to_string();
+    let f = File::open(file).map_err(|e| Error::io(format!("opening {name}"), e))?;
+    let result = (|| {
+        let members = cluster::initial_members(config);
+        let me = members
+            .iter()
+            .find(|m| m.name == config.name)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "member {:?} is not in --initial-cluster {:?}",
+                    config.name,
+                    config.initial_cluster_string()
+                ))
+            })?;
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let identity = cluster::Identity {
+            member_id: me.id,
+            cluster_id: ids::cluster_id(&ids),
+            name: config.name.clone(),
+        };
+        image::unpack(f, &name, &dir.join("db"))?;
+        let db = Db::open(&dir.join("db"))?;
+        let applied = db.applied_index()?;
+        let view = View::snapshot(&db);
+        let (revision, compacted) = (view.current_revision()?, view.compact_revision()?);
+        drop(view);
+        let mut batch = db.batch();
+        for old in cluster::load_members(&db)? {
+            batch.delete(
+                Cf::Meta,
+                [META_MEMBER_PREFIX, &old.id.to_be_bytes()].concat(),
+            );
+        }
+        for m in &members {
+            batch.put_member(m.id, &cluster::encode_member(m));
+        }
+        batch.put_identity(&cluster::encode_identity(&identity));
+        // A log of the new cluster's own, starting after the image: term 1, these voters.
+        let mut start = SnapshotMetadata {
+            index: applied,
+            term: 1,
+            ..Default::default()
+        };
+        start.mut_conf_state().set_voters(ids.clone());
+        batch.put_log_start(&start);
+        batch.put_conf_state(start.get_conf_state());
+        batch.put(Cf::Meta, META_SNAPSHOT_INSTALLED, applied.to_be_bytes());
+        if bump.revision > 0 {
+            let bumped = revision + bump.revision as i64;
+            batch.put_revisions(
+                bumped,
+                if bump.mark_compacted {
+                    bumped
+                } else {
+                    compacted
+                },
+            );
+            if bump.mark_compacted {
+                // The background pass drops what the compaction made garbage, from the start.
+                batch.put_compaction_cursor(bumped, b"");
+            }
+        }
+        db.write(batch, true)?;
+        db.flush_applied()?;
+        drop(db);
+        let mut wal = crate::storage::wal::Wal::open(&dir.join("wal"))?;
+        wal.set_hard_state(&HardState {
+            term: 1,
+            vote: 0,
+            commit: applied,
+            ..Default::default()
+        });
+        wal.write(true)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))?;
+        Ok(identity.member_id)
+    })();
+    if result.is_err() {
+        if existed {
+            let _ = std::fs::remove_dir_all(dir.join("db"));
+            let _ = std::fs::remove_dir_all(dir.join("wal"));
+        } else {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    result
 }
 
 struct Scratch(PathBuf);
@@ -124,7 +254,67 @@ pub fn render(s: &Status, format: &str) -> std::result::Result<String, String> {
     }
 }
 
-const USAGE: &str = "usage: consensus snapshot status FILE [-w simple|table|json]";
+const USAGE: &str = "usage: consensus snapshot status FILE [-w simple|table|json]\n       \
+consensus snapshot restore FILE --name NAME --initial-cluster NAME=URL,... \
+[--initial-cluster-token TOKEN] [--initial-advertise-peer-urls URL,...] [--data-dir DIR] \
+[--bump-revision N --mark-compacted]";
+
+/// `snapshot restore FILE` and its flags: etcd's own member flags (read as a start reads
+/// them) and the restore's.
+fn restore_main(rest: &[String]) -> std::result::Result<String, String> {
+    let mut file = None;
+    let mut bump = Bump::default();
+    let mut member_flags = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        match flag.trim_start_matches('-') {
+            "bump-revision" => {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it.next().cloned().ok_or("--bump-revision needs a number")?,
+                };
+                bump.revision = v
+                    .parse()
+                    .map_err(|_| format!("--bump-revision {v:?} is not a non-negative number"))?;
+            }
+            "mark-compacted" => {
+                bump.mark_compacted = !matches!(inline.as_deref(), Some("false"));
+            }
+            // Always checked: an image without its SHA-256 is not one of ours.
+            "skip-hash-check" => {
+                return Err("--skip-hash-check is not supported: every image is checked".into());
+            }
+            _ if a.starts_with('-') => {
+                member_flags.push(a.clone());
+                if inline.is_none()
+                    && let Some(v) = it.next()
+                {
+                    member_flags.push(v.clone());
+                }
+            }
+            _ => {
+                if file.replace(a.clone()).is_some() {
+                    return Err(format!("one snapshot file at a time; {USAGE}"));
+                }
+            }
+        }
+    }
+    let file = file.ok_or_else(|| format!("snapshot restore needs a file; {USAGE}"))?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config =
+        crate::config::Config::load(&member_flags, &env, None).map_err(|e| e.to_string())?;
+    let id = restore(Path::new(&file), &config, bump).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "restored snapshot {file} into {} as member {} ({:x}) of a new cluster\n",
+        config.data_dir.display(),
+        config.name,
+        id
+    ))
+}
 
 /// `consensus snapshot ...`, with the arguments after `snapshot`. Prints its own errors.
 pub fn main(args: &[String]) -> std::process::ExitCode {
@@ -136,6 +326,15 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
     let Some((cmd, rest)) = args.split_first() else {
         return fail(USAGE.into());
     };
+    if cmd == "restore" {
+        return match restore_main(rest) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => fail(why),
+        };
+    }
     if cmd != "status" {
         return fail(format!("unknown snapshot command {cmd:?}; {USAGE}"));
     }

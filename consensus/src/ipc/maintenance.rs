@@ -238,10 +238,8 @@ pub(super) async fn snapshot(
     let mut r = results.get();
     r.set_total_bytes(image.total_bytes());
     codec::write_header(r.reborrow().init_header(), &state.header(revision));
-    let reader: snapshot_reader::Client = capnp_rpc::new_client(SnapshotReader::new(
-        image,
-        state.pools.maintenance.clone(),
-    ));
+    let reader: snapshot_reader::Client =
+        capnp_rpc::new_client(SnapshotReader::new(image, state.pools.maintenance.clone()));
     r.set_reader(reader);
     Ok(())
 }

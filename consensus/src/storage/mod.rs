@@ -287,7 +287,7 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    pub(super) fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    pub(crate) fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.inner.put_cf(self.db.cf(cf), key, value);
     }
 
@@ -337,6 +337,10 @@ impl Batch<'_> {
         );
         self.inner
             .delete_cf(self.db.cf(Cf::Meta), schema::META_COMPACT_CURSOR);
+    }
+
+    pub(crate) fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
+        self.inner.delete_cf(self.db.cf(cf), key);
     }
 
     /// Deletes one `kv_key` row, as a [`VersionCursor`] found it.

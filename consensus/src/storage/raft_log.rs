@@ -719,7 +719,10 @@ pub(super) mod tests {
         b.put(Cf::Meta, META_SNAPSHOT_INSTALLED, 3u64.to_be_bytes());
         db.write(b, true).unwrap();
         let log = RaftLog::load(&db, &wal_dir).unwrap();
-        assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (4, 3));
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (4, 3)
+        );
         assert_eq!(log.term(3).unwrap(), 1);
         // But not once the log moved on from that snapshot.
         record(&db, &point(4, 1));

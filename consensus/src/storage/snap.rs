@@ -288,8 +288,8 @@ pub fn stage(
     let [(_, into, _), (_, wal_into, _)] = swaps(data_dir);
     remove_dir_if_any(&into)?;
     remove_dir_if_any(&wal_into)?;
-    let file = fs::File::open(image_file)
-        .map_err(io_err(format!("opening {}", image_file.display())))?;
+    let file =
+        fs::File::open(image_file).map_err(io_err(format!("opening {}", image_file.display())))?;
     let result = (|| {
         image::unpack(file, &image_file.display().to_string(), &into)?;
         let db = Db::open(&into)?;
@@ -331,9 +331,12 @@ pub fn commit(data_dir: &Path, hard_state: &HardState) -> Result<()> {
     }
     sync_dir(data_dir)?;
     let marker = data_dir.join(INSTALL_MARKER);
-    fs::write(&marker, b"install the snapshot in db.incoming and wal.incoming\n")
-        .and_then(|()| fs::File::open(&marker)?.sync_all())
-        .map_err(io_err(format!("writing {}", marker.display())))?;
+    fs::write(
+        &marker,
+        b"install the snapshot in db.incoming and wal.incoming\n",
+    )
+    .and_then(|()| fs::File::open(&marker)?.sync_all())
+    .map_err(io_err(format!("writing {}", marker.display())))?;
     sync_dir(data_dir)?;
     swap(data_dir)
 }
@@ -478,7 +481,13 @@ mod tests {
         let wal = Wal::open(&follower.join("wal")).unwrap();
         assert_eq!(wal.hard_state(), Some(&hs));
         assert_eq!(wal.last(), None);
-        for leftover in ["db.incoming", "wal.incoming", "db.old", "wal.old", INSTALL_MARKER] {
+        for leftover in [
+            "db.incoming",
+            "wal.incoming",
+            "db.old",
+            "wal.old",
+            INSTALL_MARKER,
+        ] {
             assert!(!follower.join(leftover).exists(), "{leftover}");
         }
     }
@@ -534,7 +543,10 @@ mod tests {
         bytes[middle] ^= 1;
         fs::write(&file, &bytes).unwrap();
         let e = stage(&follower, &file, &point(50), b"f").unwrap_err();
-        assert!(e.to_string().contains("SHA-256") || e.to_string().contains("damaged"), "{e}");
+        assert!(
+            e.to_string().contains("SHA-256") || e.to_string().contains("damaged"),
+            "{e}"
+        );
         assert!(!follower.join("db.incoming").exists());
         assert_eq!(value(&follower), b"old");
     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::value_of;
 use crate::support::addresses::{
-    AUTO_COMPACTION, HASH_KV, LARGE_KEYSPACE, MOVE_LEADER, SNAPSHOT_SAVE,
+    AUTO_COMPACTION, HASH_KV, LARGE_KEYSPACE, MOVE_LEADER, SNAPSHOT_RESTORE,
+    SNAPSHOT_RESTORE_SOURCE, SNAPSHOT_SAVE,
 };
 use crate::support::*;
 
@@ -420,5 +421,137 @@ fn snapshot_save_fetches_an_image_that_status_reads() {
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("bad.db") && err.contains(why), "{why}: {err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}
+
+fn snapshot_restore(file: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(repo().join("scripts/snapshot.sh"))
+        .env("ETCDRS_BIN_DIR", bin_dir())
+        .arg("restore")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("running scripts/snapshot.sh")
+}
+
+/// `scripts/snapshot.sh restore`, as `etcdutl snapshot restore`: a snapshot of one member
+/// becomes a new three-member cluster (new IDs, the new member list) with every key and the
+/// history, and with `--bump-revision --mark-compacted` its revisions move forward past a
+/// compaction; a data dir that is not empty is refused, and so is a bump without the mark.
+#[test]
+fn a_saved_snapshot_restores_into_a_new_three_member_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut old = single_http_member(tmp.path(), "old", SNAPSHOT_RESTORE_SOURCE, "");
+    wait_healthy(&old, Duration::from_secs(30));
+    for i in 0..30 {
+        old.ctl_ok(&["put", &format!("k{:02}", i % 10), &format!("v{i}")]);
+    }
+    old.ctl_ok(&["del", "k03"]);
+    let revision = old.status().unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let file = tmp.path().join("snap.db");
+    old.ctl_ok(&["snapshot", "save", file.to_str().unwrap()]);
+    let old_id = old.member_id().unwrap();
+    old.stop();
+
+    let cluster = SNAPSHOT_RESTORE
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("rst{i}=http://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Member> = SNAPSHOT_RESTORE
+        .iter()
+        .enumerate()
+        .map(|(i, h)| unstarted_http_member(tmp.path(), &format!("rst{i}"), h, &cluster, ""))
+        .collect();
+    let restore = |m: &Member, host: &str, extra: &[&str]| {
+        let peer = format!("http://{host}:2380");
+        let mut args = vec![
+            "--name",
+            m.name.as_str(),
+            "--initial-cluster",
+            cluster.as_str(),
+            "--initial-cluster-token",
+            "restored",
+            "--initial-advertise-peer-urls",
+            peer.as_str(),
+            "--data-dir",
+            m.data_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        snapshot_restore(&file, &args)
+    };
+    let refused = restore(&members[0], SNAPSHOT_RESTORE[0], &["--bump-revision", "5"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("--mark-compacted"), "{err}");
+    assert!(!members[0].data_dir.exists(), "nothing left behind");
+    for (m, host) in members.iter().zip(SNAPSHOT_RESTORE) {
+        let out = restore(m, host, &["--bump-revision", "1000", "--mark-compacted"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let again = restore(&members[0], SNAPSHOT_RESTORE[0], &[]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not empty") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    for m in &mut members {
+        m.start();
+    }
+    for m in &members {
+        wait_healthy(m, Duration::from_secs(60));
+    }
+    let m = &members[1];
+    assert_eq!(
+        m.ctl_ok(&["get", "k07", "--print-value-only"]).trim(),
+        "v27"
+    );
+    assert_eq!(
+        m.ctl_ok(&["get", "k03"]).trim(),
+        "",
+        "the delete came along"
+    );
+    let now = m.status().unwrap()["header"]["revision"].as_i64().unwrap();
+    assert_eq!(now, revision + 1000, "the bumped revision");
+    // Everything before it is compacted: a cache of the old cluster starts over.
+    let history = m.etcdctl(&["get", "k07", &format!("--rev={revision}")]);
+    assert!(
+        String::from_utf8_lossy(&history.stderr).contains("compacted"),
+        "{history:?}"
+    );
+    m.ctl_ok(&["put", "k07", "after"]);
+    let put_rev = members[2].status().unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(put_rev, revision + 1001);
+    // New IDs, the new members; the same state on each.
+    let list = m.ctl_ok(&["member", "list"]);
+    for i in 0..3 {
+        assert!(list.contains(&format!("rst{i}")), "{list}");
+    }
+    assert!(!list.contains("old"), "{list}");
+    assert!(members.iter().all(|m| m.member_id() != Some(old_id)));
+    let hashes: Vec<String> = members
+        .iter()
+        .map(|m| {
+            let out = m.ctl_ok(&[
+                "endpoint",
+                "hashkv",
+                &format!("--rev={put_rev}"),
+                "-w",
+                "json",
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v[0]["HashKV"]["hash"].to_string()
+        })
+        .collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    for m in &mut members {
+        m.stop();
     }
 }

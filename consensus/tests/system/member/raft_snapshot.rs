@@ -32,7 +32,9 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = etcd_client::Client::connect(up.clone(), None).await.unwrap();
+        let client = etcd_client::Client::connect(up.clone(), None)
+            .await
+            .unwrap();
         let writers: Vec<_> = (0..16)
             .map(|w| {
                 let mut c = client.clone();
@@ -81,7 +83,13 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let hashes: Vec<i64> = members
         .iter()
         .map(|m| {
-            let out = m.ctl_ok(&["endpoint", "hashkv", &format!("--rev={newest}"), "-w", "json"]);
+            let out = m.ctl_ok(&[
+                "endpoint",
+                "hashkv",
+                &format!("--rev={newest}"),
+                "-w",
+                "json",
+            ]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             v[0]["HashKV"]["hash"].as_i64().unwrap()
         })

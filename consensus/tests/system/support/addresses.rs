@@ -37,6 +37,8 @@ pub const DIFF_CLUSTER: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 // member::maintenance
 pub const AUTO_COMPACTION: &str = "127.0.0.14";
 pub const SNAPSHOT_SAVE: &str = "127.0.0.117";
+pub const SNAPSHOT_RESTORE_SOURCE: &str = "127.0.0.118";
+pub const SNAPSHOT_RESTORE: [&str; 3] = ["127.0.0.124", "127.0.0.125", "127.0.0.126"];
 pub const MOVE_LEADER: [&str; 3] = ["127.0.0.66", "127.0.0.67", "127.0.0.68"];
 pub const HASH_KV: [&str; 3] = ["127.0.0.73", "127.0.0.74", "127.0.0.75"];
 pub const LARGE_KEYSPACE: [&str; 3] = ["127.0.0.85", "127.0.0.86", "127.0.0.87"];
@@ -224,6 +226,15 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::log_compaction::the_raft_log_stays_bounded_and_a_restart_reads_only_what_is_left",
         hosts: &LOG_COMPACTION,
+    },
+    Claim {
+        owner: "member::maintenance::a_saved_snapshot_restores_into_a_new_three_member_cluster",
+        hosts: &[
+            SNAPSHOT_RESTORE_SOURCE,
+            SNAPSHOT_RESTORE[0],
+            SNAPSHOT_RESTORE[1],
+            SNAPSHOT_RESTORE[2],
+        ],
     },
     Claim {
         owner: "member::raft_snapshot::a_follower_behind_the_compacted_log_catches_up_by_snapshot",
