@@ -44,7 +44,7 @@ use raft::eraftpb::{
     SnapshotMetadata,
 };
 use raft::{RawNode, StateRole};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::apply::{ApplyHooks, StateMachine};
 use super::command::{Applied, ReadReply, Reply};
@@ -144,7 +144,14 @@ pub(crate) struct Core<L: LogStore> {
     /// The leader whose heartbeat proved this member lost data it had acknowledged.
     lost_data_to: Option<u64>,
     compaction: Compaction,
+    /// Raft snapshots sent and not reported yet: to whom, since when. raft-rs sends a follower
+    /// nothing more until it hears how one ended, so one whose report is lost (its gateway died
+    /// mid-send) is reported failed here ([`SNAPSHOT_REPORT_TIMEOUT`], or a new raft stream).
+    snapshots_sent: HashMap<u64, Instant>,
 }
+
+/// How long a raft snapshot's send may go unreported once no image is being read.
+pub(crate) const SNAPSHOT_REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<L: LogStore> Core<L> {
     /// `publish` is this member's encoded publish proposal; `published` whether the member table
@@ -183,6 +190,7 @@ impl<L: LogStore> Core<L> {
             started_empty: false,
             lost_data_to: None,
             compaction: Compaction::default(),
+            snapshots_sent: HashMap::new(),
         }
     }
 
@@ -454,12 +462,30 @@ impl<L: LogStore> Core<L> {
     }
 
     pub(crate) fn report_snapshot(&mut self, to: u64, ok: bool) {
+        if self.snapshots_sent.remove(&to).is_none() {
+            debug!(
+                to = format!("{to:x}"),
+                ok, "a report of a snapshot not in flight"
+            );
+        }
         let status = if ok {
             raft::SnapshotStatus::Finish
         } else {
             raft::SnapshotStatus::Failure
         };
         self.node.report_snapshot(to, status);
+    }
+
+    /// The raft stream was replaced (a new peer gateway): the old one's snapshot sends will
+    /// never be reported.
+    pub(crate) fn new_peer_stream(&mut self) {
+        for to in self.snapshots_sent.keys().copied().collect::<Vec<_>>() {
+            info!(
+                to = format!("{to:x}"),
+                "a raft snapshot's send went with the old peer gateway: reported failed"
+            );
+            self.report_snapshot(to, false);
+        }
     }
 
     /// The write stream was replaced or lost: its waiters will never be answered on it.
@@ -470,6 +496,21 @@ impl<L: LogStore> Core<L> {
     /// A raft tick (the heartbeat interval), and the timers that run with it.
     pub(crate) fn tick(&mut self, now: Instant, fx: &mut impl Effects) {
         self.node.tick();
+        if !self.snapshots_sent.is_empty() && !self.node.store().snapshot_in_flight() {
+            let lost: Vec<u64> = self
+                .snapshots_sent
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= SNAPSHOT_REPORT_TIMEOUT)
+                .map(|(to, _)| *to)
+                .collect();
+            for to in lost {
+                warn!(
+                    to = format!("{to:x}"),
+                    "a raft snapshot's send was never reported: reported failed"
+                );
+                self.report_snapshot(to, false);
+            }
+        }
         self.maybe_publish(now);
         self.forget_abandoned(now, fx);
         for ctx in self.reads.due_for_retry(self.me, now) {
@@ -655,6 +696,11 @@ impl<L: LogStore> Core<L> {
             m.index = self.leader_acks.read_index(m.term, m.index);
         }
         self.forwarders.first(&mut msgs);
+        for m in &msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.insert(m.to, fx.clock());
+            }
+        }
         fx.send(msgs, self.node.raft.state);
     }
 

@@ -287,6 +287,7 @@ impl RaftLoop {
                 self.settings.limits.max_request_bytes,
             ) {
                 Ok(stream) => {
+                    self.core.new_peer_stream();
                     if self.io.peer.replace(stream).is_some() {
                         info!("the peer gateway's new raft stream replaces the old one");
                     } else {
