@@ -7,7 +7,8 @@
 //!   answered: a reply per batch cost a process wake-up on every hop of a replicated write.
 //!
 //! Cluster queries between members (a starting member asking the others what they know of it)
-//! are answered and asked in [`views`].
+//! are answered and asked in [`views`]; the images of raft snapshots are read out of and written
+//! into consensus, on `peer.sock`, in [`snapshots`].
 //!
 //! Losing either connection means consensus is gone: register again, then connect the stream again.
 //! The [`Transport`] and the tasks turning its [`Events`] into frames live as long as the process;
@@ -32,6 +33,7 @@ use crate::peer_url::PeerUrl;
 use crate::tls::{self, Restriction, TlsFiles};
 use crate::transport::{Events, Inbound, Peer, Report, Transport, TransportConfig};
 
+mod snapshots;
 mod views;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -95,7 +97,7 @@ struct State {
     /// is not connected: inbound messages and reports are dropped then.
     link: RefCell<Option<mpsc::Sender<Queued>>>,
     /// The registrar of the current connection to consensus, which answers peers' cluster
-    /// queries (`members`). None while not registered.
+    /// queries (`members`) and opens and takes snapshot images. None while not registered.
     registrar: RefCell<Option<peer_registrar::Client>>,
 }
 
@@ -224,8 +226,12 @@ impl State {
             inbound,
             reports,
             queries,
+            images,
+            snapshots,
         } = events;
         tokio::task::spawn_local(views::answer_queries(self.clone(), queries));
+        tokio::task::spawn_local(snapshots::open_images(self.clone(), images));
+        tokio::task::spawn_local(snapshots::take_snapshots(self.clone(), snapshots));
         tokio::task::spawn_local(deliver_inbound(
             self.clone(),
             inbound,
@@ -802,11 +808,15 @@ mod tests {
     // It serves `peer.sock` over capnp-rpc (registration, calls on our `PeerGateway`) and
     // `raft.sock` as a plain stream of PeerFrames, like consensus's raft thread.
 
+    use std::cell::Cell;
     use std::time::Duration;
 
+    use schema::member_capnp::{snapshot_reader, snapshot_writer};
     use schema::testing::{self, Identity, Listening, Member, PeerRegistrar};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+    use crate::transport::snapshot::stand_in::{self, Ending, Sink, SinkEvent};
 
     const CLUSTER: u64 = 0x1a2b;
     const US: u64 = 1;
@@ -825,16 +835,167 @@ mod tests {
         Snapshot(u64, bool),
         /// cert refused, frames refused, messages dropped.
         Counters(u64, u64, u64),
+        /// `snapshotImage` was called with this message.
+        ImageOpened(Vec<u8>),
+        /// `receiveSnapshot` was called for a snapshot from this member.
+        Receiving(u64),
+        /// A received image was finished: from, message, total bytes, the image.
+        Installed(u64, Vec<u8>, u64, Vec<u8>),
+        /// A received image's writer was dropped without `finish`.
+        ImageDropped(u64),
+    }
+
+    /// How the stand-in consensus serves raft snapshots.
+    #[derive(Debug, Clone, Default)]
+    struct Snapshots {
+        /// What `snapshotImage` opens, whatever the message.
+        image: Vec<u8>,
+        /// `SnapshotWriter.write` never answers, as a consensus that is stuck or going away.
+        stuck_writes: bool,
+    }
+
+    /// `testing::PeerRegistrar` with raft snapshots: `snapshotImage` serves `snapshots.image`,
+    /// `receiveSnapshot` keeps what it is written; both tell `seen`.
+    struct SnapshotRegistrar {
+        inner: Rc<PeerRegistrar>,
+        snapshots: Snapshots,
+        seen: mpsc::UnboundedSender<Seen>,
+    }
+
+    impl peer_registrar::Server for SnapshotRegistrar {
+        fn register(
+            self: Rc<Self>,
+            params: peer_registrar::RegisterParams,
+            results: peer_registrar::RegisterResults,
+        ) -> impl Future<Output = capnp::Result<()>> + 'static {
+            peer_registrar::Server::register(self.inner.clone(), params, results)
+        }
+
+        fn members(
+            self: Rc<Self>,
+            params: peer_registrar::MembersParams,
+            results: peer_registrar::MembersResults,
+        ) -> impl Future<Output = capnp::Result<()>> + 'static {
+            peer_registrar::Server::members(self.inner.clone(), params, results)
+        }
+
+        async fn snapshot_image(
+            self: Rc<Self>,
+            params: peer_registrar::SnapshotImageParams,
+            mut results: peer_registrar::SnapshotImageResults,
+        ) -> capnp::Result<()> {
+            let message = params.get()?.get_message()?.to_vec();
+            let _ = self.seen.send(Seen::ImageOpened(message));
+            let mut r = results.get();
+            r.set_total_bytes(self.snapshots.image.len() as u64);
+            r.set_reader(capnp_rpc::new_client(ImageReader {
+                image: self.snapshots.image.clone(),
+                at: Cell::new(0),
+            }));
+            Ok(())
+        }
+
+        async fn receive_snapshot(
+            self: Rc<Self>,
+            params: peer_registrar::ReceiveSnapshotParams,
+            mut results: peer_registrar::ReceiveSnapshotResults,
+        ) -> capnp::Result<()> {
+            let params = params.get()?;
+            let from = params.get_from();
+            let _ = self.seen.send(Seen::Receiving(from));
+            results.get().set_writer(capnp_rpc::new_client(ImageWriter {
+                from,
+                message: params.get_message()?.to_vec(),
+                total_bytes: params.get_total_bytes(),
+                image: RefCell::new(Vec::new()),
+                finished: Cell::new(false),
+                stuck: self.snapshots.stuck_writes,
+                seen: self.seen.clone(),
+            }));
+            Ok(())
+        }
+    }
+
+    struct ImageReader {
+        image: Vec<u8>,
+        at: Cell<usize>,
+    }
+
+    impl snapshot_reader::Server for ImageReader {
+        async fn read(
+            self: Rc<Self>,
+            _: snapshot_reader::ReadParams,
+            mut results: snapshot_reader::ReadResults,
+        ) -> capnp::Result<()> {
+            // A read takes its chunk when it is called: pipelined reads get them in order.
+            let at = self.at.get();
+            let end = (at + schema::limits::SNAPSHOT_CHUNK_BYTES).min(self.image.len());
+            self.at.set(end);
+            results.get().set_chunk(&self.image[at..end]);
+            Ok(())
+        }
+    }
+
+    struct ImageWriter {
+        from: u64,
+        message: Vec<u8>,
+        total_bytes: u64,
+        image: RefCell<Vec<u8>>,
+        finished: Cell<bool>,
+        stuck: bool,
+        seen: mpsc::UnboundedSender<Seen>,
+    }
+
+    impl snapshot_writer::Server for ImageWriter {
+        async fn write(
+            self: Rc<Self>,
+            params: snapshot_writer::WriteParams,
+            _: snapshot_writer::WriteResults,
+        ) -> capnp::Result<()> {
+            let chunk = params.get()?.get_chunk()?;
+            assert!(chunk.len() <= schema::limits::SNAPSHOT_CHUNK_BYTES);
+            self.image.borrow_mut().extend_from_slice(chunk);
+            if self.stuck {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+
+        async fn finish(
+            self: Rc<Self>,
+            _: snapshot_writer::FinishParams,
+            _: snapshot_writer::FinishResults,
+        ) -> capnp::Result<()> {
+            self.finished.set(true);
+            let _ = self.seen.send(Seen::Installed(
+                self.from,
+                self.message.clone(),
+                self.total_bytes,
+                self.image.take(),
+            ));
+            Ok(())
+        }
+    }
+
+    impl Drop for ImageWriter {
+        fn drop(&mut self) {
+            if !self.finished.get() {
+                let _ = self.seen.send(Seen::ImageDropped(self.from));
+            }
+        }
     }
 
     /// The stand-in's registrar: tells `seen` of each registration and hands out its gateway.
+    /// Without `snapshots`, it is an older consensus that has neither snapshot method.
     fn fake_registrar(
         refuse: bool,
         members: Vec<(u64, String)>,
         listen: String,
+        snapshots: Option<Snapshots>,
         seen: mpsc::UnboundedSender<Seen>,
         gateways: mpsc::UnboundedSender<peer_gateway::Client>,
     ) -> peer_registrar::Client {
+        let seen_snapshots = seen.clone();
         let identity = Identity {
             member_id: US,
             cluster_id: CLUSTER,
@@ -857,7 +1018,14 @@ mod tests {
         registrar.on_gateway = Some(Box::new(move |gateway| {
             let _ = gateways.send(gateway);
         }));
-        capnp_rpc::new_client(registrar)
+        match snapshots {
+            Some(snapshots) => capnp_rpc::new_client(SnapshotRegistrar {
+                inner: Rc::new(registrar),
+                snapshots,
+                seen: seen_snapshots,
+            }),
+            None => capnp_rpc::new_client(registrar),
+        }
     }
 
     /// Serves `registrar` on `socket`; a test can cut the connections it accepted.
@@ -1049,48 +1217,143 @@ mod tests {
         }
     }
 
+    /// A gateway registered with the stand-in consensus (serving `snapshots`, or as an older
+    /// consensus without), and the other member: a bare transport, its snapshot images served by
+    /// in-memory stand-ins (it sends `peer_image`, ending as `peer_ending` says).
+    struct Harness {
+        _dir: tempfile::TempDir,
+        peer: Transport,
+        peer_events: Events,
+        peer_opened: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+        peer_sink: mpsc::UnboundedReceiver<SinkEvent>,
+        peers: Vec<Peer>,
+        seen: mpsc::UnboundedReceiver<Seen>,
+        gateways: mpsc::UnboundedReceiver<peer_gateway::Client>,
+        connections: Listening,
+        _raft: Listening,
+        streams: mpsc::UnboundedReceiver<RaftStream>,
+        gateway_task: JoinHandle<Result<()>>,
+    }
+
+    /// Starts a [`Harness`]; runs on the current `LocalSet`.
+    fn harness(snapshots: Option<Snapshots>, peer_image: Vec<u8>, peer_ending: Ending) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = schema::peer_socket(dir.path());
+        let gateway_addr = free_udp_port();
+        let (peer, mut peer_events) = Transport::start(TransportConfig {
+            cluster_id: CLUSTER,
+            member_id: PEER,
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            members: vec![],
+            tls: tls::self_signed().unwrap(),
+            max_message: 1 << 20,
+        })
+        .unwrap();
+        // The stand-ins take the peer's snapshot channels; closed ones are left behind.
+        let images = std::mem::replace(&mut peer_events.images, mpsc::channel(1).1);
+        let peer_opened = stand_in::serve_images(images, peer_image, peer_ending);
+        let incoming = std::mem::replace(&mut peer_events.snapshots, mpsc::channel(1).1);
+        let peer_sink = stand_in::take_images(incoming, Sink::installing());
+        let peer_url = format!("http://{}", peer.local_addrs()[0]);
+        let gateway_url = format!("http://{gateway_addr}");
+        let dead_url = format!("http://{}", free_udp_port());
+        let table = vec![
+            (US, gateway_url.clone()),
+            (PEER, peer_url.clone()),
+            (DEAD, dead_url),
+        ];
+        let peers: Vec<Peer> = table
+            .iter()
+            .map(|(id, url)| Peer {
+                id: *id,
+                urls: vec![url.clone()],
+            })
+            .collect();
+        peer.set_members(peers.clone());
+
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (gateways_tx, gateways) = mpsc::unbounded_channel();
+        let registrar = fake_registrar(
+            false,
+            table,
+            gateway_url,
+            snapshots,
+            seen_tx.clone(),
+            gateways_tx,
+        );
+        let connections = serve(&socket, registrar);
+        let (raft, streams) = serve_raft(&socket, seen_tx);
+        let gateway_task = tokio::task::spawn_local(run(socket.clone()));
+        Harness {
+            _dir: dir,
+            peer,
+            peer_events,
+            peer_opened,
+            peer_sink,
+            peers,
+            seen,
+            gateways,
+            connections,
+            _raft: raft,
+            streams,
+            gateway_task,
+        }
+    }
+
+    /// `len` bytes in a pattern that shows a chunk out of place or lost.
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 253) as u8).collect()
+    }
+
+    /// The next snapshot report the bare peer's transport made, past those of unreachable members.
+    async fn peer_snapshot_report(events: &mut Events) -> Report {
+        loop {
+            match tokio::time::timeout(WAIT, events.reports.recv())
+                .await
+                .expect("no report in time")
+                .expect("reports closed")
+            {
+                report @ Report::Snapshot { .. } => return report,
+                Report::Unreachable(_) => {}
+            }
+        }
+    }
+
+    /// The next thing the stand-in heard that is about snapshots, past messages and counters.
+    async fn next_about_snapshots(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+        loop {
+            match next(seen).await {
+                Seen::Delivered(_) | Seen::Unreachable(_) | Seen::Counters(..) => {}
+                other => return other,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn carries_messages_between_consensus_and_a_peer_and_re_registers() {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let dir = tempfile::tempdir().unwrap();
-                let socket = schema::peer_socket(dir.path());
-                let gateway_addr = free_udp_port();
-                // The other member: a bare transport.
-                let (peer, mut peer_events) = Transport::start(TransportConfig {
-                    cluster_id: CLUSTER,
-                    member_id: PEER,
-                    listen: vec!["127.0.0.1:0".parse().unwrap()],
-                    members: vec![],
-                    tls: tls::self_signed().unwrap(),
-                    max_message: 1 << 20,
-                })
-                .unwrap();
-                let peer_url = format!("http://{}", peer.local_addrs()[0]);
-                let gateway_url = format!("http://{gateway_addr}");
-                let dead_url = format!("http://{}", free_udp_port());
-                let table = vec![
-                    (US, gateway_url.clone()),
-                    (PEER, peer_url.clone()),
-                    (DEAD, dead_url),
-                ];
-                let peers: Vec<Peer> = table
-                    .iter()
-                    .map(|(id, url)| Peer {
-                        id: *id,
-                        urls: vec![url.clone()],
-                    })
-                    .collect();
-                peer.set_members(peers.clone());
-
-                let (seen_tx, mut seen) = mpsc::unbounded_channel();
-                let (gateways_tx, mut gateways) = mpsc::unbounded_channel();
-                let registrar =
-                    fake_registrar(false, table, gateway_url, seen_tx.clone(), gateways_tx);
-                let mut connections = serve(&socket, registrar);
-                let (_raft, mut streams) = serve_raft(&socket, seen_tx);
-                let gateway_task = tokio::task::spawn_local(run(socket.clone()));
+                let gateway_image = patterned((3 << 20) + 777);
+                let peer_image = patterned((2 << 20) + 5);
+                let snapshots = Snapshots {
+                    image: gateway_image.clone(),
+                    stuck_writes: false,
+                };
+                let Harness {
+                    _dir,
+                    peer,
+                    mut peer_events,
+                    mut peer_opened,
+                    mut peer_sink,
+                    peers,
+                    mut seen,
+                    mut gateways,
+                    mut connections,
+                    _raft,
+                    mut streams,
+                    gateway_task,
+                } = harness(Some(snapshots), peer_image.clone(), Ending::Whole);
 
                 // Registered with our version, then connected the stream with it.
                 registered_and_connected(&mut seen).await;
@@ -1112,13 +1375,67 @@ mod tests {
                 // Peer -> gateway -> consensus, as `messages` frames addressed to us.
                 let batch = from_peer(&peer, &mut seen, b"append", false).await;
                 assert!(batch.contains(&(US, PEER, false, b"append".to_vec())));
-                // Snapshots are not supported yet: the peer's transport refuses to send one.
-                assert!(peer.send(US, b"snapshot chunk".to_vec(), true).is_err());
 
                 // Consensus -> gateway -> peer.
                 to_peer(&mut raft, &mut peer_events, b"vote").await;
 
-                // What cannot reach a member comes back as reports on the stream.
+                // A snapshot from the peer: consensus gets its message and its image through
+                // receiveSnapshot and the writer, and the peer hears it was installed.
+                peer.send(US, b"MsgSnapshot to us".to_vec(), true).unwrap();
+                match next_about_snapshots(&mut seen).await {
+                    Seen::Receiving(PEER) => {}
+                    other => panic!("expected receiveSnapshot, got {other:?}"),
+                }
+                match next_about_snapshots(&mut seen).await {
+                    Seen::Installed(from, message, total, image) => {
+                        assert_eq!(
+                            (from, message.as_slice()),
+                            (PEER, &b"MsgSnapshot to us"[..])
+                        );
+                        assert_eq!(total, peer_image.len() as u64);
+                        assert!(image == peer_image, "the image arrived changed");
+                    }
+                    other => panic!("expected the image installed, got {other:?}"),
+                }
+                assert_eq!(
+                    peer_snapshot_report(&mut peer_events).await,
+                    Report::Snapshot { to: US, ok: true }
+                );
+                assert_eq!(
+                    peer_opened.try_recv(),
+                    Ok((US, b"MsgSnapshot to us".to_vec()))
+                );
+
+                // A snapshot from consensus: the gateway opens its image with snapshotImage,
+                // streams it to the peer, and reports how that went on the raft stream.
+                raft.send(&[(PEER, true, b"MsgSnapshot to the peer")]).await;
+                match next_about_snapshots(&mut seen).await {
+                    Seen::ImageOpened(message) => assert_eq!(message, b"MsgSnapshot to the peer"),
+                    other => panic!("expected snapshotImage, got {other:?}"),
+                }
+                match next_about_snapshots(&mut seen).await {
+                    Seen::Snapshot(PEER, true) => {}
+                    other => panic!("expected the snapshot reported sent, got {other:?}"),
+                }
+                let taken = loop {
+                    match tokio::time::timeout(WAIT, peer_sink.recv()).await.unwrap() {
+                        Some(SinkEvent::Done(taken)) => break taken,
+                        Some(SinkEvent::Chunk(_)) => {}
+                        None => panic!("the peer's sink closed"),
+                    }
+                };
+                assert_eq!(
+                    (taken.from, taken.message.as_slice(), taken.total_bytes),
+                    (
+                        US,
+                        &b"MsgSnapshot to the peer"[..],
+                        gateway_image.len() as u64
+                    )
+                );
+                assert!(taken.finished && taken.image == gateway_image);
+
+                // What cannot reach a member comes back as reports on the stream: a snapshot to
+                // a member not connected fails at once, before its image is opened.
                 raft.send(&[(DEAD, false, b"append"), (DEAD, true, b"snapshot")])
                     .await;
                 // And what the gateway dropped is counted, for consensus's /metrics.
@@ -1158,6 +1475,126 @@ mod tests {
             .await;
     }
 
+    /// An older consensus answers "unimplemented" to both snapshot methods: a snapshot it sends
+    /// fails (reported on the raft stream), one a peer sends is not installed (the peer hears
+    /// so), and messages go on.
+    #[tokio::test]
+    async fn an_older_consensus_neither_sends_nor_takes_snapshots() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut h = harness(None, patterned(3 << 20), Ending::Whole);
+                registered_and_connected(&mut h.seen).await;
+                let mut raft = accepted(&mut h.streams).await;
+                from_peer(&h.peer, &mut h.seen, b"append", false).await;
+                to_peer(&mut raft, &mut h.peer_events, b"vote").await;
+
+                raft.send(&[(PEER, true, b"MsgSnapshot to the peer")]).await;
+                match next_about_snapshots(&mut h.seen).await {
+                    Seen::Snapshot(PEER, false) => {}
+                    other => panic!("expected the snapshot reported failed, got {other:?}"),
+                }
+                h.peer
+                    .send(US, b"MsgSnapshot to us".to_vec(), true)
+                    .unwrap();
+                assert_eq!(
+                    peer_snapshot_report(&mut h.peer_events).await,
+                    Report::Snapshot { to: US, ok: false }
+                );
+                assert!(
+                    h.peer_sink.try_recv().is_err(),
+                    "the gateway sent an image it never had"
+                );
+
+                to_peer(&mut raft, &mut h.peer_events, b"vote again").await;
+                from_peer(&h.peer, &mut h.seen, b"append again", false).await;
+                assert!(!h.gateway_task.is_finished());
+                h.gateway_task.abort();
+            })
+            .await;
+    }
+
+    /// A peer's image fails part-way: the gateway drops consensus's writer without `finish` (so
+    /// that consensus deletes what it got), and the peer hears the snapshot failed.
+    #[tokio::test]
+    async fn a_failed_transfer_drops_the_image_in_consensus() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let snapshots = Snapshots::default();
+                let mut h = harness(Some(snapshots), patterned(5 << 20), Ending::FailAfter(2));
+                registered_and_connected(&mut h.seen).await;
+                let _raft = accepted(&mut h.streams).await;
+                from_peer(&h.peer, &mut h.seen, b"append", false).await;
+
+                h.peer
+                    .send(US, b"MsgSnapshot to us".to_vec(), true)
+                    .unwrap();
+                assert_eq!(
+                    peer_snapshot_report(&mut h.peer_events).await,
+                    Report::Snapshot { to: US, ok: false }
+                );
+                match next_about_snapshots(&mut h.seen).await {
+                    Seen::Receiving(PEER) => {}
+                    other => panic!("expected receiveSnapshot, got {other:?}"),
+                }
+                match next_about_snapshots(&mut h.seen).await {
+                    Seen::ImageDropped(from) => assert_eq!(from, PEER),
+                    other => panic!("expected the writer dropped, got {other:?}"),
+                }
+                assert!(!h.gateway_task.is_finished());
+                h.gateway_task.abort();
+            })
+            .await;
+    }
+
+    /// Consensus goes away (as it does right after installing a snapshot, to restart on it)
+    /// while an image is being written into it: the peer hears the snapshot was not installed,
+    /// and the gateway registers again and carries messages, without a panic.
+    #[tokio::test]
+    async fn losing_consensus_in_a_snapshot_fails_it_and_the_gateway_goes_on() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let snapshots = Snapshots {
+                    image: Vec::new(),
+                    stuck_writes: true,
+                };
+                let mut h = harness(Some(snapshots), patterned(6 << 20), Ending::Whole);
+                registered_and_connected(&mut h.seen).await;
+                let raft = accepted(&mut h.streams).await;
+                from_peer(&h.peer, &mut h.seen, b"append", false).await;
+
+                h.peer
+                    .send(US, b"MsgSnapshot to us".to_vec(), true)
+                    .unwrap();
+                match next_about_snapshots(&mut h.seen).await {
+                    Seen::Receiving(PEER) => {}
+                    other => panic!("expected receiveSnapshot, got {other:?}"),
+                }
+                connection(&mut h.connections).await.abort();
+                raft.cut();
+                assert_eq!(
+                    peer_snapshot_report(&mut h.peer_events).await,
+                    Report::Snapshot { to: US, ok: false }
+                );
+                // (The stand-in's writer outlives its aborted connection, so whether it is
+                // dropped is left to `a_failed_transfer_drops_the_image_in_consensus`.)
+                loop {
+                    match next(&mut h.seen).await {
+                        Seen::Hello(_) => break,
+                        Seen::Installed(..) => panic!("an incomplete image was installed"),
+                        _ => {}
+                    }
+                }
+                let mut raft = accepted(&mut h.streams).await;
+                to_peer(&mut raft, &mut h.peer_events, b"vote after").await;
+                assert!(!h.gateway_task.is_finished());
+                h.gateway_task.abort();
+            })
+            .await;
+    }
+
     #[tokio::test]
     async fn a_refused_registration_is_fatal() {
         let local = tokio::task::LocalSet::new();
@@ -1167,7 +1604,8 @@ mod tests {
                 let socket = schema::peer_socket(dir.path());
                 let (seen_tx, _seen) = mpsc::unbounded_channel();
                 let (gateways_tx, _gateways) = mpsc::unbounded_channel();
-                let registrar = fake_registrar(true, vec![], String::new(), seen_tx, gateways_tx);
+                let registrar =
+                    fake_registrar(true, vec![], String::new(), None, seen_tx, gateways_tx);
                 let _connections = serve(&socket, registrar);
                 let result = tokio::time::timeout(WAIT, run(socket)).await.unwrap();
                 match result {

@@ -9,7 +9,8 @@ pub struct Counters {
     /// TLS handshakes refused because the peer's certificate is outside the allowed CN or
     /// hostname ([`crate::tls`]).
     pub cert_refused: AtomicU64,
-    /// Peer streams closed for an oversized frame or an unsupported kind (snapshots).
+    /// Peer streams closed for an oversized frame, an unknown kind, or a malformed cluster query
+    /// or snapshot header (a message or image over its limit, a header cut short).
     pub frames_refused: AtomicU64,
     /// Raft messages dropped on the way out: peer not connected, its queue full, too large.
     pub messages_dropped: AtomicU64,

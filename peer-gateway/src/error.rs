@@ -34,6 +34,17 @@ pub enum Error {
     FrameTooLarge { len: u64, limit: usize },
     #[error("stream ended in the middle of a frame")]
     Truncated,
+    #[error("a snapshot image of {len} bytes exceeds the limit of {limit} bytes")]
+    ImageTooLarge { len: u64, limit: u64 },
+    #[error("{0}")]
+    Snapshot(String),
+    #[error("no progress for {stall:?} while {what}")]
+    SnapshotStalled {
+        what: &'static str,
+        stall: std::time::Duration,
+    },
+    #[error("the peer ended the stream: {0}")]
+    PeerGone(String),
     #[error("malformed cluster query or answer: {0}")]
     MalformedMembers(String),
     #[error("member {0:x} is not in the member table")]

@@ -4,13 +4,17 @@
 //! acknowledgement), so on one connection each side's answer carries the QUIC ACK for what it
 //! answers, where a connection per direction made the receiving side send ACK-only packets (and
 //! wake the other gateway) several hundred times a second. The higher member sends on its own
-//! connection only while the shared one is down, and snapshots always go on the sender's own.
+//! connection only while the shared one is down, and snapshots always go on the sender's own
+//! (while it is up).
 //!
 //! This module knows nothing of consensus: messages go in through [`Transport::send`] and come
 //! out of [`Events::inbound`]; what consensus must hear about comes out of [`Events::reports`].
 //! Beside raft traffic, the same connections carry cluster queries ([`members`]): a member asks
 //! another for its member table with [`Transport::ask_members`], and the queries peers send us
-//! come out of [`Events::queries`] for the link to consensus to answer.
+//! come out of [`Events::queries`] for the link to consensus to answer. And they carry raft
+//! snapshots ([`snapshot`]), each image on a stream of its own beside its `MsgSnapshot`: the
+//! transport asks the link for the image of a snapshot it sends ([`Events::images`]) and hands it
+//! the image of one it receives ([`Events::snapshots`]), chunk by chunk.
 //!
 //! Memory is bounded by bytes (audit M2), with etcd's defaults:
 //! - a message is at most [`TransportConfig::max_message`] (about 3.6 MiB, from
@@ -20,11 +24,15 @@
 //!   are not read, so QUIC flow control holds the senders back (nothing is dropped);
 //! - QUIC buffers at most [`RECEIVE_WINDOW`] per connection that we have not read;
 //! - outbound messages wait per peer up to [`OUTBOUND_BYTES`]; past it they are dropped and
-//!   counted (raft resends).
+//!   counted (raft resends);
+//! - a snapshot image, whatever its size, holds a few chunks of
+//!   [`schema::limits::SNAPSHOT_CHUNK_BYTES`] per transfer, and one transfer at a time runs to
+//!   each peer and one from all of them.
 
 mod frame;
 mod handshake;
 pub mod members;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +56,9 @@ use frame::{STREAM_MESSAGES, STREAM_SNAPSHOT};
 use handshake::{ACCEPTED, HELLO_LEN, Hello, MAX_REASON, REFUSED, Refusal, WIRE_VERSION};
 pub use members::MembersQuery;
 use rustls::pki_types::{CertificateDer, ServerName};
+pub use snapshot::{
+    ImageRequest, ImageSink, ImageSource, ImageWrite, ImageWrites, IncomingSnapshot,
+};
 
 /// Messages waiting for one peer's connection; beyond this they are dropped (raft resends).
 const QUEUE_LEN: usize = 4096;
@@ -68,10 +79,12 @@ const RECEIVE_WINDOW: u32 = 16 << 20;
 /// Streams a peer may have open on one connection: one for messages each way and a spare.
 const MAX_UNI_STREAMS: u32 = 16;
 /// Bidirectional streams a peer may have open on one connection: the handshake's, then cluster
-/// queries ([`members`]), which are short.
+/// queries ([`members`]), which are short, and snapshots ([`snapshot`]), one at a time.
 const MAX_BI_STREAMS: u32 = 4;
 /// Cluster queries from peers waiting for consensus's answer; more are not answered.
 const QUERIES_LEN: usize = 16;
+/// Snapshots to send waiting for the link to open their image (one per peer at most).
+const IMAGES_LEN: usize = 16;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// consensus hears that a peer is unreachable at most this often per peer.
@@ -95,7 +108,11 @@ mod code {
     pub const RECONNECT: u32 = 2;
     pub const FRAME_TOO_LARGE: u32 = 3;
     pub const BAD_STREAM: u32 = 4;
+    /// How gateways before snapshots stopped a (unidirectional) snapshot stream; kept so that
+    /// the code keeps its meaning.
     pub const SNAPSHOTS_UNSUPPORTED: u32 = 5;
+    /// A snapshot stream ended without an installed image (see [`super::snapshot`]).
+    pub const SNAPSHOT_FAILED: u32 = 6;
 }
 
 /// One entry of the member table.
@@ -121,6 +138,7 @@ pub struct TransportConfig {
 #[derive(Debug)]
 pub struct Inbound {
     pub from: u64,
+    /// Always false: a `MsgSnapshot` reaches consensus with its image ([`Events::snapshots`]).
     pub is_snapshot: bool,
     pub data: Vec<u8>,
     /// Its share of [`INBOUND_BYTES`], given back when dropped: keep it until the message is
@@ -146,6 +164,10 @@ pub struct Events {
     pub reports: mpsc::UnboundedReceiver<Report>,
     /// Cluster queries from peers, to answer with consensus's member table.
     pub queries: mpsc::Receiver<MembersQuery>,
+    /// Snapshots we send, whose image the link to consensus must open.
+    pub images: mpsc::Receiver<ImageRequest>,
+    /// Snapshots peers send us, whose image the link to consensus must take.
+    pub snapshots: mpsc::Receiver<IncomingSnapshot>,
 }
 
 /// Why [`Transport::send`] dropped a message.
@@ -155,8 +177,8 @@ pub enum Dropped {
     NotConnected,
     QueueFull,
     TooLarge,
-    /// A snapshot: not supported yet.
-    Unsupported,
+    /// A snapshot while another one to the same peer is still being sent.
+    Busy,
 }
 
 pub struct Transport {
@@ -185,6 +207,12 @@ struct Shared {
     counters: Arc<Counters>,
     reports: mpsc::UnboundedSender<Report>,
     queries: mpsc::Sender<MembersQuery>,
+    images: mpsc::Sender<ImageRequest>,
+    snapshots: mpsc::Sender<IncomingSnapshot>,
+    /// Taken while a snapshot comes in, from any peer.
+    receiving: Arc<AtomicBool>,
+    /// [`snapshot::STALL`], shorter in tests.
+    snapshot_stall: Duration,
     /// When we last logged a failed inbound connection, per remote address.
     accept_log: Mutex<HashMap<SocketAddr, Instant>>,
     /// Test-only failpoint (`schema::failpoint::PEER_SEND_DELAY`): how long each batch of
@@ -219,8 +247,11 @@ struct PeerLink {
     shared_conn: Mutex<Option<Connection>>,
     /// Batches of messages sent on `shared_conn` (for tests and debugging).
     shared_batches: std::sync::atomic::AtomicU64,
-    /// The connection we dialed to the peer, while it is up: cluster queries go on it.
+    /// The connection we dialed to the peer, while it is up: cluster queries and snapshots go
+    /// on it.
     own_conn: Mutex<Option<Connection>>,
+    /// Taken while a snapshot goes to the peer.
+    sending_snapshot: Arc<AtomicBool>,
 }
 
 impl PeerLink {
@@ -266,6 +297,15 @@ impl Transport {
     /// Binds one QUIC endpoint per listen address and starts dialing the other members. Must run
     /// inside a tokio runtime.
     pub fn start(config: TransportConfig) -> Result<(Self, Events)> {
+        Self::start_with_stall(config, snapshot::STALL)
+    }
+
+    /// [`Transport::start`] where a snapshot transfer fails after `snapshot_stall` without
+    /// progress.
+    fn start_with_stall(
+        config: TransportConfig,
+        snapshot_stall: Duration,
+    ) -> Result<(Self, Events)> {
         if config.listen.is_empty() {
             return Err(Error::NoListenUrl);
         }
@@ -292,6 +332,9 @@ impl Transport {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_LEN);
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let (queries_tx, queries_rx) = mpsc::channel(QUERIES_LEN);
+        let (images_tx, images_rx) = mpsc::channel(IMAGES_LEN);
+        // One snapshot comes in at a time.
+        let (snapshots_tx, snapshots_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             cluster_id: config.cluster_id,
             member_id: config.member_id,
@@ -307,6 +350,10 @@ impl Transport {
             counters,
             reports: reports_tx,
             queries: queries_tx,
+            images: images_tx,
+            snapshots: snapshots_tx,
+            receiving: Arc::new(AtomicBool::new(false)),
+            snapshot_stall,
             accept_log: Mutex::new(HashMap::new()),
             send_delay: schema::failpoint::pause(schema::failpoint::PEER_SEND_DELAY),
         });
@@ -326,6 +373,8 @@ impl Transport {
                 inbound: inbound_rx,
                 reports: reports_rx,
                 queries: queries_rx,
+                images: images_rx,
+                snapshots: snapshots_rx,
             },
         ))
     }
@@ -341,10 +390,15 @@ impl Transport {
 
     /// Queues one message for member `to` without waiting for the network. A message that cannot
     /// be queued is dropped (raft resends), counted, and reported as described on [`Report`].
-    /// Snapshots are refused until they are implemented (see [`STREAM_SNAPSHOT`]).
+    /// A snapshot (`is_snapshot`, a `MsgSnapshot`) starts its transfer beside the messages (see
+    /// [`snapshot`]), whose end is reported in a [`Report::Snapshot`], as is its refusal here.
     pub fn send(&self, to: u64, data: Vec<u8>, is_snapshot: bool) -> Result<(), Dropped> {
         let shared = &self.shared;
-        let result = self.enqueue(to, data, is_snapshot);
+        let result = if is_snapshot {
+            self.send_snapshot(to, data)
+        } else {
+            self.enqueue(to, data)
+        };
         if result.is_err() {
             Counters::bump(&shared.counters.messages_dropped);
             if is_snapshot {
@@ -354,17 +408,13 @@ impl Transport {
         result
     }
 
-    fn enqueue(&self, to: u64, data: Vec<u8>, is_snapshot: bool) -> Result<(), Dropped> {
+    fn enqueue(&self, to: u64, data: Vec<u8>) -> Result<(), Dropped> {
         let shared = &self.shared;
         let peers = lock(&shared.peers);
         let Some(peer) = peers.get(&to) else {
             debug!("dropping a message to member {to:x}: not in the member table");
             return Err(Dropped::UnknownPeer);
         };
-        if is_snapshot {
-            debug!("dropping a snapshot to member {to:x}: snapshots are not supported yet");
-            return Err(Dropped::Unsupported);
-        }
         if data.len() > shared.max_message {
             warn!(
                 "dropping a message of {} bytes to member {to:x}: the limit is {} bytes",
@@ -392,6 +442,53 @@ impl Transport {
         };
         peer.link.report_unreachable(&shared.reports, to);
         Err(dropped)
+    }
+
+    /// Starts sending a snapshot to `to` in a task of its own, which reports how it ended.
+    fn send_snapshot(&self, to: u64, message: Vec<u8>) -> Result<(), Dropped> {
+        let shared = &self.shared;
+        let Some(link) = lock(&shared.peers).get(&to).map(|p| p.link.clone()) else {
+            debug!("dropping a snapshot to member {to:x}: not in the member table");
+            return Err(Dropped::UnknownPeer);
+        };
+        if message.len() > shared.max_message {
+            warn!(
+                "dropping a snapshot message of {} bytes to member {to:x}: the limit is {} bytes",
+                message.len(),
+                shared.max_message
+            );
+            return Err(Dropped::TooLarge);
+        }
+        if link.any_conn().is_none() {
+            link.report_unreachable(&shared.reports, to);
+            return Err(Dropped::NotConnected);
+        }
+        let Some(slot) = snapshot::Slot::take(&link.sending_snapshot) else {
+            info!("not sending a snapshot to member {to:x}: the previous one is still on its way");
+            return Err(Dropped::Busy);
+        };
+        let (images, reports, stall) = (
+            shared.images.clone(),
+            shared.reports.clone(),
+            shared.snapshot_stall,
+        );
+        tokio::spawn(async move {
+            let conn = || link.any_conn();
+            let ok = match snapshot::send(conn, &images, stall, to, message).await {
+                Ok(bytes) => {
+                    info!("sent a snapshot of {bytes} bytes to member {to:x}");
+                    true
+                }
+                Err(e) => {
+                    warn!("sending a snapshot to member {to:x} failed: {e}");
+                    false
+                }
+            };
+            // Free before raft hears of it, so that the snapshot it may send next is taken.
+            drop(slot);
+            let _ = reports.send(Report::Snapshot { to, ok });
+        });
+        Ok(())
     }
 
     /// The other members of the table.
@@ -889,7 +986,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
 }
 
 /// Reads every stream the peer opens until the connection ends: unidirectional ones carry raft
-/// messages, bidirectional ones cluster queries.
+/// messages, bidirectional ones cluster queries and snapshots.
 async fn read_streams(shared: &Shared, conn: Connection, from: u64) {
     loop {
         let ended = tokio::select! {
@@ -902,13 +999,7 @@ async fn read_streams(shared: &Shared, conn: Connection, from: u64) {
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(members::answer(
-                        send,
-                        recv,
-                        from,
-                        shared.queries.clone(),
-                        shared.counters.clone(),
-                    ));
+                    tokio::spawn(serve_bi(BiStreams::of(shared), send, recv, from));
                     None
                 }
                 Err(e) => Some(e),
@@ -918,6 +1009,46 @@ async fn read_streams(shared: &Shared, conn: Connection, from: u64) {
             debug!("connection from member {from:x} ended: {e}");
             return;
         }
+    }
+}
+
+/// What serving one bidirectional peer stream needs of [`Shared`].
+struct BiStreams {
+    queries: mpsc::Sender<MembersQuery>,
+    snapshots: snapshot::Receiver,
+}
+
+impl BiStreams {
+    fn of(shared: &Shared) -> BiStreams {
+        BiStreams {
+            queries: shared.queries.clone(),
+            snapshots: snapshot::Receiver {
+                snapshots: shared.snapshots.clone(),
+                busy: shared.receiving.clone(),
+                max_message: shared.max_message,
+                counters: shared.counters.clone(),
+                stall: shared.snapshot_stall,
+            },
+        }
+    }
+}
+
+/// A bidirectional stream member `from` opened: a snapshot, or else a cluster query (which
+/// refuses any other kind).
+async fn serve_bi(streams: BiStreams, send: quinn::SendStream, mut recv: RecvStream, from: u64) {
+    let mut kind = [0u8; 1];
+    let kind = match recv.read_exact(&mut kind).await {
+        Ok(()) => Some(kind[0]),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => None,
+        Err(e) => {
+            debug!("a stream from member {from:x} ended: {e}");
+            return;
+        }
+    };
+    let counters = streams.snapshots.counters.clone();
+    match kind {
+        Some(STREAM_SNAPSHOT) => snapshot::receive(streams.snapshots, send, recv, from).await,
+        _ => members::answer(send, recv, kind, from, streams.queries, counters).await,
     }
 }
 
@@ -1017,16 +1148,9 @@ async fn read_stream(reader: StreamReader, mut stream: RecvStream, from: u64) {
     }
     match kind[0] {
         STREAM_MESSAGES => {}
-        STREAM_SNAPSHOT => {
-            warn!(
-                "refusing a snapshot stream from member {from:x}: snapshots are not supported yet"
-            );
-            Counters::bump(&reader.counters.frames_refused);
-            let _ = stream.stop(VarInt::from_u32(code::SNAPSHOTS_UNSUPPORTED));
-            return;
-        }
+        // Snapshots travel on bidirectional streams, to be answered.
         other => {
-            warn!("member {from:x} opened a stream of unknown kind {other}");
+            warn!("member {from:x} opened a unidirectional stream of unknown kind {other}");
             Counters::bump(&reader.counters.frames_refused);
             let _ = stream.stop(VarInt::from_u32(code::BAD_STREAM));
             return;

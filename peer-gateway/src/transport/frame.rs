@@ -1,5 +1,6 @@
 //! Framing of raft messages on QUIC streams: each stream starts with one kind byte, then carries
-//! frames of a big-endian u32 length followed by that many bytes of `RaftMessage.data`.
+//! frames of a big-endian u32 length followed by that many bytes of `RaftMessage.data` (a
+//! snapshot stream one frame, then its image: see [`super::snapshot`]).
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -7,12 +8,13 @@ use crate::error::{Error, Result};
 
 /// The long-lived stream of ordinary messages (appends, heartbeats, votes).
 pub const STREAM_MESSAGES: u8 = 0;
-/// A stream that carries one snapshot message and is then finished. Refused until snapshots
-/// are implemented (consensus drops `MsgSnapshot` before raft sees it anyway): a snapshot frame
-/// would be the one unbounded allocation on the peer port.
+/// A bidirectional stream that carries one snapshot: its message as one frame (within the message
+/// limit), then its image's length and the image, streamed and never held whole; the receiver
+/// answers one byte (see [`super::snapshot`]).
 pub const STREAM_SNAPSHOT: u8 = 1;
 /// A bidirectional stream that carries one cluster query and its answer (see
-/// [`super::members`]); the only kind of bidirectional stream after the handshake.
+/// [`super::members`]); with snapshots, the only kinds of bidirectional stream after the
+/// handshake.
 pub const STREAM_MEMBERS: u8 = 2;
 
 /// The length prefix of a frame. Callers check the size against the limit first.

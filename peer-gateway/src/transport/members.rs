@@ -84,22 +84,27 @@ pub(super) fn check_request(request: &[u8]) -> Result<()> {
     }
 }
 
-/// The answerer's side of one bidirectional stream that member `from` opened.
+/// The answerer's side of one bidirectional stream that member `from` opened, whose first byte
+/// `kind` was read (`None`: the stream ended before it).
 pub(super) async fn answer(
     mut send: SendStream,
     mut recv: RecvStream,
+    kind: Option<u8>,
     from: u64,
     queries: mpsc::Sender<MembersQuery>,
     counters: std::sync::Arc<Counters>,
 ) {
-    // One byte is the whole request; reading two tells a longer one apart.
-    let request = match recv.read_to_end(2).await {
-        Ok(request) => request,
-        Err(quinn::ReadToEndError::TooLong) => vec![0; 2],
-        Err(e) => {
-            debug!("cluster query from member {from:x} ended: {e}");
-            return;
-        }
+    // The kind byte is the whole request; reading one more tells a longer one apart.
+    let request = match kind {
+        None => Vec::new(),
+        Some(kind) => match recv.read_to_end(1).await {
+            Ok(rest) => [&[kind][..], &rest].concat(),
+            Err(quinn::ReadToEndError::TooLong) => vec![kind, 0],
+            Err(e) => {
+                debug!("cluster query from member {from:x} ended: {e}");
+                return;
+            }
+        },
     };
     if let Err(e) = check_request(&request) {
         warn!("refusing a stream from member {from:x}: {e}");

@@ -9,6 +9,7 @@ use tokio::time::{sleep, timeout};
 
 use super::*;
 use crate::tls::{self, PeerTls, Restriction, test_certs::TestCa};
+use crate::transport::snapshot::stand_in::{self, Ending, Sink, SinkEvent, Taken};
 
 const CLUSTER: u64 = 0x1a2b_3c4d;
 const OTHER_CLUSTER: u64 = 0x9e8f_7a6b;
@@ -156,33 +157,374 @@ async fn messages_flow_both_ways_in_order() {
     assert!(recv(&mut ea).await.data.is_empty());
 }
 
-/// Snapshots are refused until they are implemented: ours are dropped (raft hears it failed),
-/// and a snapshot stream a peer opens is stopped before anything is read from it.
+// ---------------------------------------------------------------- snapshots
+
+/// Takes one of `events`' receivers, to hand it to a stand-in (a closed one is left behind).
+fn take<T>(rx: &mut mpsc::Receiver<T>) -> mpsc::Receiver<T> {
+    std::mem::replace(rx, mpsc::channel(1).1)
+}
+
+/// `len` bytes in a pattern that shows a chunk out of place or lost.
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// The next snapshot report, past those of unreachable members.
+async fn snapshot_report(events: &mut Events) -> Report {
+    loop {
+        match timeout(WAIT, events.reports.recv())
+            .await
+            .expect("no report in time")
+            .expect("reports closed")
+        {
+            report @ Report::Snapshot { .. } => return report,
+            Report::Unreachable(_) => {}
+        }
+    }
+}
+
+/// The image a sink ended with, and how many chunks it took.
+async fn sink_done(sink: &mut mpsc::UnboundedReceiver<SinkEvent>) -> (Taken, usize) {
+    let mut chunks = 0;
+    loop {
+        match timeout(WAIT, sink.recv())
+            .await
+            .expect("the sink did not end in time")
+            .expect("the sink's channel closed")
+        {
+            SinkEvent::Chunk(len) => {
+                assert!(len > 0, "an empty chunk");
+                chunks += 1;
+            }
+            SinkEvent::Done(taken) => return (taken, chunks),
+        }
+    }
+}
+
+/// Waits until a sink took its first chunk.
+async fn first_chunk(sink: &mut mpsc::UnboundedReceiver<SinkEvent>) {
+    match timeout(WAIT, sink.recv()).await.expect("no chunk in time") {
+        Some(SinkEvent::Chunk(_)) => {}
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+}
+
+/// A member with a stand-in consensus for snapshots: `image` is what it sends, `sink` how it
+/// takes what it receives.
+struct SnapshotMember {
+    transport: Transport,
+    events: Events,
+    opened: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    sink: mpsc::UnboundedReceiver<SinkEvent>,
+}
+
+fn snapshot_member(
+    (transport, mut events): (Transport, Events),
+    image: Vec<u8>,
+    ending: Ending,
+    sink: Sink,
+) -> SnapshotMember {
+    let opened = stand_in::serve_images(take(&mut events.images), image, ending);
+    let sink = stand_in::take_images(take(&mut events.snapshots), sink);
+    SnapshotMember {
+        transport,
+        events,
+        opened,
+        sink,
+    }
+}
+
+/// A, sending `image` as `ending` says, and B, taking snapshots into `sink`; connected.
+async fn snapshot_pair(
+    image: Vec<u8>,
+    ending: Ending,
+    sink: Sink,
+) -> (SnapshotMember, SnapshotMember) {
+    let (a, b) = pair(self_signed(), self_signed());
+    let a = snapshot_member(a, image, ending, Sink::installing());
+    let b = snapshot_member(b, Vec::new(), Ending::Whole, sink);
+    wait_connected(&a.transport, B).await;
+    (a, b)
+}
+
+/// A snapshot of a few MiB (several chunks) arrives byte for byte, is finished once, and the
+/// sender hears it was installed; the next one to the same peer goes too.
 #[tokio::test]
-async fn snapshots_are_refused_both_ways() {
-    let ((a, mut ea), (b, eb)) = pair(self_signed(), self_signed());
-    wait_connected(&a, B).await;
+async fn a_snapshot_arrives_whole_and_is_reported() {
+    let image = patterned((5 << 20) + 12_345);
+    let (mut a, mut b) = snapshot_pair(image.clone(), Ending::Whole, Sink::installing()).await;
+    a.transport.send(B, b"MsgSnapshot".to_vec(), true).unwrap();
     assert_eq!(
-        a.send(B, vec![0x5a; 1 << 20], true),
-        Err(Dropped::Unsupported)
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: true }
+    );
+    assert_eq!(a.opened.try_recv(), Ok((B, b"MsgSnapshot".to_vec())));
+    let (taken, chunks) = sink_done(&mut b.sink).await;
+    assert_eq!(
+        (taken.from, taken.message.as_slice(), taken.total_bytes),
+        (A, &b"MsgSnapshot"[..], image.len() as u64)
+    );
+    assert!(taken.finished);
+    assert!(taken.image == image, "the image arrived changed");
+    assert_eq!(
+        chunks,
+        image.len().div_ceil(schema::limits::SNAPSHOT_CHUNK_BYTES)
+    );
+    sleep(Duration::from_millis(200)).await;
+    assert!(b.sink.try_recv().is_err(), "finished twice");
+
+    a.transport.send(B, b"the next".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: true }
+    );
+    let (taken, _) = sink_done(&mut b.sink).await;
+    assert!(taken.finished && taken.image == image);
+    // An empty image is an image too.
+    let (mut c, mut d) = snapshot_pair(Vec::new(), Ending::Whole, Sink::installing()).await;
+    c.transport.send(B, b"empty".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut c.events).await,
+        Report::Snapshot { to: B, ok: true }
+    );
+    let (taken, chunks) = sink_done(&mut d.sink).await;
+    assert!(taken.finished && taken.image.is_empty() && chunks == 0);
+    assert_eq!(b.transport.counters().frames_refused, 0);
+    assert_eq!(a.transport.counters().messages_dropped, 0);
+}
+
+/// The receiver's consensus refuses the image at `finish`: the sender hears it failed.
+#[tokio::test]
+async fn a_refused_install_fails_the_send() {
+    let sink = Sink {
+        finish: Err("the image's checksum does not match".into()),
+        gate: None,
+    };
+    let image = patterned(3 << 20);
+    let (mut a, mut b) = snapshot_pair(image.clone(), Ending::Whole, sink).await;
+    a.transport.send(B, b"MsgSnapshot".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: false }
+    );
+    let (taken, _) = sink_done(&mut b.sink).await;
+    assert!(taken.finished && taken.image == image);
+}
+
+/// The sender's image fails part-way: the sender hears it failed, and the receiver drops what it
+/// got without finishing it.
+#[tokio::test]
+async fn a_failing_image_fails_the_send_and_is_dropped_by_the_receiver() {
+    let image = patterned(5 << 20);
+    let (mut a, mut b) = snapshot_pair(image, Ending::FailAfter(2), Sink::installing()).await;
+    a.transport.send(B, b"MsgSnapshot".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: false }
+    );
+    let (taken, chunks) = sink_done(&mut b.sink).await;
+    assert!(!taken.finished, "an incomplete image was finished");
+    assert!(chunks <= 2, "{chunks} chunks");
+    // The failure is the sender's, not a malformed stream.
+    assert_eq!(b.transport.counters().frames_refused, 0);
+}
+
+/// An image that stops coming fails the send after the stall period, and the receiver drops it.
+#[tokio::test]
+async fn a_stalled_snapshot_times_out() {
+    let stall = Duration::from_millis(500);
+    let config = |member_id| TransportConfig {
+        cluster_id: CLUSTER,
+        member_id,
+        listen: vec![any_port()],
+        members: vec![],
+        tls: self_signed(),
+        max_message: max_message(),
+    };
+    let a = Transport::start_with_stall(config(A), stall).unwrap();
+    let b = Transport::start_with_stall(config(B), stall).unwrap();
+    let members = table(&[(A, addr(&a.0)), (B, addr(&b.0))]);
+    a.0.set_members(members.clone());
+    b.0.set_members(members);
+    let mut a = snapshot_member(
+        a,
+        patterned(3 << 20),
+        Ending::StallAfter(1),
+        Sink::installing(),
+    );
+    let mut b = snapshot_member(b, Vec::new(), Ending::Whole, Sink::installing());
+    wait_connected(&a.transport, B).await;
+    let started = Instant::now();
+    a.transport.send(B, b"MsgSnapshot".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: false }
+    );
+    assert!(started.elapsed() >= stall, "{:?}", started.elapsed());
+    let (taken, _) = sink_done(&mut b.sink).await;
+    assert!(!taken.finished);
+}
+
+/// While a large snapshot waits on a slow receiving consensus, ordinary messages keep flowing
+/// both ways on the same connections, and arrive before it is finished.
+#[tokio::test]
+async fn messages_flow_while_a_snapshot_is_in_flight() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let sink = Sink {
+        finish: Ok(()),
+        gate: Some(gate.clone()),
+    };
+    let image = patterned(8 << 20);
+    let (mut a, mut b) = snapshot_pair(image.clone(), Ending::Whole, sink).await;
+    wait_connected(&b.transport, A).await;
+    a.transport.send(B, b"MsgSnapshot".to_vec(), true).unwrap();
+    // The first chunk is taken; the rest waits behind the gate (and QUIC flow control).
+    first_chunk(&mut b.sink).await;
+    for i in 0..100u32 {
+        deliver_eventually(&a.transport, B, &mut b.events, &i.to_be_bytes()).await;
+        deliver_eventually(&b.transport, A, &mut a.events, &i.to_be_bytes()).await;
+    }
+    assert!(b.sink.try_recv().is_err(), "the snapshot went on meanwhile");
+    assert!(
+        !matches!(a.events.reports.try_recv(), Ok(Report::Snapshot { .. })),
+        "the snapshot ended meanwhile"
+    );
+    gate.add_permits(1 << 10);
+    assert_eq!(
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: true }
+    );
+    let (taken, _) = sink_done(&mut b.sink).await;
+    assert!(taken.finished && taken.image == image);
+}
+
+/// One snapshot at a time to each peer, and one at a time into each member: a second one is
+/// refused at once (raft sends it again), and the first still goes through.
+#[tokio::test]
+async fn a_second_snapshot_is_refused_while_one_is_in_flight() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let sink = Sink {
+        finish: Ok(()),
+        gate: Some(gate.clone()),
+    };
+    let image = patterned(3 << 20);
+    let (a, b) = pair(self_signed(), self_signed());
+    let mut a = snapshot_member(a, image.clone(), Ending::Whole, Sink::installing());
+    let mut b = snapshot_member(b, Vec::new(), Ending::Whole, sink);
+    let c = start(CLUSTER, C, any_port(), self_signed());
+    let members = table(&[
+        (A, addr(&a.transport)),
+        (B, addr(&b.transport)),
+        (C, addr(&c.0)),
+    ]);
+    for t in [&a.transport, &b.transport, &c.0] {
+        t.set_members(members.clone());
+    }
+    let mut c = snapshot_member(c, image.clone(), Ending::Whole, Sink::installing());
+    wait_connected(&a.transport, B).await;
+    wait_connected(&c.transport, B).await;
+
+    a.transport.send(B, b"first".to_vec(), true).unwrap();
+    // B's consensus has the snapshot (its sink waits at the gate).
+    first_chunk(&mut b.sink).await;
+    assert_eq!(
+        a.transport.send(B, b"second".to_vec(), true),
+        Err(Dropped::Busy)
     );
     assert_eq!(
-        ea.reports.try_recv(),
+        a.events.reports.try_recv(),
         Ok(Report::Snapshot { to: B, ok: false })
     );
-    assert_eq!(a.counters().messages_dropped, 1);
+    // A message too large for the limit is refused at once as well.
+    assert_eq!(
+        a.transport.send(B, vec![0; max_message() + 1], true),
+        Err(Dropped::TooLarge)
+    );
+    assert_eq!(
+        a.events.reports.try_recv(),
+        Ok(Report::Snapshot { to: B, ok: false })
+    );
+    assert_eq!(a.transport.counters().messages_dropped, 2);
 
-    // A raw snapshot stream, as an older gateway would send it.
+    // Another member's snapshot to B, while A's comes in: refused by B.
+    c.transport.send(B, b"from C".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut c.events).await,
+        Report::Snapshot { to: B, ok: false }
+    );
+
+    gate.add_permits(1 << 10);
+    assert_eq!(
+        snapshot_report(&mut a.events).await,
+        Report::Snapshot { to: B, ok: true }
+    );
+    let (taken, _) = sink_done(&mut b.sink).await;
+    assert_eq!((taken.from, taken.message.as_slice()), (A, &b"first"[..]));
+    assert!(taken.finished && taken.image == image);
+    sleep(Duration::from_millis(200)).await;
+    assert!(
+        b.sink.try_recv().is_err(),
+        "C's snapshot reached B's consensus"
+    );
+    // With B free again, C's next one goes in.
+    c.transport.send(B, b"from C again".to_vec(), true).unwrap();
+    assert_eq!(
+        snapshot_report(&mut c.events).await,
+        Report::Snapshot { to: B, ok: true }
+    );
+}
+
+/// Malformed snapshot streams are refused without reaching consensus, and counted: a message
+/// over the limit, an image over [`snapshot::MAX_IMAGE_BYTES`], a header cut short, and a
+/// snapshot on a unidirectional stream. The connection goes on carrying messages.
+#[tokio::test]
+async fn a_malformed_snapshot_stream_is_refused() {
+    let ((a, _ea), (b, mut eb)) = pair(self_signed(), self_signed());
     let conn = dial(&a.shared, B, &PeerUrl::parse(&url_of(addr(&b))).unwrap())
         .await
         .unwrap();
-    let mut stream = conn.open_uni().await.unwrap();
-    stream.write_all(&[STREAM_SNAPSHOT]).await.unwrap();
-    stream.write_all(&frame::header(1 << 20)).await.unwrap();
-    let stopped = timeout(WAIT, stream.stopped()).await.unwrap().unwrap();
-    assert_eq!(stopped, Some(VarInt::from_u32(code::SNAPSHOTS_UNSUPPORTED)));
-    assert_eq!(b.counters().frames_refused, 1);
-    drop(eb);
+    let verdict = |mut recv: quinn::RecvStream| async move {
+        timeout(WAIT, recv.read_to_end(16)).await.unwrap().unwrap()
+    };
+
+    // A 1 GiB message: refused from its length prefix.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[STREAM_SNAPSHOT]).await.unwrap();
+    send.write_all(&frame::header(1 << 30)).await.unwrap();
+    let stopped = timeout(WAIT, send.stopped()).await.unwrap().unwrap();
+    assert_eq!(stopped, Some(VarInt::from_u32(code::FRAME_TOO_LARGE)));
+    assert_eq!(verdict(recv).await, [snapshot::NOT_INSTALLED]);
+    eventually_counted(&b, 1).await;
+
+    // An image over the limit.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let header = snapshot::header(b"MsgSnapshot", snapshot::MAX_IMAGE_BYTES + 1);
+    send.write_all(&header).await.unwrap();
+    let stopped = timeout(WAIT, send.stopped()).await.unwrap().unwrap();
+    assert_eq!(stopped, Some(VarInt::from_u32(code::FRAME_TOO_LARGE)));
+    assert_eq!(verdict(recv).await, [snapshot::NOT_INSTALLED]);
+    eventually_counted(&b, 2).await;
+
+    // A header cut short: the stream ends inside the image's length.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let header = snapshot::header(b"MsgSnapshot", 10);
+    send.write_all(&header[..header.len() - 3]).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(verdict(recv).await, [snapshot::NOT_INSTALLED]);
+    eventually_counted(&b, 3).await;
+
+    // A snapshot on a unidirectional stream, which no gateway sends.
+    let mut uni = conn.open_uni().await.unwrap();
+    uni.write_all(&header).await.unwrap();
+    let stopped = timeout(WAIT, uni.stopped()).await.unwrap().unwrap();
+    assert_eq!(stopped, Some(VarInt::from_u32(code::BAD_STREAM)));
+    eventually_counted(&b, 4).await;
+
+    assert!(
+        eb.snapshots.try_recv().is_err(),
+        "a malformed snapshot reached consensus"
+    );
+    deliver_eventually(&a, B, &mut eb, b"still a raft link").await;
 }
 
 /// A length prefix over the message limit (1 GiB here) closes that stream at once: nothing is
