@@ -356,7 +356,8 @@ interface ClientPlane {
 }
 
 # The next bytes of a snapshot image, at most about `schema::limits::SNAPSHOT_CHUNK_BYTES` a
-# call; an empty chunk once it is all read.
+# call; an empty chunk once it is all read. Calls in flight at once are answered with the chunks
+# in the order the calls were made.
 interface SnapshotReader {
   read @0 () -> (error :Status, chunk :Data);
 }
@@ -418,7 +419,7 @@ struct Metrics {
   peerMessagesRefused @14 :UInt64; # raft messages from peers dropped before raft saw them
   # From the peer gateway's `counters` frames (PeerGatewayCounters) plus consensus's own drops.
   peerCertRefused @15 :UInt64;     # peer TLS handshakes refused by the allowed CN/hostname
-  peerFramesRefused @16 :UInt64;   # peer streams closed for an oversized frame or a snapshot
+  peerFramesRefused @16 :UInt64;   # peer streams closed for an oversized frame or a malformed header
   peerMessagesDropped @17 :UInt64; # outbound raft messages dropped (raft resends)
   streamFramesRefused @18 :UInt64; # oversized frames on raft.sock or write.sock (stream closed)
 }

@@ -270,7 +270,7 @@ pub struct MemberMetrics {
     pub peer_messages_refused: u64,
     /// Peer TLS handshakes refused by `--peer-cert-allowed-cn` / `--peer-cert-allowed-hostname`.
     pub peer_cert_refused: u64,
-    /// Peer streams closed for an oversized frame or a snapshot.
+    /// Peer streams closed for an oversized frame or a malformed header.
     pub peer_frames_refused: u64,
     /// Raft messages dropped on their way between members (raft resends).
     pub peer_messages_dropped: u64,

@@ -37,6 +37,8 @@ use crate::error::{Error, Result};
 /// A transfer fails after this long without progress: no byte written or read, no chunk from or
 /// to consensus, no verdict.
 pub const STALL: Duration = Duration::from_secs(30);
+/// The verdict may take this many [`STALL`]s (ten minutes): the receiver installs first.
+const VERDICT_STALLS: u32 = 20;
 /// The largest image a peer may announce: more than any member's state machine, and far from
 /// overflowing a count.
 pub const MAX_IMAGE_BYTES: u64 = 1 << 40;
@@ -292,8 +294,10 @@ async fn stream_image(
     }
     send.finish()?;
     let mut verdict = [0u8; 1];
+    // The peer checks and installs the whole image before it answers (it reads and writes every
+    // byte again): longer than any pause between chunks.
     match within(
-        stall,
+        stall * VERDICT_STALLS,
         "waiting for the peer's verdict",
         recv.read_exact(&mut verdict),
     )
