@@ -28,6 +28,13 @@ pub const APPLY_READ_FAIL_ONCE: &str = "ETCDRS_FAILPOINT_APPLY_READ_FAIL_ONCE";
 /// leader's heartbeat that commits past the empty log).
 pub const SKIP_BOOTSTRAP_CHECK: &str = "ETCDRS_FAILPOINT_SKIP_BOOTSTRAP_CHECK";
 
+/// consensus: milliseconds to pause before writing each chunk of a raft snapshot being received,
+/// so that a test can kill a member in the middle of a transfer.
+pub const SNAPSHOT_WRITE_DELAY: &str = "ETCDRS_FAILPOINT_SNAPSHOT_WRITE_DELAY_MS";
+/// consensus: milliseconds to pause between a raft snapshot install's commit point (its marker
+/// file) and the swap of the directories, so that a test can kill a member right there.
+pub const SNAPSHOT_INSTALL_PAUSE: &str = "ETCDRS_FAILPOINT_SNAPSHOT_INSTALL_PAUSE_MS";
+
 /// Whether the switch failpoint `name` is set.
 pub fn set(name: &str) -> bool {
     let on = std::env::var_os(name).is_some();

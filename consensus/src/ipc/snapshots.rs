@@ -153,6 +153,9 @@ impl snapshot_writer::Server for SnapshotWriter {
         mut results: snapshot_writer::WriteResults,
     ) -> capnp::Result<()> {
         let chunk = params.get()?.get_chunk()?.to_vec();
+        if let Some(pause) = schema::failpoint::pause(schema::failpoint::SNAPSHOT_WRITE_DELAY) {
+            tokio::time::sleep(pause).await;
+        }
         let at = self.written.get();
         if at + chunk.len() as u64 > self.total {
             refuse!(

@@ -51,8 +51,10 @@ pub const CHECKPOINT_PREFIX: &str = "raft-";
 pub const INCOMING_PREFIX: &str = "incoming-";
 /// Present from the commit of an install until its swap is done.
 pub const INSTALL_MARKER: &str = "snapshot-install";
-/// How long after an image was last read the raft log stays uncompacted.
-pub const PAUSE_AFTER_SEND: Duration = Duration::from_secs(30);
+/// How long after an image was last read the raft log stays uncompacted: the receiver checks and
+/// installs it and restarts, then needs the entries after it (the catch-up entries cover the
+/// usual case; this, a cluster writing faster than that meanwhile).
+pub const PAUSE_AFTER_SEND: Duration = Duration::from_secs(10);
 /// A prepared checkpoint nobody read for this long is dropped (it pins old SST files).
 const KEEP_UNUSED: Duration = Duration::from_secs(300);
 
@@ -338,6 +340,10 @@ pub fn commit(data_dir: &Path, hard_state: &HardState) -> Result<()> {
     .and_then(|()| fs::File::open(&marker)?.sync_all())
     .map_err(io_err(format!("writing {}", marker.display())))?;
     sync_dir(data_dir)?;
+    info!("raft snapshot install committed; swapping the directories");
+    if let Some(pause) = schema::failpoint::pause(schema::failpoint::SNAPSHOT_INSTALL_PAUSE) {
+        std::thread::sleep(pause);
+    }
     swap(data_dir)
 }
 

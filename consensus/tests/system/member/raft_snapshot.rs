@@ -1,10 +1,12 @@
 //! Raft snapshots: a follower that was down while the rest of the cluster compacted its log
 //! past it catches up by snapshot (streamed by the peer gateways on a QUIC stream of their own,
-//! installed, consensus restarted in place) and then agrees with the others on HashKV.
+//! installed, consensus restarted in place) and then agrees with the others on HashKV; and so
+//! it does when either end is killed with -9 during the transfer, or the receiver right at the
+//! install's commit point.
 
 use std::time::Duration;
 
-use crate::support::addresses::RAFT_SNAPSHOT;
+use crate::support::addresses::{RAFT_SNAPSHOT, RAFT_SNAPSHOT_KILLS};
 use crate::support::*;
 
 const PUTS: usize = 20_000;
@@ -109,6 +111,164 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
             m.ctl_ok(&["get", "rs/19999", "--print-value-only"]).trim(),
             "value 19999"
         );
+        assert!(!m.logged("panicked"), "{}", m.log_tail());
+    }
+    for m in &mut members {
+        m.stop();
+    }
+}
+
+/// Stops `follower`, writes `puts` keys `{prefix}/{i}` (2 KiB values) through the others, and starts it again
+/// with `env` (failpoints) in its environment.
+fn fall_behind(
+    members: &mut [Member],
+    follower: usize,
+    prefix: &str,
+    puts: usize,
+    env: &[(&str, &str)],
+) {
+    members[follower].stop();
+    let up: Vec<String> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != follower)
+        .map(|(_, m)| m.endpoint.clone())
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = etcd_client::Client::connect(up, None).await.unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let mut c = client.clone();
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    for i in (w..puts).step_by(8) {
+                        let value = format!("{i}:{}", "v".repeat(2048));
+                        c.put(format!("{prefix}/{i:05}"), value, None)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+    });
+    let f = &mut members[follower];
+    f.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    f.start();
+}
+
+/// Waits until `follower` applied what the leader has, and every member's HashKV agrees.
+fn caught_up(members: &[Member], leader: usize, follower: usize) {
+    let newest = members[leader].status().unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    eventually(Duration::from_secs(120), "the follower to catch up", || {
+        let rev = members[follower].status()?["header"]["revision"].as_i64()?;
+        (rev >= newest).then_some(())
+    });
+    let hashes: Vec<i64> = members
+        .iter()
+        .map(|m| {
+            let out = m.ctl_ok(&[
+                "endpoint",
+                "hashkv",
+                &format!("--rev={newest}"),
+                "-w",
+                "json",
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v[0]["HashKV"]["hash"].as_i64().unwrap()
+        })
+        .collect();
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "HashKV at {newest}: {hashes:?}"
+    );
+}
+
+#[test]
+fn kill_9_of_either_end_of_a_snapshot_loses_nothing() {
+    use schema::failpoint::{SNAPSHOT_INSTALL_PAUSE, SNAPSHOT_WRITE_DELAY};
+    let tmp = tempfile::tempdir().unwrap();
+    let knobs = "ETCD_SNAPSHOT_COUNT=\"500\"\nETCD_SNAPSHOT_CATCHUP_ENTRIES=\"50\"\n";
+    let mut members = http_cluster(tmp.path(), "rk", &RAFT_SNAPSHOT_KILLS, knobs, &[]);
+    let leader = leader_index(&members, &[0, 1, 2]);
+    let follower = (leader + 1) % members.len();
+    // Values of 2 KiB: an image of several 1 MiB chunks, each written a second late.
+    let slow = [(SNAPSHOT_WRITE_DELAY, "1000")];
+
+    // 1. The receiver's consensus killed in the middle of the transfer: nothing is installed
+    // from the half-received image; the leader sends it again to the restarted member.
+    fall_behind(&mut members, follower, "one", 3000, &slow);
+    eventually(Duration::from_secs(60), "a transfer to start", || {
+        members[follower]
+            .logged("receiving a raft snapshot")
+            .then_some(())
+    });
+    members[follower].kill9("consensus");
+    caught_up(&members, leader, follower);
+    let f = &members[follower];
+    assert!(
+        f.logged("installed a raft snapshot"),
+        "{}\n---\n{}",
+        f.log_lines("snapshot"),
+        members[leader].log_lines("snapshot")
+    );
+    assert!(!f.logged("panicked"), "{}", f.log_tail());
+
+    // 2. Killed right after the install's commit point: the restart finishes the swap. (The
+    // leader keeps its log for 10 s after an image was read: past that, it compacts again.)
+    std::thread::sleep(Duration::from_secs(11));
+    let pause = [(SNAPSHOT_INSTALL_PAUSE, "5000")];
+    let committed = members[follower].logged_times("raft snapshot install committed");
+    fall_behind(&mut members, follower, "two", 3000, &pause);
+    eventually(
+        Duration::from_secs(60),
+        "the install's commit point",
+        || {
+            (members[follower].logged_times("raft snapshot install committed") > committed)
+                .then_some(())
+        },
+    );
+    members[follower].kill9("consensus");
+    caught_up(&members, leader, follower);
+    let f = &members[follower];
+    assert!(
+        f.logged("finished installing a raft snapshot that a restart interrupted"),
+        "{}",
+        f.log_lines("snapshot")
+    );
+
+    // 3. The sender's peer gateway killed in the middle of the transfer: its consensus hears of
+    // the new gateway, counts the send failed, and sends again through it.
+    std::thread::sleep(Duration::from_secs(11));
+    let received = members[follower].logged_times("receiving a raft snapshot");
+    let installed = members[follower].logged_times("installed a raft snapshot");
+    fall_behind(&mut members, follower, "three", 3000, &slow);
+    eventually(Duration::from_secs(60), "a transfer to start", || {
+        (members[follower].logged_times("receiving a raft snapshot") > received).then_some(())
+    });
+    members[leader].kill9("peer-gateway");
+    caught_up(&members, leader, follower);
+    assert!(
+        members[follower].logged_times("installed a raft snapshot") > installed,
+        "{}",
+        members[follower].log_lines("snapshot")
+    );
+    for m in &members {
+        for key in ["one/02999", "two/02999", "three/02999"] {
+            let got = m.ctl_ok(&["get", key, "--print-value-only"]);
+            assert!(got.starts_with("2999:"), "{key} on {}: {got}", m.name);
+        }
         assert!(!m.logged("panicked"), "{}", m.log_tail());
     }
     for m in &mut members {

@@ -83,6 +83,8 @@ pub const LOSSY_MEMBER: &str = "127.0.0.106";
 pub const LOG_COMPACTION: [&str; 3] = ["127.0.0.111", "127.0.0.112", "127.0.0.113"];
 /// A follower catching up by raft snapshot.
 pub const RAFT_SNAPSHOT: [&str; 3] = ["127.0.0.121", "127.0.0.122", "127.0.0.123"];
+/// Raft snapshots with kill -9 of either end.
+pub const RAFT_SNAPSHOT_KILLS: [&str; 3] = ["127.0.0.127", "127.0.0.128", "127.0.0.129"];
 
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
@@ -235,6 +237,10 @@ pub const CLAIMS: &[Claim] = &[
             SNAPSHOT_RESTORE[1],
             SNAPSHOT_RESTORE[2],
         ],
+    },
+    Claim {
+        owner: "member::raft_snapshot::kill_9_of_either_end_of_a_snapshot_loses_nothing",
+        hosts: &RAFT_SNAPSHOT_KILLS,
     },
     Claim {
         owner: "member::raft_snapshot::a_follower_behind_the_compacted_log_catches_up_by_snapshot",

@@ -227,6 +227,13 @@ impl Member {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Every line the member's processes logged so far that contains `needle`.
+    pub fn log_lines(&self, needle: &str) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        lines.join("\n")
+    }
+
     /// Whether anything the member's processes logged so far contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.logged_times(needle) > 0
