@@ -414,7 +414,7 @@ mod tests {
         let db = Db::open(&dir.join("db")).unwrap();
         let mut b = db.batch();
         b.put_applied(applied);
-        b.put(Cf::Meta, b"test/value", value.to_vec());
+        b.put(Cf::Meta, b"test/value", value);
         b.put_identity(b"identity of the image's member");
         db.write(b, true).unwrap();
         let mut wal = Wal::open(&dir.join("wal")).unwrap();

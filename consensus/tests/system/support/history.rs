@@ -903,14 +903,14 @@ mod tests {
                 let r = xorshift(&mut rng);
                 let call = now + r % 7;
                 let point = call + 1 + (r >> 8) % 40;
-                let unanswered = (r >> 16) % 3 == 0;
+                let unanswered = (r >> 16).is_multiple_of(3);
                 // An unanswered request takes effect (late) or not at all.
                 let point = if unanswered {
                     point + (r >> 24) % 400
                 } else {
                     point
                 };
-                let happens = !unanswered || (r >> 40) % 2 == 0;
+                let happens = !unanswered || (r >> 40).is_multiple_of(2);
                 let answer = (!unanswered).then(|| point + 1 + (r >> 32) % 40);
                 now = answer.unwrap_or(call + 100);
                 let value = c * 1_000_000 + s + 1;
