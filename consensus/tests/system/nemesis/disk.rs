@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use crate::support::loop_fs::LoopFs;
 use crate::support::lossy_fs::{Keep, LossyFs, Report};
 
-/// How big each member's disk is, unless `NEMESIS_DISK_MIB` says otherwise. The raft log is not
-/// compacted yet, so a long run needs more.
+/// How big each member's disk is, unless `NEMESIS_DISK_MIB` says otherwise. The raft log is
+/// compacted, but the key space's history is kept (nothing compacts it), so a very long run may
+/// need more.
 pub const DEFAULT_MIB: u64 = 1024;
 
 pub struct Disk {

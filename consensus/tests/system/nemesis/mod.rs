@@ -15,7 +15,10 @@
 //!   to what it had fsynced (all of it, or a random torn prefix of each file's unsynced writes);
 //! - a full disk: every free block of a member's disk taken and, half the time, its consensus
 //!   killed so that it restarts on the full disk (else it runs on until it needs a block), then
-//!   the blocks given back.
+//!   the blocks given back;
+//! - a follower behind: its consensus paused while the others compact their raft logs past it
+//!   several times over, so that it catches up by raft snapshot (the members compact every
+//!   [`SNAPSHOT_COUNT`] entries, so the other faults need snapshots too).
 //!
 //! Every member's data dir is on its own disk (`disk::Disk`): a small ext4 loop filesystem under
 //! a FUSE layer that loses unsynced writes (`support::lossy_fs`). Root and /dev/fuse are needed.
@@ -32,7 +35,8 @@
 //!
 //! `NEMESIS_CYCLES=n` runs n cycles (default: each class once, for CI); `NEMESIS_SEED=s` replays
 //! the choices of a run (its seed is printed first; timing still differs); `NEMESIS_DISK_MIB=n`
-//! sizes each member's disk (default [`disk::DEFAULT_MIB`]; the raft log is not compacted yet).
+//! sizes each member's disk (default [`disk::DEFAULT_MIB`]); `NEMESIS_SNAPSHOT_COUNT=n` the
+//! members' `--snapshot-count` (default [`SNAPSHOT_COUNT`]).
 //!
 //! Its members: `support::addresses::NEMESIS` (ports 2379 and 2380), behind the proxies on
 //! `support::addresses::NEMESIS_PROXIES`.
@@ -74,9 +78,10 @@ enum Class {
     RestartAll,
     PowerLoss,
     DiskFull,
+    Behind,
 }
 
-const CLASSES: [Class; 7] = [
+const CLASSES: [Class; 8] = [
     Class::Kill,
     Class::Pause,
     Class::Partition,
@@ -84,18 +89,29 @@ const CLASSES: [Class; 7] = [
     Class::RestartAll,
     Class::PowerLoss,
     Class::DiskFull,
+    Class::Behind,
 ];
+
+/// The members' `--snapshot-count` and `--snapshot-catchup-entries`: small, so that the raft log
+/// is compacted every few seconds of the workload and a member down, paused or cut off for a few
+/// seconds catches up by raft snapshot (`NEMESIS_SNAPSHOT_COUNT` sets the first; the second is a
+/// fifth of it).
+const SNAPSHOT_COUNT: u64 = 100;
 
 /// A member whose peer URL is its proxy's: it listens on `host:2380` and advertises
 /// `proxy:2380`.
-fn member(dir: &std::path::Path, i: usize, cluster: &str) -> Member {
+fn member(dir: &std::path::Path, i: usize, cluster: &str, snapshot_count: u64) -> Member {
     unstarted_http_member_advertising(
         dir,
         &format!("nemesis{i}"),
         HOSTS[i],
         PROXIES[i],
         cluster,
-        "ETCD_INITIAL_CLUSTER_TOKEN=\"nemesis\"\n",
+        &format!(
+            "ETCD_INITIAL_CLUSTER_TOKEN=\"nemesis\"\nETCD_SNAPSHOT_COUNT=\"{snapshot_count}\"\n\
+             ETCD_SNAPSHOT_CATCHUP_ENTRIES=\"{}\"\n",
+            (snapshot_count / 5).max(1)
+        ),
     )
 }
 
@@ -129,6 +145,7 @@ fn try_leader(members: &[Member]) -> Option<usize> {
 
 struct Nemesis<'a> {
     members: &'a mut [Member],
+    snapshot_count: u64,
     disks: &'a [Disk],
     network: &'a Network,
     rng: u64,
@@ -282,6 +299,41 @@ impl Nemesis<'_> {
                     what.join("; ")
                 ));
             }
+            Class::Behind => {
+                // A follower's consensus paused while the others compact their logs past it
+                // (several times over), so that it must catch up by raft snapshot.
+                let Some(leader) = try_leader(self.members) else {
+                    self.log.push("no leader to fall behind".into());
+                    return;
+                };
+                let m = (leader + 1 + self.below(self.members.len() - 1)) % self.members.len();
+                let revision =
+                    |m: &Member| m.status().and_then(|s| s["header"]["revision"].as_i64());
+                let from = revision(&self.members[leader]).unwrap_or(0);
+                let installs = self.members[m].logged_times("installed a raft snapshot");
+                let pid = self.members[m].pid("consensus");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                let want = 3 * self.snapshot_count as i64;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut passed = 0;
+                while Instant::now() < deadline && passed < want {
+                    std::thread::sleep(Duration::from_millis(200));
+                    passed = revision(&self.members[leader]).unwrap_or(from) - from;
+                }
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut installed = 0;
+                while Instant::now() < deadline && installed == 0 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    installed =
+                        self.members[m].logged_times("installed a raft snapshot") - installs;
+                }
+                self.log.push(format!(
+                    "consensus {pid} of follower {} paused while {passed} revisions went by; \
+                     {installed} raft snapshot(s) installed",
+                    self.members[m].name
+                ));
+            }
             Class::DiskFull => {
                 let (m, role) = self.target();
                 let hold = self.hold();
@@ -381,8 +433,9 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
                 .unwrap_or_else(|e| panic!("a disk for nemesis{i} on {}: {e}", data_dir.display()))
         })
         .collect();
+    let snapshot_count = env_or("NEMESIS_SNAPSHOT_COUNT", SNAPSHOT_COUNT);
     let mut members: Vec<Member> = (0..HOSTS.len())
-        .map(|i| member(tmp.path(), i, &cluster))
+        .map(|i| member(tmp.path(), i, &cluster, snapshot_count))
         .collect();
     for (i, m) in members.iter().enumerate() {
         assert_eq!(m.data_dir, tmp.path().join(format!("nemesis{i}-data")));
@@ -408,6 +461,7 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
     let log = {
         let mut nemesis = Nemesis {
             members: &mut members,
+            snapshot_count,
             disks: &disks,
             network: &network,
             rng: seed | 1,
@@ -477,6 +531,10 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
         .map(|m| m.name.as_str())
         .collect();
 
+    let installs: usize = members
+        .iter()
+        .map(|m| m.logged_times("installed a raft snapshot"))
+        .sum();
     let answered = ops.iter().filter(|o| o.answer.is_some()).count();
     let per_class: Vec<String> = CLASSES
         .iter()
@@ -484,7 +542,8 @@ fn a_nemesis_loses_no_acknowledged_write_and_histories_stay_linearizable() {
         .collect();
     eprintln!(
         "nemesis: cycles {}; {} operations ({answered} answered, {failed} failed or unanswered), \
-         {} acknowledged changes, {} versions read; packets forwarded {}, dropped {}, delayed {}",
+         {} acknowledged changes, {} versions read; packets forwarded {}, dropped {}, delayed {}; \
+         {installs} raft snapshots installed",
         per_class.join(", "),
         ops.len(),
         changes.len(),
