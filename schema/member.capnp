@@ -422,6 +422,13 @@ struct Metrics {
   peerFramesRefused @16 :UInt64;   # peer streams closed for an oversized frame or a malformed header
   peerMessagesDropped @17 :UInt64; # outbound raft messages dropped (raft resends)
   streamFramesRefused @18 :UInt64; # oversized frames on raft.sock or write.sock (stream closed)
+  # Raft snapshots (etcd_network_snapshot_{send,receive}_{success,failures}, summed over peers):
+  # sends as the peer gateway reported them (or their reports timed out), and receipts as
+  # installed (or not needed) or refused.
+  snapshotsSent @19 :UInt64;
+  snapshotsSendFailed @20 :UInt64;
+  snapshotsReceived @21 :UInt64;
+  snapshotsReceiveFailed @22 :UInt64;
 }
 
 # ---------------------------------------------------------------- the raft log

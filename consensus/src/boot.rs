@@ -184,6 +184,11 @@ pub fn run(config: Config) -> Result<()> {
     // which it now starts only after the IPC thread serves.
     shared.answered.store(log_commit, Ordering::Release);
     shared.revision.store(revision, Ordering::Relaxed);
+    let carried = std::env::var(CARRIED_SNAPSHOTS_RECEIVED).ok();
+    shared.snapshots_received.store(
+        carried.and_then(|n| n.parse().ok()).unwrap_or(0),
+        Ordering::Relaxed,
+    );
     let clock_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -378,17 +383,27 @@ pub fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Starts this consensus again, in this process (same PID, arguments and environment): after a
-/// raft snapshot was installed, the cheapest way to a state that is the new data dir's alone.
-/// Every other thread ends with the exec, and the gateways register again.
-pub(crate) fn restart_in_place() -> ! {
+/// The raft snapshots this process received, carried across [`restart_in_place`] so that
+/// `etcd_network_snapshot_receive_success` counts the installs that caused one.
+const CARRIED_SNAPSHOTS_RECEIVED: &str = "ETCDRS_CARRIED_SNAPSHOTS_RECEIVED";
+
+/// Starts this consensus again, in this process (same PID, arguments and environment, and the
+/// count of snapshots received): after a raft snapshot was installed, the cheapest way to a
+/// state that is the new data dir's alone. Every other thread ends with the exec, and the
+/// gateways register again.
+pub(crate) fn restart_in_place(snapshots_received: u64) -> ! {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != CARRIED_SNAPSHOTS_RECEIVED)
+        .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
+        .collect();
+    env.extend(CString::new(format!("{CARRIED_SNAPSHOTS_RECEIVED}={snapshots_received}")).ok());
     let exe = c"/proc/self/exe";
-    let e = nix::unistd::execv(exe, &args).unwrap_err();
+    let e = nix::unistd::execve(exe, &args, &env).unwrap_err();
     // Not restarted: stop, and the supervisor starts consensus again.
     tracing::error!("cannot restart in place: {e}; exiting");
     std::process::exit(1)

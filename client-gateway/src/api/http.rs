@@ -266,7 +266,7 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
     fsync.push(("_bucket{le=\"+Inf\"}".into(), m.fsyncs.to_string()));
     fsync.push(("_sum".into(), (m.fsync_nanos as f64 / 1e9).to_string()));
     fsync.push(("_count".into(), m.fsyncs.to_string()));
-    let families: [Family; 19] = [
+    let families: [Family; 23] = [
         labelled(
             "etcd_cluster_version",
             "The cluster version, as a label.",
@@ -351,6 +351,30 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
             "server_version",
             SERVER_VERSION,
         ),
+        single(
+            "etcd_network_snapshot_send_success",
+            "counter",
+            "Raft snapshots sent to other members (etcd's is per peer; this is their sum).",
+            m.snapshots_sent,
+        ),
+        single(
+            "etcd_network_snapshot_send_failures",
+            "counter",
+            "Raft snapshots whose send failed (etcd's is per peer; this is their sum).",
+            m.snapshots_send_failed,
+        ),
+        single(
+            "etcd_network_snapshot_receive_success",
+            "counter",
+            "Raft snapshots received and installed, or found not needed.",
+            m.snapshots_received,
+        ),
+        single(
+            "etcd_network_snapshot_receive_failures",
+            "counter",
+            "Raft snapshots received and refused (damaged, cut short, or another's).",
+            m.snapshots_receive_failed,
+        ),
         // Ours, not etcd's (so under our own prefix).
         single(
             "etcdrs_peer_messages_refused_total",
@@ -367,7 +391,7 @@ fn exposition(m: &MemberMetrics, health: &HealthCounts) -> String {
         single(
             "etcdrs_peer_frames_refused_total",
             "counter",
-            "Peer streams closed for a frame over the size limit or an unsupported snapshot.",
+            "Peer streams closed for a frame over the size limit or a malformed header.",
             m.peer_frames_refused,
         ),
         single(

@@ -231,6 +231,10 @@ impl Session {
             peer_frames_refused: m.get_peer_frames_refused(),
             peer_messages_dropped: m.get_peer_messages_dropped(),
             stream_frames_refused: m.get_stream_frames_refused(),
+            snapshots_sent: m.get_snapshots_sent(),
+            snapshots_send_failed: m.get_snapshots_send_failed(),
+            snapshots_received: m.get_snapshots_received(),
+            snapshots_receive_failed: m.get_snapshots_receive_failed(),
             committed_index: m.get_committed_index(),
             applied_index: m.get_applied_index(),
             proposals_failed: m.get_proposals_failed(),
@@ -276,6 +280,11 @@ pub struct MemberMetrics {
     pub peer_messages_dropped: u64,
     /// Oversized frames that ended consensus's raft or write stream.
     pub stream_frames_refused: u64,
+    /// Raft snapshots sent, failed to send, received, refused.
+    pub snapshots_sent: u64,
+    pub snapshots_send_failed: u64,
+    pub snapshots_received: u64,
+    pub snapshots_receive_failed: u64,
     pub committed_index: u64,
     pub applied_index: u64,
     pub proposals_failed: u64,

@@ -166,6 +166,10 @@ pub(super) async fn metrics(
     m.set_peer_frames_refused(load(&s.peer_frames_refused));
     m.set_peer_messages_dropped(load(&s.peer_messages_dropped));
     m.set_stream_frames_refused(load(&s.stream_frames_refused));
+    m.set_snapshots_sent(load(&s.snapshots_sent));
+    m.set_snapshots_send_failed(load(&s.snapshots_send_failed));
+    m.set_snapshots_received(load(&s.snapshots_received));
+    m.set_snapshots_receive_failed(load(&s.snapshots_receive_failed));
     let mut buckets = m.init_fsync_buckets(s.fsync_buckets.len() as u32);
     for (i, b) in s.fsync_buckets.iter().enumerate() {
         buckets.set(i as u32, load(b));

@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use capnp::capability::Rc as CapRc;
 use protobuf::Message as _;
@@ -86,6 +87,7 @@ pub(super) async fn receive_snapshot(
         None
     };
     if let Some(why) = refusal {
+        (state.ctx.shared.snapshots_receive_failed).fetch_add(1, Ordering::Relaxed);
         warn!(
             from = format!("{from:x}"),
             index = point.index,
@@ -141,7 +143,9 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         self.state.receiving_snapshot.set(false);
         if !self.finished.get() {
+            // The transfer broke off (or a write failed): the file goes, and it counts as failed.
             let _ = std::fs::remove_file(&self.path);
+            (self.state.ctx.shared.snapshots_receive_failed).fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -186,23 +190,54 @@ impl snapshot_writer::Server for SnapshotWriter {
         _: snapshot_writer::FinishParams,
         mut results: snapshot_writer::FinishResults,
     ) -> capnp::Result<()> {
-        if self.written.get() != self.total {
-            refuse!(
-                results,
-                internal(format!(
-                    "a raft snapshot of {} bytes where {} were announced",
-                    self.written.get(),
-                    self.total
-                ))
+        let result = self.install().await;
+        let _ = std::fs::remove_file(&self.path);
+        self.finished.set(true);
+        let shared = &self.state.ctx.shared;
+        // An install is counted by the raft thread, before its restart in place.
+        match &result {
+            Ok(true) => {}
+            Ok(false) => {
+                shared.snapshots_received.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                shared
+                    .snapshots_receive_failed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Err(e) = &result {
+            warn!(
+                index = self.point.index,
+                "refusing a raft snapshot: {}", e.message
             );
         }
-        if let Some(file) = &self.file
-            && let Err(e) = file.sync_all().await
-        {
-            refuse!(
-                results,
-                internal(format!("syncing {}: {e}", self.path.display()))
+        let installed = or_refuse!(results, result);
+        if !installed {
+            info!(
+                index = self.point.index,
+                "a raft snapshot was not needed: this member has that state already"
             );
+        }
+        Ok(())
+    }
+}
+
+impl SnapshotWriter {
+    /// Checks and stages the whole image, then hands it to the raft thread, which decides (it
+    /// may no longer need it), commits and restarts in place. Whether it installed.
+    async fn install(&self) -> Result<bool, EtcdError> {
+        if self.written.get() != self.total {
+            return Err(internal(format!(
+                "a raft snapshot of {} bytes where {} were announced",
+                self.written.get(),
+                self.total
+            )));
+        }
+        if let Some(file) = &self.file {
+            file.sync_all()
+                .await
+                .map_err(|e| internal(format!("syncing {}: {e}", self.path.display())))?;
         }
         // Unpacking checks and writes every byte again: on the maintenance thread.
         let state = &self.state;
@@ -212,33 +247,18 @@ impl snapshot_writer::Server for SnapshotWriter {
             self.point.clone(),
         );
         let identity = crate::cluster::encode_identity(&state.ctx.identity);
-        let staged = (state.pools.maintenance)
+        (state.pools.maintenance)
             .run(move || snap::stage(&dir, &path, &point, &identity).map_err(internal))
             .await
-            .and_then(|r| r);
-        let _ = std::fs::remove_file(&self.path);
-        self.finished.set(true);
-        or_refuse!(results, staged);
-        // The raft thread decides (it may no longer need it), commits and restarts in place.
+            .and_then(|r| r)?;
         let (reply, answer) = oneshot::channel();
-        or_refuse!(
-            results,
-            state.send(Command::InstallSnapshot {
-                point: self.point.clone(),
-                reply,
-            })
-        );
-        let installed = answer
+        state.send(Command::InstallSnapshot {
+            point: self.point.clone(),
+            reply,
+        })?;
+        answer
             .await
             .map_err(|_| internal("the raft thread stopped"))
-            .and_then(|r| r.map_err(internal));
-        let installed = or_refuse!(results, installed);
-        if !installed {
-            info!(
-                index = self.point.index,
-                "a raft snapshot was not needed: this member has that state already"
-            );
-        }
-        Ok(())
+            .and_then(|r| r.map_err(internal))
     }
 }

@@ -147,7 +147,7 @@ pub(crate) struct Core<L: LogStore> {
     /// Raft snapshots sent and not reported yet: to whom, since when. raft-rs sends a follower
     /// nothing more until it hears how one ended, so one whose report is lost (its gateway died
     /// mid-send) is reported failed here ([`SNAPSHOT_REPORT_TIMEOUT`], or a new raft stream).
-    snapshots_sent: HashMap<u64, Instant>,
+    snapshots_unreported: HashMap<u64, Instant>,
 }
 
 /// How long a raft snapshot's send may go unreported once no image is being read.
@@ -190,7 +190,7 @@ impl<L: LogStore> Core<L> {
             started_empty: false,
             lost_data_to: None,
             compaction: Compaction::default(),
-            snapshots_sent: HashMap::new(),
+            snapshots_unreported: HashMap::new(),
         }
     }
 
@@ -462,12 +462,18 @@ impl<L: LogStore> Core<L> {
     }
 
     pub(crate) fn report_snapshot(&mut self, to: u64, ok: bool) {
-        if self.snapshots_sent.remove(&to).is_none() {
+        if self.snapshots_unreported.remove(&to).is_none() {
             debug!(
                 to = format!("{to:x}"),
                 ok, "a report of a snapshot not in flight"
             );
         }
+        let counter = if ok {
+            &self.shared.snapshots_sent
+        } else {
+            &self.shared.snapshots_send_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let status = if ok {
             raft::SnapshotStatus::Finish
         } else {
@@ -479,7 +485,12 @@ impl<L: LogStore> Core<L> {
     /// The raft stream was replaced (a new peer gateway): the old one's snapshot sends will
     /// never be reported.
     pub(crate) fn new_peer_stream(&mut self) {
-        for to in self.snapshots_sent.keys().copied().collect::<Vec<_>>() {
+        for to in self
+            .snapshots_unreported
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+        {
             info!(
                 to = format!("{to:x}"),
                 "a raft snapshot's send went with the old peer gateway: reported failed"
@@ -496,9 +507,9 @@ impl<L: LogStore> Core<L> {
     /// A raft tick (the heartbeat interval), and the timers that run with it.
     pub(crate) fn tick(&mut self, now: Instant, fx: &mut impl Effects) {
         self.node.tick();
-        if !self.snapshots_sent.is_empty() && !self.node.store().snapshot_in_flight() {
+        if !self.snapshots_unreported.is_empty() && !self.node.store().snapshot_in_flight() {
             let lost: Vec<u64> = self
-                .snapshots_sent
+                .snapshots_unreported
                 .iter()
                 .filter(|(_, since)| now.duration_since(**since) >= SNAPSHOT_REPORT_TIMEOUT)
                 .map(|(to, _)| *to)
@@ -698,7 +709,7 @@ impl<L: LogStore> Core<L> {
         self.forwarders.first(&mut msgs);
         for m in &msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.snapshots_sent.insert(m.to, fx.clock());
+                self.snapshots_unreported.insert(m.to, fx.clock());
             }
         }
         fx.send(msgs, self.node.raft.state);

@@ -316,7 +316,12 @@ impl RaftLoop {
                     // The answer reaches the peer gateway (and the leader) first; nothing may
                     // touch the old log or state after the swap.
                     std::thread::sleep(Duration::from_millis(300));
-                    crate::boot::restart_in_place();
+                    // Counted here: the IPC thread's answer may not run before the exec.
+                    let received = self
+                        .shared
+                        .snapshots_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    crate::boot::restart_in_place(received + 1);
                 }
             }
         }

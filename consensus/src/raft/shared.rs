@@ -34,7 +34,12 @@ pub(crate) struct Shared {
     pub peer_messages_refused: AtomicU64,
     /// Peer TLS handshakes the peer gateway refused for the allowed CN or hostname.
     pub peer_cert_refused: AtomicU64,
-    /// Peer streams the peer gateway closed for an oversized frame or a snapshot.
+    /// Raft snapshots sent (as reported), failed, received (installed or not needed), refused.
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_send_failed: AtomicU64,
+    pub snapshots_received: AtomicU64,
+    pub snapshots_receive_failed: AtomicU64,
+    /// Peer streams the peer gateway closed for an oversized frame or a malformed header.
     pub peer_frames_refused: AtomicU64,
     /// Outbound raft messages dropped, here (no raft stream, or the gateway too far behind)
     /// or by the peer gateway (peer not connected, its queue full).

@@ -81,6 +81,23 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         "{}",
         members[leader].log_tail()
     );
+    // Both ends counted it, the receiver across its restart in place.
+    let metric = |m: &Member, name: &str| -> f64 {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("{}/metrics", m.endpoint)])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(metric(&members[leader], "etcd_network_snapshot_send_success") >= 1.0);
+    assert!(metric(&members[follower], "etcd_network_snapshot_receive_success") >= 1.0);
+    assert_eq!(
+        metric(&members[follower], "etcd_network_snapshot_receive_failures"),
+        0.0
+    );
     // The same state everywhere, and the follower still itself and serving.
     let hashes: Vec<i64> = members
         .iter()
