@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::addresses::{RAFT_SNAPSHOT, RAFT_SNAPSHOT_KILLS};
+use crate::support::addresses::{RAFT_SNAPSHOT, RAFT_SNAPSHOT_DISK, RAFT_SNAPSHOT_KILLS};
 use crate::support::*;
 
 const PUTS: usize = 20_000;
@@ -291,4 +291,96 @@ fn kill_9_of_either_end_of_a_snapshot_loses_nothing() {
     for m in &mut members {
         m.stop();
     }
+}
+
+/// The receiver's disk fills in the middle of a transfer: the image is refused (nothing half
+/// written is installed or left behind), the member stops or goes on as a full disk makes it,
+/// and once the space is back it catches up by snapshot and agrees with the others.
+#[test]
+fn a_full_disk_during_a_snapshot_refuses_it_until_there_is_room() {
+    use crate::support::disk::Disk;
+    use schema::failpoint::SNAPSHOT_WRITE_DELAY;
+    let tmp = tempfile::tempdir().unwrap();
+    let knobs = "ETCD_SNAPSHOT_COUNT=\"500\"\nETCD_SNAPSHOT_CATCHUP_ENTRIES=\"50\"\n";
+    let cluster = RAFT_SNAPSHOT_DISK
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("rd{i}=http://{h}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Member> = RAFT_SNAPSHOT_DISK
+        .iter()
+        .enumerate()
+        .map(|(i, h)| unstarted_http_member(tmp.path(), &format!("rd{i}"), h, &cluster, knobs))
+        .collect();
+    // Every member on a disk of its own, so that any of them can be the follower.
+    let disks: Vec<Disk> = members
+        .iter()
+        .map(|m| Disk::new(&m.data_dir, 512).expect("a disk (needs root and /dev/fuse)"))
+        .collect();
+    for m in &mut members {
+        m.start();
+    }
+    for m in &members {
+        wait_healthy(m, Duration::from_secs(60));
+    }
+    let leader = leader_index(&members, &[0, 1, 2]);
+    let follower = (leader + 1) % members.len();
+    let received = members[follower].logged_times("receiving a raft snapshot");
+    fall_behind(
+        &mut members,
+        follower,
+        "full",
+        3000,
+        &[(SNAPSHOT_WRITE_DELAY, "1000")],
+    );
+    eventually(Duration::from_secs(60), "a transfer to start", || {
+        (members[follower].logged_times("receiving a raft snapshot") > received).then_some(())
+    });
+    let taken = disks[follower].fill().expect("filling the disk");
+    // Writes of the image fail (or the member stops on its full disk): either way no install.
+    eventually(Duration::from_secs(60), "the image refused", || {
+        let f = &members[follower];
+        (f.logged("No space left on device") || f.logged("refusing a raft snapshot")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !members[follower].logged("installed a raft snapshot"),
+        "installed on a full disk ({taken} bytes taken)"
+    );
+    disks[follower].free().expect("freeing the disk");
+    // A consensus that could not start on the full disk made start-node.sh give up: start it
+    // again, as systemd would.
+    if members[follower].script_exited() {
+        members[follower].start();
+    }
+    caught_up(&members, leader, follower);
+    let f = &members[follower];
+    assert!(
+        f.logged("installed a raft snapshot"),
+        "{}",
+        f.log_lines("snapshot")
+    );
+    for leftover in ["db.incoming", "wal.incoming", "db.old", "wal.old"] {
+        assert!(
+            !f.data_dir.join(leftover).exists(),
+            "{leftover} left behind"
+        );
+    }
+    let snap = f.data_dir.join("snap");
+    let incoming = std::fs::read_dir(&snap).map_or(0, |d| {
+        d.filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
+        })
+        .count()
+    });
+    assert_eq!(incoming, 0, "a received image left in {}", snap.display());
+    for m in &members {
+        assert!(!m.logged("panicked"), "{}", m.log_tail());
+    }
+    for m in &mut members {
+        m.stop();
+    }
+    drop(disks);
 }

@@ -20,7 +20,7 @@
 //!   several times over, so that it catches up by raft snapshot (the members compact every
 //!   [`SNAPSHOT_COUNT`] entries, so the other faults need snapshots too).
 //!
-//! Every member's data dir is on its own disk (`disk::Disk`): a small ext4 loop filesystem under
+//! Every member's data dir is on its own disk (`support::disk::Disk`): a small ext4 loop filesystem under
 //! a FUSE layer that loses unsynced writes (`support::lossy_fs`). Root and /dev/fuse are needed.
 //!
 //! Meanwhile clients on every member put, swap (txn on the value), delete, and read (linearizable,
@@ -41,7 +41,6 @@
 //! Its members: `support::addresses::NEMESIS` (ports 2379 and 2380), behind the proxies on
 //! `support::addresses::NEMESIS_PROXIES`.
 
-mod disk;
 mod proxy;
 mod workload;
 
@@ -55,10 +54,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::support::addresses::{NEMESIS as HOSTS, NEMESIS_PROXIES as PROXIES};
+use crate::support::disk::{self, Disk};
 use crate::support::history::{self, Change, Observation, Op, xorshift};
 use crate::support::lossy_fs::Keep;
 use crate::support::*;
-use disk::Disk;
 use proxy::{Link, Network};
 use workload::{KEYS, Outcome, key_name};
 

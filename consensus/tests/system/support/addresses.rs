@@ -85,6 +85,8 @@ pub const LOG_COMPACTION: [&str; 3] = ["127.0.0.111", "127.0.0.112", "127.0.0.11
 pub const RAFT_SNAPSHOT: [&str; 3] = ["127.0.0.121", "127.0.0.122", "127.0.0.123"];
 /// Raft snapshots with kill -9 of either end.
 pub const RAFT_SNAPSHOT_KILLS: [&str; 3] = ["127.0.0.127", "127.0.0.128", "127.0.0.129"];
+/// Raft snapshots onto a disk that fills.
+pub const RAFT_SNAPSHOT_DISK: [&str; 3] = ["127.0.0.146", "127.0.0.147", "127.0.0.148"];
 
 /// The registry: every host above once, with its owner.
 pub const CLAIMS: &[Claim] = &[
@@ -237,6 +239,10 @@ pub const CLAIMS: &[Claim] = &[
             SNAPSHOT_RESTORE[1],
             SNAPSHOT_RESTORE[2],
         ],
+    },
+    Claim {
+        owner: "member::raft_snapshot::a_full_disk_during_a_snapshot_refuses_it_until_there_is_room",
+        hosts: &RAFT_SNAPSHOT_DISK,
     },
     Claim {
         owner: "member::raft_snapshot::kill_9_of_either_end_of_a_snapshot_loses_nothing",

@@ -2,6 +2,7 @@
 //! certificates for the seed's https configuration. Everything started here is stopped by PID.
 
 pub mod addresses;
+pub mod disk;
 pub mod history;
 pub mod loop_fs;
 pub mod lossy_fs;

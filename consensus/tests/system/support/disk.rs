@@ -1,6 +1,7 @@
-//! Each nemesis member's disk: a small ext4 loop filesystem (it fills up) under the lossy FUSE
-//! layer (it loses what was not fsynced when the power fails). The member's data dir is the FUSE
-//! mount; the filler that takes the disk's last blocks lives beside the backing dir, outside it.
+//! A member's disk of its own, for the tests that need one: a small ext4 loop filesystem (it
+//! fills up) under the lossy FUSE layer (it loses what was not fsynced when the power fails).
+//! The member's data dir is the FUSE mount; the filler that takes the disk's last blocks lives
+//! beside the backing dir, outside it.
 
 use std::fs::{self, File};
 use std::io;
