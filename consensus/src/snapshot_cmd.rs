@@ -68,7 +68,7 @@ pub struct Bump {
 /// applied index. Every member of the new cluster is restored from the same file. Returns the
 /// new identity's member ID. Nothing is left behind on an error.
 pub fn restore(file: &Path, config: &crate::config::Config, bump: Bump) -> Result<u64> {
-    use crate::cluster::{self, ids};
+    use crate::cluster;
     use crate::storage::schema::{Cf, META_MEMBER_PREFIX, META_SNAPSHOT_INSTALLED};
     use raft::eraftpb::{HardState, SnapshotMetadata};
 
@@ -93,23 +93,8 @@ pub fn restore(file: &Path, config: &crate::config::Config, bump: Bump) -> Resul
     let name = file.display().to_string();
     let f = File::open(file).map_err(|e| Error::io(format!("opening {name}"), e))?;
     let result = (|| {
-        let members = cluster::initial_members(config);
-        let me = members
-            .iter()
-            .find(|m| m.name == config.name)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "member {:?} is not in --initial-cluster {:?}",
-                    config.name,
-                    config.initial_cluster_string()
-                ))
-            })?;
+        let (members, identity) = cluster::new_cluster(config)?;
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-        let identity = cluster::Identity {
-            member_id: me.id,
-            cluster_id: ids::cluster_id(&ids),
-            name: config.name.clone(),
-        };
         image::unpack(f, &name, &dir.join("db"))?;
         let db = Db::open(&dir.join("db"))?;
         let applied = db.applied_index()?;

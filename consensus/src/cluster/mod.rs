@@ -51,6 +51,28 @@ pub(crate) struct Loaded {
     pub bootstrapped: bool,
 }
 
+/// The members of the new cluster `--initial-cluster` describes, and this member's identity in
+/// it (IDs from the peer URLs and the token).
+pub(crate) fn new_cluster(config: &Config) -> Result<(Vec<MemberInfo>, Identity)> {
+    let members = initial_members(config);
+    let me = members
+        .iter()
+        .find(|m| m.name == config.name)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "member {:?} is not in --initial-cluster {:?}",
+                config.name,
+                config.initial_cluster_string()
+            ))
+        })?;
+    let identity = Identity {
+        member_id: me.id,
+        cluster_id: ids::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>()),
+        name: config.name.clone(),
+    };
+    Ok((members, identity))
+}
+
 /// Loads identity, members and raft log, or creates them on first start (with one fsync).
 pub(crate) fn load_or_bootstrap(db: &Arc<Db>, config: &Config) -> Result<Loaded> {
     let mut log = RaftLog::load(db, &config.data_dir.join("wal"))?;
@@ -82,22 +104,7 @@ pub(crate) fn load_or_bootstrap(db: &Arc<Db>, config: &Config) -> Result<Loaded>
             config.data_dir.display()
         )));
     }
-    let members = initial_members(config);
-    let me = members
-        .iter()
-        .find(|m| m.name == config.name)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "member {:?} is not in --initial-cluster {:?}",
-                config.name,
-                config.initial_cluster_string()
-            ))
-        })?;
-    let identity = Identity {
-        member_id: me.id,
-        cluster_id: ids::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>()),
-        name: config.name.clone(),
-    };
+    let (members, identity) = new_cluster(config)?;
     let mut batch = db.batch();
     for m in &members {
         batch.put_member(m.id, &encode_member(m));

@@ -516,6 +516,17 @@ fn heartbeats(c: &mut Cluster, leader: u64, n: usize) {
     c.settle();
 }
 
+/// Three members compacting their logs by `policy`, member 1 leading.
+fn compacting_cluster(policy: super::super::core::LogCompaction) -> Cluster {
+    let mut c = Cluster::new(3);
+    for id in 1..=3 {
+        c.member(id).compaction = Some(policy);
+        c.member(id).core().set_log_compaction(policy);
+    }
+    c.elect(1);
+    c
+}
+
 #[test]
 fn the_log_is_compacted_behind_the_applied_index_and_a_follower_behind_it_gets_a_snapshot() {
     use super::super::core::LogCompaction;
@@ -523,12 +534,7 @@ fn the_log_is_compacted_behind_the_applied_index_and_a_follower_behind_it_gets_a
         snapshot_count: 20,
         catchup_entries: 10,
     };
-    let mut c = Cluster::new(3);
-    for id in 1..=3 {
-        c.member(id).compaction = Some(policy);
-        c.member(id).core().set_log_compaction(policy);
-    }
-    c.elect(1);
+    let mut c = compacting_cluster(policy);
     let check = |c: &mut Cluster, id: u64| {
         let m = c.member(id);
         let applied = m.machine.applied;
@@ -637,12 +643,7 @@ fn a_snapshot_never_reported_is_reported_failed_and_sent_again() {
         snapshot_count: 20,
         catchup_entries: 5,
     };
-    let mut c = Cluster::new(3);
-    for id in 1..=3 {
-        c.member(id).compaction = Some(policy);
-        c.member(id).core().set_log_compaction(policy);
-    }
-    c.elect(1);
+    let mut c = compacting_cluster(policy);
     for v in 1..=60 {
         let _rx = propose_at(&mut c, 1, v);
         settle_without(&mut c, 3);

@@ -41,29 +41,12 @@ fn the_raft_log_stays_bounded_and_a_restart_reads_only_what_is_left() {
     let knobs = "ETCD_SNAPSHOT_COUNT=\"1000\"\nETCD_SNAPSHOT_CATCHUP_ENTRIES=\"500\"\n";
     let mut members = http_cluster(tmp.path(), "lc", &LOG_COMPACTION, knobs, &[]);
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+    put_concurrently(&endpoints, 32, PUTS, |i| (key(i), value(i)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let client = etcd_client::Client::connect(endpoints.clone(), None)
-            .await
-            .unwrap();
-        let writers: Vec<_> = (0..32)
-            .map(|w| {
-                let mut c = client.clone();
-                tokio::spawn(async move {
-                    for i in (w..PUTS).step_by(32) {
-                        c.put(key(i), value(i), None).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for w in writers {
-            w.await.unwrap();
-        }
-    });
     // Every member compacts its own log once it applied the writes; followers may lag a little.
     for m in &members {
         eventually(

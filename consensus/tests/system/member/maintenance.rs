@@ -99,18 +99,9 @@ fn hash_kv_agrees_across_members() {
     let revision = members[0].status().unwrap()["header"]["revision"]
         .as_i64()
         .unwrap();
-    let hash_at = |m: &Member, rev: i64| -> u64 {
-        eventually(Duration::from_secs(10), "a hash", || {
-            let out = m.etcdctl(&["endpoint", "hashkv", &format!("--rev={rev}"), "-w", "json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            v[0]["HashKV"]["hash"].as_u64()
-        })
-    };
-    let hashes: Vec<u64> = members.iter().map(|m| hash_at(m, revision)).collect();
-    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
-    let before: Vec<u64> = members.iter().map(|m| hash_at(m, revision - 1)).collect();
-    assert!(before.iter().all(|h| *h == before[0]), "{before:?}");
-    assert_ne!(hashes[0], before[0]);
+    let now = assert_hash_kv_agree(&members, revision);
+    let before = assert_hash_kv_agree(&members, revision - 1);
+    assert_ne!(now, before);
 }
 
 /// One `GET path` on a fresh connection to `host`:2379: the status code and the body.
@@ -286,15 +277,7 @@ fn compaction_and_a_count_over_many_keys_leave_raft_and_health_alone() {
     }
     assert_eq!(changes_before, changes_after, "leader changes");
     // Every member did its own pass, and they hash alike.
-    let hashes: Vec<u64> = members
-        .iter()
-        .map(|m| {
-            let out = m.etcdctl(&["endpoint", "hashkv", "-w", "json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            v[0]["HashKV"]["hash"].as_u64().unwrap()
-        })
-        .collect();
-    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    assert_hash_kv_agree(&members, 0);
     // The compaction took: old revisions are refused, the newest values are there.
     let old = members[2].etcdctl(&["get", "key0000000", "--rev=2"]);
     assert!(
@@ -536,21 +519,7 @@ fn a_saved_snapshot_restores_into_a_new_three_member_cluster() {
     }
     assert!(!list.contains("old"), "{list}");
     assert!(members.iter().all(|m| m.member_id() != Some(old_id)));
-    let hashes: Vec<String> = members
-        .iter()
-        .map(|m| {
-            let out = m.ctl_ok(&[
-                "endpoint",
-                "hashkv",
-                &format!("--rev={put_rev}"),
-                "-w",
-                "json",
-            ]);
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-            v[0]["HashKV"]["hash"].to_string()
-        })
-        .collect();
-    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    assert_hash_kv_agree(&members, put_rev);
     for m in &mut members {
         m.stop();
     }

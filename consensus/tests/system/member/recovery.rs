@@ -180,21 +180,7 @@ fn a_failed_apply_read_stops_the_member_until_it_applies_the_entry() {
     let revision = members[leader].status().unwrap()["header"]["revision"]
         .as_i64()
         .unwrap();
-    let hash_at = |m: &Member| -> u64 {
-        eventually(Duration::from_secs(10), "a hash", || {
-            let out = m.etcdctl(&[
-                "endpoint",
-                "hashkv",
-                &format!("--rev={revision}"),
-                "-w",
-                "json",
-            ]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            v[0]["HashKV"]["hash"].as_u64()
-        })
-    };
-    let hashes: Vec<u64> = members.iter().map(hash_at).collect();
-    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    assert_hash_kv_agree(&members, revision);
     for m in &mut members {
         m.stop();
     }

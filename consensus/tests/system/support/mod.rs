@@ -455,6 +455,68 @@ pub fn single_http_member(dir: &Path, name: &str, host: &str, extra: &str) -> Me
     )
 }
 
+/// The member's HashKV at `revision` (`etcdctl endpoint hashkv --rev`), once it answers.
+pub fn hash_kv(m: &Member, revision: i64) -> u64 {
+    eventually(Duration::from_secs(10), "a hash", || {
+        let out = m.etcdctl(&[
+            "endpoint",
+            "hashkv",
+            &format!("--rev={revision}"),
+            "-w",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v[0]["HashKV"]["hash"].as_u64()
+    })
+}
+
+/// Every member's HashKV at `revision` is the same; returns it.
+pub fn assert_hash_kv_agree(members: &[Member], revision: i64) -> u64 {
+    let hashes: Vec<u64> = members.iter().map(|m| hash_kv(m, revision)).collect();
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "HashKV at {revision}: {hashes:?}"
+    );
+    hashes[0]
+}
+
+/// Puts `kv(i)` for every `i` below `puts` through `endpoints` (the `etcd-client` crate's
+/// balancing), from `writers` concurrent writers; panics on any error.
+pub fn put_concurrently(
+    endpoints: &[String],
+    writers: usize,
+    puts: usize,
+    kv: impl Fn(usize) -> (String, String) + Send + Sync + 'static,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let kv = std::sync::Arc::new(kv);
+    rt.block_on(async {
+        let client = etcd_client::Client::connect(endpoints, None)
+            .await
+            .expect("connecting");
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let (mut c, kv) = (client.clone(), kv.clone());
+                tokio::spawn(async move {
+                    for i in (w..puts).step_by(writers) {
+                        let (key, value) = kv(i);
+                        c.put(key.clone(), value, None)
+                            .await
+                            .unwrap_or_else(|e| panic!("putting {key}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("a writer");
+        }
+    });
+}
+
 /// The index in `members` of the leader, as the members at `asking` report it.
 pub fn leader_index(members: &[Member], asking: &[usize]) -> usize {
     let leader = eventually(Duration::from_secs(15), "a leader", || {
