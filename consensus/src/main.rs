@@ -20,6 +20,15 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("snapshot") {
+        // Warnings only (what a restore leaves out), so that the answer and an error stay the
+        // lines they are; RUST_LOG=info shows the progress.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
         return consensus::snapshot_cmd::main(&args[1..]);
     }
     let config = match Config::from_process() {

@@ -1,14 +1,18 @@
 //! `consensus snapshot status FILE`: what `etcdutl snapshot status` prints of a snapshot that
-//! `etcdctl snapshot save` fetched from a member of ours (see [`crate::storage::image`]); and
-//! `consensus snapshot restore FILE ...`, which makes a data dir of a new cluster from it, as
-//! `etcdutl snapshot restore` does ([`restore`]).
+//! `etcdctl snapshot save` fetched, from a member of ours (see [`crate::storage::image`]) or
+//! from a real etcd (see [`etcd`]); and `consensus snapshot restore FILE ...`, which makes a data
+//! dir of a new cluster from either, as `etcdutl snapshot restore` does ([`restore`]).
 //!
-//! The hash is the image's HashKV at its revision (what `etcdctl endpoint hashkv --rev` gives
-//! on a member at that revision, not etcd's CRC over bbolt pages); total keys counts every
-//! stored version and tombstone; the size is the file's.
+//! Of an image of ours, the hash is its HashKV at its revision (what `etcdctl endpoint hashkv
+//! --rev` gives on a member at that revision, not etcd's CRC over bbolt pages); total keys
+//! counts every stored version and tombstone; the size is the file's. Of an etcd snapshot, all
+//! four are etcd's own (see [`etcd::status`]).
+
+mod etcd;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::mvcc::View;
@@ -24,10 +28,14 @@ pub struct Status {
     pub total_size: u64,
 }
 
-/// Reads and checks the image in `file` (unpacked into a scratch directory, removed after).
+/// Reads and checks the snapshot in `file`: an image of ours (unpacked into a scratch directory,
+/// removed after), or an etcd snapshot (read in place).
 pub fn status(file: &Path) -> Result<Status> {
     let name = file.display().to_string();
     let f = File::open(file).map_err(|e| Error::io(format!("opening {name}"), e))?;
+    if source_of(&f, &name)? == Source::Etcd {
+        return etcd::status(file);
+    }
     let total_size = f
         .metadata()
         .map_err(|e| Error::io(format!("stat {name}"), e))?
@@ -51,6 +59,40 @@ pub fn status(file: &Path) -> Result<Status> {
     })
 }
 
+/// Who wrote a snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// An image of ours ([`image`]).
+    Ours,
+    /// A real etcd's bbolt database ([`etcd`]).
+    Etcd,
+}
+
+/// Tells the two kinds apart by their first bytes: our magic, or bbolt's first meta page.
+fn source_of(f: &File, name: &str) -> Result<Source> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 24];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read_at(&mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("reading {name}"), e)),
+        }
+    }
+    if head.starts_with(image::MAGIC) {
+        Ok(Source::Ours)
+    } else if got == head.len() && head[16..20] == etcd::BBOLT_MAGIC {
+        Ok(Source::Etcd)
+    } else {
+        Err(Error::Startup(format!(
+            "{name}: not a snapshot: its first bytes are neither ours (\"etcd-rs snapshot\") nor \
+             an etcd (bbolt) database's"
+        )))
+    }
+}
+
 /// What `snapshot restore` is asked for besides the member's configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bump {
@@ -63,15 +105,11 @@ pub struct Bump {
 
 /// Makes `config.data_dir` (which must not exist, or be empty) the data dir of member
 /// `config.name` of the new cluster `config.initial_cluster` (with its token), holding the
-/// state in the image `file`: the key space with its history and compaction revision, new
-/// member and cluster IDs, the new members, and a raft log that starts after the image's
-/// applied index. Every member of the new cluster is restored from the same file. Returns the
-/// new identity's member ID. Nothing is left behind on an error.
+/// state in the snapshot `file` (an image of ours, or a real etcd's): the key space with its
+/// history and compaction revision, new member and cluster IDs, the new members, and a raft log
+/// that starts after the snapshot's applied index. Every member of the new cluster is restored
+/// from the same file. Returns the new identity's member ID. Nothing is left behind on an error.
 pub fn restore(file: &Path, config: &crate::config::Config, bump: Bump) -> Result<u64> {
-    use crate::cluster;
-    use crate::storage::schema::{Cf, META_MEMBER_PREFIX, META_SNAPSHOT_INSTALLED};
-    use raft::eraftpb::{HardState, SnapshotMetadata};
-
     if bump.revision > 0 && !bump.mark_compacted {
         return Err(Error::Config(
             "--mark-compacted required if --bump-revision > 0".into(),
@@ -92,76 +130,144 @@ pub fn restore(file: &Path, config: &crate::config::Config, bump: Bump) -> Resul
     }
     let name = file.display().to_string();
     let f = File::open(file).map_err(|e| Error::io(format!("opening {name}"), e))?;
+    let staged = dir.join(STAGED_DB);
     let result = (|| {
-        let (members, identity) = cluster::new_cluster(config)?;
-        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-        image::unpack(f, &name, &dir.join("db"))?;
-        let db = Db::open(&dir.join("db"))?;
-        let applied = db.applied_index()?;
-        let view = View::snapshot(&db);
-        let (revision, compacted) = (view.current_revision()?, view.compact_revision()?);
-        drop(view);
-        let mut batch = db.batch();
-        for old in cluster::load_members(&db)? {
-            batch.delete(
-                Cf::Meta,
-                [META_MEMBER_PREFIX, &old.id.to_be_bytes()].concat(),
-            );
-        }
-        for m in &members {
-            batch.put_member(m.id, &cluster::encode_member(m));
-        }
-        batch.put_identity(&cluster::encode_identity(&identity));
-        // A log of the new cluster's own, starting after the image: term 1, these voters.
-        let mut start = SnapshotMetadata {
-            index: applied,
-            term: 1,
-            ..Default::default()
+        let source = source_of(&f, &name)?;
+        let new = NewCluster::of(config)?;
+        let (db, applied) = match source {
+            Source::Ours => fill_from_image(f, &name, &staged)?,
+            Source::Etcd => fill_from_etcd(file, &staged)?,
         };
-        start.mut_conf_state().set_voters(ids.clone());
-        batch.put_log_start(&start);
-        batch.put_conf_state(start.get_conf_state());
-        batch.put(Cf::Meta, META_SNAPSHOT_INSTALLED, applied.to_be_bytes());
-        if bump.revision > 0 {
-            let bumped = revision + bump.revision as i64;
-            batch.put_revisions(
-                bumped,
-                if bump.mark_compacted {
-                    bumped
-                } else {
-                    compacted
-                },
-            );
-            if bump.mark_compacted {
-                // The background pass drops what the compaction made garbage, from the start.
-                batch.put_compaction_cursor(bumped, b"");
-            }
-        }
-        db.write(batch, true)?;
-        db.flush_applied()?;
-        drop(db);
-        let mut wal = crate::storage::wal::Wal::open(&dir.join("wal"))?;
-        wal.set_hard_state(&HardState {
-            term: 1,
-            vote: 0,
-            commit: applied,
-            ..Default::default()
-        });
-        wal.write(true)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))?;
-        Ok(identity.member_id)
+        finish(db, applied, &new, dir, bump)
     })();
     if result.is_err() {
         if existed {
-            let _ = std::fs::remove_dir_all(dir.join("db"));
-            let _ = std::fs::remove_dir_all(dir.join("wal"));
+            for part in [STAGED_DB, "db", "wal"] {
+                let _ = std::fs::remove_dir_all(dir.join(part));
+            }
         } else {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
     result
+}
+
+/// Where a restore builds the database: renamed to `db` last, so that a restore killed half-way
+/// never leaves a `db` a member would start from with half a key space.
+const STAGED_DB: &str = "db.restoring";
+
+/// The new cluster of a restore: its members from `--initial-cluster`, this member's identity.
+struct NewCluster {
+    members: Vec<crate::cluster::MemberInfo>,
+    identity: crate::cluster::Identity,
+}
+
+impl NewCluster {
+    fn of(config: &crate::config::Config) -> Result<NewCluster> {
+        let (members, identity) = crate::cluster::new_cluster(config)?;
+        Ok(NewCluster { members, identity })
+    }
+}
+
+/// An image of ours: RocksDB's own files, whose applied index is the old cluster's.
+fn fill_from_image(f: File, name: &str, into: &Path) -> Result<(Arc<Db>, u64)> {
+    image::unpack(f, name, into)?;
+    let db = Db::open(into)?;
+    let applied = db.applied_index()?;
+    Ok((db, applied))
+}
+
+/// A real etcd's snapshot: its history written as our apply writes it. etcd's applied index
+/// (`consistent_index`) is the old cluster's, as an image's is: see [`finish`].
+fn fill_from_etcd(file: &Path, into: &Path) -> Result<(Arc<Db>, u64)> {
+    let db = Db::open(into)?;
+    let applied = etcd::fill(file, &db)?;
+    Ok((db, applied))
+}
+
+/// What every restore does once `db` (in [`STAGED_DB`]) holds the snapshot's key space: the
+/// old members out, the new ones and this member's identity in, a raft log of the new cluster,
+/// the bump if asked for; then the WAL, and the database moved to `db`.
+///
+/// The applied index is the old cluster's (an image's, or etcd's `consistent_index`): the new
+/// cluster's log starts right after it, at term 1, with the new members as voters, as if a raft
+/// snapshot had been installed there. The number means nothing else to the new cluster (its
+/// WAL is new, no old entry is ever replayed); what matters is that every member restored from
+/// the same file starts its log at the same index, which each derives from the file alone.
+fn finish(db: Arc<Db>, applied: u64, new: &NewCluster, dir: &Path, bump: Bump) -> Result<u64> {
+    use crate::cluster;
+    use crate::storage::schema::{Cf, META_MEMBER_PREFIX, META_SNAPSHOT_INSTALLED};
+    use raft::eraftpb::{HardState, SnapshotMetadata};
+
+    let view = View::snapshot(&db);
+    let (revision, compacted) = (view.current_revision()?, view.compact_revision()?);
+    drop(view);
+    let mut batch = db.batch();
+    // An image's members are the old cluster's (their names included): the new cluster's are
+    // --initial-cluster's, and each member publishes its name again when it starts.
+    for old in cluster::load_members(&db)? {
+        batch.delete(
+            Cf::Meta,
+            [META_MEMBER_PREFIX, &old.id.to_be_bytes()].concat(),
+        );
+    }
+    for m in &new.members {
+        batch.put_member(m.id, &cluster::encode_member(m));
+    }
+    batch.put_identity(&cluster::encode_identity(&new.identity));
+    batch.put_applied(applied);
+    let mut start = SnapshotMetadata {
+        index: applied,
+        term: 1,
+        ..Default::default()
+    };
+    start
+        .mut_conf_state()
+        .set_voters(new.members.iter().map(|m| m.id).collect());
+    batch.put_log_start(&start);
+    batch.put_conf_state(start.get_conf_state());
+    batch.put(Cf::Meta, META_SNAPSHOT_INSTALLED, applied.to_be_bytes());
+    if bump.revision > 0 {
+        let bumped = revision + bump.revision as i64;
+        batch.put_revisions(
+            bumped,
+            if bump.mark_compacted {
+                bumped
+            } else {
+                compacted
+            },
+        );
+        if bump.mark_compacted {
+            // The background pass drops what the compaction made garbage, from the start.
+            batch.put_compaction_cursor(bumped, b"");
+        }
+    }
+    db.write(batch, true)?;
+    db.flush_applied()?;
+    drop(db);
+    let mut wal = crate::storage::wal::Wal::open(&dir.join("wal"))?;
+    wal.set_hard_state(&HardState {
+        term: 1,
+        vote: 0,
+        commit: applied,
+        ..Default::default()
+    });
+    wal.write(true)?;
+    drop(wal);
+    let (staged, db_dir) = (dir.join(STAGED_DB), dir.join("db"));
+    std::fs::rename(&staged, &db_dir).map_err(|e| {
+        Error::io(
+            format!("renaming {} to {}", staged.display(), db_dir.display()),
+            e,
+        )
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))?;
+    Ok(new.identity.member_id)
 }
 
 struct Scratch(PathBuf);
@@ -269,9 +375,9 @@ fn restore_main(rest: &[String]) -> std::result::Result<String, String> {
             "mark-compacted" => {
                 bump.mark_compacted = !matches!(inline.as_deref(), Some("false"));
             }
-            // Always checked: an image without its SHA-256 is not one of ours.
+            // Always checked: a snapshot without its SHA-256 is refused (ours and etcd's).
             "skip-hash-check" => {
-                return Err("--skip-hash-check is not supported: every image is checked".into());
+                return Err("--skip-hash-check is not supported: every snapshot is checked".into());
             }
             _ if a.starts_with('-') => {
                 member_flags.push(a.clone());
@@ -400,6 +506,63 @@ mod tests {
             "{table}"
         );
         assert!(render(&s, "yaml").unwrap_err().contains("yaml"));
+    }
+
+    #[test]
+    fn an_etcd_snapshot_restores_into_a_data_dir_and_a_damaged_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("etcd.db");
+        std::fs::write(&file, etcd::tests::sample()).unwrap();
+        let data = dir.path().join("m1.etcd");
+        let args: Vec<String> = [
+            "--name=m1",
+            "--initial-cluster=m1=http://127.0.0.1:2380,m2=http://127.0.0.2:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("--data-dir={}", data.display())])
+        .collect();
+        let config = crate::config::Config::load(&args, &[], None).unwrap();
+        let id = restore(&file, &config, Bump::default()).unwrap();
+        assert!(!data.join(STAGED_DB).exists());
+        let db = Db::open(&data.join("db")).unwrap();
+        assert_eq!(db.applied_index().unwrap(), 42, "etcd's consistent_index");
+        assert_eq!(db.installed_snapshot().unwrap(), Some(42));
+        assert_eq!(
+            db.log_start().unwrap().map(|s| (s.index, s.term)),
+            Some((42, 1))
+        );
+        let members = crate::cluster::load_members(&db).unwrap();
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"m1") && names.contains(&"m2"), "{names:?}");
+        assert!(members.iter().any(|m| m.id == id));
+        let view = View::snapshot(&db);
+        assert_eq!(view.current_revision().unwrap(), 7);
+        drop(view);
+        drop(db);
+
+        let mut bytes = etcd::tests::sample();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        let again = dir.path().join("m2.etcd");
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("m1.etcd", "m2.etcd"))
+            .collect();
+        let config = crate::config::Config::load(&args, &[], None).unwrap();
+        let e = restore(&file, &config, Bump::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd.db") && e.contains("SHA-256"), "{e}");
+        assert!(!again.exists(), "nothing left behind");
+        std::fs::write(&file, b"neither kind of snapshot, just text........").unwrap();
+        let e = restore(&file, &config, Bump::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a snapshot"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 mod apply;
 mod compact;
 mod go_sort;
+mod import;
 mod record;
 mod txn;
 mod types;
@@ -28,6 +29,7 @@ mod tests;
 
 pub use apply::{Applier, MvccState};
 pub use compact::Compactor;
+pub use import::Import;
 pub use types::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,

@@ -8,6 +8,7 @@
 //! [`Db`]'s getters or a [`ReadView`] (a snapshot or the live database) and its
 //! [`VersionCursor`].
 
+pub mod bbolt;
 pub mod image;
 mod legacy;
 mod raft_log;
@@ -319,6 +320,12 @@ impl Batch<'_> {
     /// `kv_rev` change (`change`, the sub-th of that revision).
     pub fn put_version(&mut self, key: &[u8], main: i64, sub: i64, change: &[u8], record: &[u8]) {
         self.put(Cf::Rev, schema::change_key(main, sub), change);
+        self.put(Cf::Key, schema::version_row(key, main), record);
+    }
+
+    /// One version of `key` at revision `main` at or below the compacted revision: its `kv_key`
+    /// row only, since a compaction drops the change log up to it.
+    pub fn put_version_row(&mut self, key: &[u8], main: i64, record: &[u8]) {
         self.put(Cf::Key, schema::version_row(key, main), record);
     }
 
