@@ -42,6 +42,9 @@ pub const SNAPSHOT_RESTORE: [&str; 3] = ["127.0.0.124", "127.0.0.125", "127.0.0.
 pub const MOVE_LEADER: [&str; 3] = ["127.0.0.66", "127.0.0.67", "127.0.0.68"];
 pub const HASH_KV: [&str; 3] = ["127.0.0.73", "127.0.0.74", "127.0.0.75"];
 pub const LARGE_KEYSPACE: [&str; 3] = ["127.0.0.85", "127.0.0.86", "127.0.0.87"];
+/// A real etcd's snapshot restored into three members of ours.
+pub const ETCD_RESTORE_SOURCE: &str = "127.0.0.134";
+pub const ETCD_RESTORE: [&str; 3] = ["127.0.0.131", "127.0.0.132", "127.0.0.133"];
 
 // member::apply_and_reads
 pub const BIG_RANGE: &str = "127.0.0.15";
@@ -247,6 +250,15 @@ pub const CLAIMS: &[Claim] = &[
     Claim {
         owner: "member::raft_snapshot::kill_9_of_either_end_of_a_snapshot_loses_nothing",
         hosts: &RAFT_SNAPSHOT_KILLS,
+    },
+    Claim {
+        owner: "member::maintenance::an_etcd_snapshot_restores_with_its_whole_retained_history",
+        hosts: &[
+            ETCD_RESTORE_SOURCE,
+            ETCD_RESTORE[0],
+            ETCD_RESTORE[1],
+            ETCD_RESTORE[2],
+        ],
     },
     Claim {
         owner: "member::raft_snapshot::a_follower_behind_the_compacted_log_catches_up_by_snapshot",
