@@ -455,12 +455,14 @@ pub fn single_http_member(dir: &Path, name: &str, host: &str, extra: &str) -> Me
     )
 }
 
-/// The member's HashKV at `revision` (`etcdctl endpoint hashkv --rev`), once it answers.
+/// The member's HashKV at `revision` (`etcdctl endpoint hashkv --rev`; 0: the newest), once it
+/// answers (a pass over a large key space in a debug build takes a while).
 pub fn hash_kv(m: &Member, revision: i64) -> u64 {
-    eventually(Duration::from_secs(10), "a hash", || {
+    eventually(Duration::from_secs(120), "a hash", || {
         let out = m.etcdctl(&[
             "endpoint",
             "hashkv",
+            "--command-timeout=60s",
             &format!("--rev={revision}"),
             "-w",
             "json",
