@@ -19,9 +19,10 @@
 #    puts go through the leader, and the follower is started again; the first time with nothing
 #    else running ("quiet"), the second time with a put load through the leader (etcd-bench,
 #    10 conns / 100 clients, 256-byte values, runs of --load-total puts one after the other with
-#    every answer's time and latency kept) from the follower's start until it installed the
-#    snapshot, and the same load just before (baseline, all three members up and in sync) and
-#    after (caught up). Timings come from the members' logs (RFC 3339 timestamps): the leader's
+#    every answer's time and latency kept) from the follower's start until it has the revision
+#    the leader had when the follower installed the snapshot (through a second snapshot, if it
+#    needed one), and the same load just before (baseline, all three members up and in sync)
+#    and after (caught up). Timings come from the members' logs (RFC 3339 timestamps): the leader's
 #    `the peer gateway is sending a raft snapshot` (the image's bytes=), the follower's
 #    `receiving a raft snapshot`, `raft snapshot install committed` and `installed a raft
 #    snapshot`; the end of the stream is the last change of the follower's snap/incoming-* file
@@ -552,13 +553,24 @@ transfer() {
     sleep 0.05
   done
   [[ -n $t_installed ]] || die "$sys: $follower installed no snapshot within 30 minutes: $(tail -n 5 "${node_log[$follower]}")"
+  local t_reached=''
   if [[ -n $lpid ]]; then
+    # The load goes on until the follower has what the leader had when the install was seen
+    # (through a second snapshot, if the first one was not enough).
+    local target frev2
+    target=$(revision "$lh")
+    for _ in $(seq 1 6000); do
+      frev2=$(revision "$fh")
+      if [[ -n $frev2 && -n $target ]] && ((frev2 >= target)); then t_reached=$EPOCHREALTIME; break; fi
+      sleep 0.2
+    done
+    [[ -n $t_reached ]] || log "$sys $mode: warning: $follower never reached revision $target under load"
     : >"$d/stop-during"
     wait "$lpid" 2>/dev/null
     stop_helper "$lpid"
   fi
   local t_load_end=$EPOCHREALTIME
-  [[ $mode == load ]] && log "$sys $mode: the load stopped $(secs "$t_installed" "$t_load_end") s after the install was seen"
+  [[ $mode == load ]] && log "$sys $mode: the follower reached the leader's revision at the install $(secs "$t_installed" "$t_reached") s after it; the load stopped $(secs "$t_installed" "$t_load_end") s after the install"
   # Caught up: the follower's revision equal to the leader's (which no longer moves).
   local lrev frev t_caught='' seen=''
   lrev=$(revision "$lh")
@@ -598,6 +610,16 @@ transfer() {
   fi
   grep -hE 'snapshot' <(tail -c +"$((loff + 1))" "${node_log[$leader]}") | head -n 10 | sed "s/^/  $leader: /" >&2
   grep -hE 'snapshot' <(tail -c +"$((foff + 1))" "${node_log[$follower]}") | head -n 12 | sed "s/^/  $follower: /" >&2
+  local n_snap t_last_installed
+  n_snap=$(count_of "${node_log[$follower]}" "$foff" "$recv_re")
+  t_last_installed=$(tail -c +"$((foff + 1))" "${node_log[$follower]}" | grep -E "$done_re" | tail -n 1 |
+    grep -oE '[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9:]+)' | head -n 1)
+  [[ -n $t_last_installed ]] && t_last_installed=$(date -u -d "$t_last_installed" +%s.%N)
+  ((n_snap > 1)) && log "$sys $mode: warning: $n_snap snapshots went to $follower before it caught up (the last installed $(secs "$t_installed" "$t_last_installed") s after the first)"
+  # Each process's largest RSS per 2 s, MiB: where memory moves.
+  awk -v s="$t_start" '{b = int(($1 - s) / 2) * 2; k = $2; if ($3 > m[b, k]) m[b, k] = $3; bs[b] = 1; ks[k] = 1}
+    END {for (b in bs) {line = sprintf("%4d", b); for (k in ks) line = line sprintf(" %s:%d", k, m[b, k] / 1024); print line}}' "$samples" |
+    sort -n | sed "s/^/  RSS +/; s/\$/ (leader ${leader_pids[*]}, follower ${fpids[*]})/" >&2
   local lpeak='' fpeak='' p r
   r=(consensus peer-gateway)
   [[ $sys == etcd ]] && r=(etcd)
@@ -615,6 +637,8 @@ transfer() {
   row[$sys,$mode,stream_mbps]=$(awk -v b="${bytes:-0}" -v t="${row[$sys,$mode,stream]}" 'BEGIN {printf (t > 0 && b > 0) ? sprintf("%.0f", b / 1e6 / t) : "n/a"}')
   row[$sys,$mode,caught]=$(secs "$t_installed" "$t_caught")
   row[$sys,$mode,total]=$(secs "$t_start" "$t_caught")
+  row[$sys,$mode,snaps]=$n_snap
+  row[$sys,$mode,reached]=$(secs "$t_installed" "$t_reached")
   row[$sys,$mode,lpeak]=${lpeak%; }
   row[$sys,$mode,fpeak]=${fpeak%; }
   log "$sys $mode: image ${bytes:-?} bytes; start -> receiving ${row[$sys,$mode,to_recv]} s, stream ${row[$sys,$mode,stream]} s (${row[$sys,$mode,stream_mbps]} MB/s), then -> committed/applied ${row[$sys,$mode,unpack]} s, swap ${row[$sys,$mode,swap]} s; receiving -> installed ${row[$sys,$mode,xfer]} s (${row[$sys,$mode,mbps]} MB/s); installed -> caught up ${row[$sys,$mode,caught]} s; start -> caught up ${row[$sys,$mode,total]} s; peak RSS leader: $lpeak follower: $fpeak"
@@ -624,6 +648,7 @@ transfer() {
     row[$sys,$mode,w_stream]=$(window_stats "$t_recv" "$t_stream_end" "${all[@]}")
     row[$sys,$mode,w_unpack]=$(window_stats "$t_stream_end" "$t_installed" "${all[@]}")
     row[$sys,$mode,w_xfer]=$(window_stats "$t_recv" "$t_installed" "${all[@]}")
+    row[$sys,$mode,w_catch]=$(window_stats "$t_installed" "$t_load_end" "${all[@]}")
     grep -h '  error' "$d"/during-*.out "$d"/baseline-*.out 2>/dev/null | sort | uniq -c | head -n 5 >&2
     # Per second during the whole run: where the p99 moves.
     cat "${all[@]}" | awk -v s="$t_start" '{b = int($1 - s); n[b]++; if ($2 > m[b]) m[b] = $2} END {for (k in n) printf "%d %d %.1f\n", k, n[k], m[k]}' |
@@ -683,16 +708,16 @@ want raft && raft_part ours
 want etcd-raft && raft_part etcd
 
 if want raft || want etcd-raft; then
-  add "Raft snapshot to a follower behind the compacted log: 3 members on 127.0.0.143-145 holding $state_mib MiB ($fill_puts values of $val bytes), --snapshot-count 1000 (ours also --snapshot-catchup-entries 100; etcd 3.4's is fixed at 5000); a follower stopped, $behind small puts through the leader ($etcd_behind for etcd, past its 5000 catch-up entries), the follower started again. Quiet: nothing else runs; load: puts through the leader (10 conns / 100 clients, 256-byte values) from the follower's start until it installed. Times from the members' logs. $machine."
+  add "Raft snapshot to a follower behind the compacted log: 3 members on 127.0.0.143-145 holding $state_mib MiB ($fill_puts values of $val bytes), --snapshot-count 1000 (ours also --snapshot-catchup-entries 100; etcd 3.4's is fixed at 5000); a follower stopped, $behind small puts through the leader ($etcd_behind for etcd, past its 5000 catch-up entries), the follower started again. Quiet: nothing else runs; load: puts through the leader (10 conns / 100 clients, 256-byte values) from the follower's start until it has the revision the leader had when the follower installed (the first) snapshot. Snapshots sent: how many the follower received before it caught up; the stream and install columns are the first one's, \"caught up\" the follower's revision equal to the leader's (after the load, in the load runs). Times from the members' logs, RSS sampled every 50 ms. $machine."
   add ""
-  add "| system, run | image | start → stream starts | stream | → installed | receiving → installed | MB/s (stream / whole) | installed → caught up | start → caught up | peak RSS leader, MiB (anon) | peak RSS follower, MiB (anon) |"
-  add "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+  add "| system, run | image | snapshots sent | start → stream starts | stream | → installed | receiving → installed | MB/s (stream / whole) | installed → caught up | start → caught up | peak RSS leader, MiB (anon) | peak RSS follower, MiB (anon) |"
+  add "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
   for sys in ours etcd; do
     for mode in quiet load; do
       [[ -n ${row[$sys,$mode,bytes]:-} ]] || continue
       unpack=${row[$sys,$mode,unpack]}
       [[ ${row[$sys,$mode,swap]} != - ]] && unpack="$unpack + ${row[$sys,$mode,swap]}"
-      add "| $sys, $mode | $(awk -v b="${row[$sys,$mode,bytes]}" 'BEGIN {printf (b + 0 > 0) ? sprintf("%.0f MB", b / 1e6) : "?"}') | ${row[$sys,$mode,to_recv]} s | ${row[$sys,$mode,stream]} s | $unpack s | ${row[$sys,$mode,xfer]} s | ${row[$sys,$mode,stream_mbps]} / ${row[$sys,$mode,mbps]} | ${row[$sys,$mode,caught]} s | ${row[$sys,$mode,total]} s | ${row[$sys,$mode,lpeak]} | ${row[$sys,$mode,fpeak]} |"
+      add "| $sys, $mode | $(awk -v b="${row[$sys,$mode,bytes]}" 'BEGIN {printf (b + 0 > 0) ? sprintf("%.0f MB", b / 1e6) : "?"}') | ${row[$sys,$mode,snaps]} | ${row[$sys,$mode,to_recv]} s | ${row[$sys,$mode,stream]} s | $unpack s | ${row[$sys,$mode,xfer]} s | ${row[$sys,$mode,stream_mbps]} / ${row[$sys,$mode,mbps]} | ${row[$sys,$mode,caught]} s | ${row[$sys,$mode,total]} s | ${row[$sys,$mode,lpeak]} | ${row[$sys,$mode,fpeak]} |"
     done
   done
   add ""
@@ -704,7 +729,8 @@ if want raft || want etcd-raft; then
     [[ -n ${row[$sys,load,baseline]:-} ]] || continue
     for w in "baseline:before, all members up" "w_start:follower starting, until the stream starts" \
       "w_stream:the image streaming" "w_unpack:stream done until installed (ours: unpack and swap; etcd: open and apply)" \
-      "w_xfer:receiving until installed, all of it" "after:after, caught up"; do
+      "w_xfer:receiving until installed, all of it" \
+      "w_catch:installed until the follower has the leader's revision at the install" "after:after, caught up"; do
       read -r n rps p50 p99 max <<<"${row[$sys,load,${w%%:*}]}"
       add "| $sys | ${w#*:} | $n | $rps | $p50 | $p99 | $max |"
     done
