@@ -59,7 +59,7 @@ while (($#)); do
     --out) out=${2:?}; shift 2 ;;
     --work) work=${2:?}; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
