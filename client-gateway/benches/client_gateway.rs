@@ -139,6 +139,7 @@ fn main() {
                     key_size: KEY_SIZE,
                     val_size: VAL_SIZE,
                     key_space: KEY_SPACE,
+                    random_values: false,
                 };
                 let cpu_before = cpu_time(gateway_pid);
                 let report = loadgen::run(&spec).await?;

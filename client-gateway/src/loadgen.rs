@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 mod conn;
 
@@ -65,6 +65,9 @@ pub struct Spec {
     pub val_size: usize,
     /// Keys are drawn at random from this many (zero-padded decimal numbers of `key_size` bytes).
     pub key_space: u64,
+    /// Values of random bytes, a new one per request (incompressible, as stored data that a
+    /// compressing store cannot shrink), instead of `val_size` times `v`.
+    pub random_values: bool,
 }
 
 impl Spec {
@@ -136,6 +139,11 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latencies of the successful requests, sorted, in nanoseconds.
     pub latencies: Vec<u64>,
+    /// When the run started, by the wall clock.
+    pub started: SystemTime,
+    /// Each successful request as (nanoseconds from `started` to its answer, its latency in
+    /// nanoseconds), in the order of the answers: to split a run by what happened meanwhile.
+    pub samples: Vec<(u64, u64)>,
 }
 
 impl Report {
@@ -159,6 +167,26 @@ impl Report {
         }
         let sum: u128 = self.latencies.iter().map(|&n| n as u128).sum();
         Duration::from_nanos((sum / self.latencies.len() as u128) as u64)
+    }
+
+    /// [`Report::samples`] as text, one line per request: the Unix time of its answer in seconds
+    /// and its latency in milliseconds.
+    pub fn samples_text(&self) -> String {
+        let base = self
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut out = String::with_capacity(self.samples.len() * 28);
+        for &(at, latency) in &self.samples {
+            let t = base + Duration::from_nanos(at);
+            out.push_str(&format!(
+                "{}.{:06} {:.3}\n",
+                t.as_secs(),
+                t.subsec_micros(),
+                latency as f64 / 1e6
+            ));
+        }
+        out
     }
 
     pub fn max(&self) -> Duration {
@@ -257,6 +285,19 @@ impl Rng {
     }
 }
 
+/// The value of one request: `value` as it is, or random bytes of its length.
+fn value_for(spec: &Spec, value: &[u8], rng: &mut Rng) -> Vec<u8> {
+    if !spec.random_values {
+        return value.to_vec();
+    }
+    let mut v = Vec::with_capacity(value.len() + 8);
+    while v.len() < value.len() {
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    v.truncate(value.len());
+    v
+}
+
 /// Key `n` of a key space: `n` in decimal, zero-padded to `size` bytes.
 pub fn key(n: u64, size: usize) -> Vec<u8> {
     format!("{n:0size$}").into_bytes()
@@ -272,6 +313,8 @@ pub async fn run(spec: &Spec) -> Result<Report, String> {
 
 struct ClientResult {
     latencies: Vec<u64>,
+    /// Nanoseconds from the run's start to each answer, as `latencies`.
+    answered: Vec<u64>,
     errors: u64,
     error_samples: Vec<(String, u64)>,
 }
@@ -284,6 +327,7 @@ pub async fn run_on(spec: &Spec, conns: &[Conn]) -> Report {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     let value = Arc::new(vec![b'v'; spec.val_size]);
+    let started = SystemTime::now();
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(spec.clients);
     for c in 0..spec.clients {
@@ -292,14 +336,16 @@ pub async fn run_on(spec: &Spec, conns: &[Conn]) -> Report {
         let next = next.clone();
         let value = value.clone();
         let rng = Rng::new(seed ^ (c as u64 + 1));
-        tasks.push(tokio::spawn(client(kv, spec, next, value, rng)));
+        tasks.push(tokio::spawn(client(kv, spec, next, value, rng, start)));
     }
     let mut latencies = Vec::with_capacity(spec.total as usize);
+    let mut samples = Vec::with_capacity(spec.total as usize);
     let mut errors = 0;
     let mut error_samples: Vec<(String, u64)> = Vec::new();
     for t in tasks {
         match t.await {
             Ok(r) => {
+                samples.extend(r.answered.iter().copied().zip(r.latencies.iter().copied()));
                 latencies.extend(r.latencies);
                 errors += r.errors;
                 for (e, n) in r.error_samples {
@@ -314,6 +360,7 @@ pub async fn run_on(spec: &Spec, conns: &[Conn]) -> Report {
     }
     let elapsed = start.elapsed();
     latencies.sort_unstable();
+    samples.sort_unstable();
     Report {
         op: spec.op.name(),
         endpoints: spec.endpoints.len(),
@@ -324,6 +371,8 @@ pub async fn run_on(spec: &Spec, conns: &[Conn]) -> Report {
         error_samples,
         elapsed,
         latencies,
+        started,
+        samples,
     }
 }
 
@@ -341,9 +390,11 @@ async fn client(
     next: Arc<AtomicU64>,
     value: Arc<Vec<u8>>,
     mut rng: Rng,
+    start: Instant,
 ) -> ClientResult {
     let mut r = ClientResult {
         latencies: Vec::with_capacity((spec.total as usize / spec.clients) + 1),
+        answered: Vec::with_capacity((spec.total as usize / spec.clients) + 1),
         errors: 0,
         error_samples: Vec::new(),
     };
@@ -356,7 +407,7 @@ async fn client(
                     "/etcdserverpb.KV/Put",
                     &PutRequest {
                         key: k,
-                        value: value.as_ref().clone(),
+                        value: value_for(&spec, &value, &mut rng),
                         ..Default::default()
                     },
                 )
@@ -381,7 +432,7 @@ async fn client(
                         success: vec![RequestOp {
                             request: Some(request_op::Request::RequestPut(PutRequest {
                                 key: k,
-                                value: value.as_ref().clone(),
+                                value: value_for(&spec, &value, &mut rng),
                                 ..Default::default()
                             })),
                         }],
@@ -392,7 +443,10 @@ async fn client(
                 .map(drop),
         };
         match result {
-            Ok(()) => r.latencies.push(t.elapsed().as_nanos() as u64),
+            Ok(()) => {
+                r.latencies.push(t.elapsed().as_nanos() as u64);
+                r.answered.push(start.elapsed().as_nanos() as u64);
+            }
             Err(e) => {
                 r.errors += 1;
                 note_error(&mut r.error_samples, e, 1);
@@ -429,6 +483,7 @@ mod tests {
             key_size: 8,
             val_size: 8,
             key_space: 100_000_000,
+            random_values: false,
         };
         assert!(spec.check().is_ok());
         spec.key_space = 100_000_001;
@@ -436,6 +491,53 @@ mod tests {
         spec.key_space = 1;
         spec.endpoints = vec!["https://x:1".into()];
         assert!(spec.check().unwrap_err().contains("https"));
+    }
+
+    #[test]
+    fn random_values_have_the_size_and_differ() {
+        let mut spec = Spec {
+            op: Op::Put,
+            endpoints: vec!["127.0.0.1:2379".into()],
+            conns: 1,
+            clients: 1,
+            total: 1,
+            key_size: 8,
+            val_size: 8,
+            key_space: 1,
+            random_values: false,
+        };
+        let mut rng = Rng::new(1);
+        let template = vec![b'v'; 13];
+        assert_eq!(value_for(&spec, &template, &mut rng), template);
+        spec.random_values = true;
+        let (a, b) = (
+            value_for(&spec, &template, &mut rng),
+            value_for(&spec, &template, &mut rng),
+        );
+        assert_eq!((a.len(), b.len()), (13, 13));
+        assert_ne!(a, b);
+        assert_ne!(a, template);
+    }
+
+    #[test]
+    fn samples_are_unix_seconds_and_milliseconds() {
+        let report = Report {
+            op: "put",
+            endpoints: 1,
+            conns: 1,
+            clients: 1,
+            ok: 2,
+            errors: 0,
+            error_samples: vec![],
+            elapsed: Duration::from_millis(3),
+            latencies: vec![1_000_000, 2_500_000],
+            started: std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
+            samples: vec![(1_000_000, 1_000_000), (3_000_000, 2_500_000)],
+        };
+        assert_eq!(
+            report.samples_text(),
+            "1700000000.251000 1.000\n1700000000.253000 2.500\n"
+        );
     }
 
     #[test]

@@ -49,9 +49,18 @@ struct Args {
     /// Keys are drawn at random from this many (etcd's --key-space-size).
     #[arg(long, global = true, default_value_t = 1, alias = "key-space-size")]
     key_space: u64,
+    /// Values of random bytes, a new one per request (incompressible), instead of `v`s (put,
+    /// txn-put).
+    #[arg(long, global = true)]
+    random_values: bool,
     /// Worker threads of the load generator's runtime.
     #[arg(long, global = true, default_value_t = 2)]
     threads: usize,
+    /// Also write every successful request to FILE, one line each in the order of the answers:
+    /// the Unix time of its answer in seconds and its latency in milliseconds (to split a run by
+    /// what happened meanwhile, as scripts/bench-snapshot.sh does).
+    #[arg(long, global = true, value_name = "FILE")]
+    samples: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +88,7 @@ enum Consistency {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let args_samples = args.samples.clone();
     let op = match args.command {
         Command::Put => Op::Put,
         Command::Range { key, consistency } => Op::Range {
@@ -106,6 +116,7 @@ fn main() -> ExitCode {
         key_size: args.key_size,
         val_size: args.val_size,
         key_space: args.key_space,
+        random_values: args.random_values,
     };
     if let Err(e) = spec.check() {
         eprintln!("etcd-bench: {e}");
@@ -124,6 +135,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(loadgen::run(&spec)) {
         Ok(report) => {
+            if let Some(path) = &args_samples
+                && let Err(e) = std::fs::write(path, report.samples_text())
+            {
+                eprintln!("etcd-bench: writing {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
             print!("{}", report.summary());
             println!("{}", report.json());
             if report.errors > 0 {
