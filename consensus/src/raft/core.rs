@@ -148,7 +148,15 @@ pub(crate) struct Core<L: LogStore> {
     /// nothing more until it hears how one ended, so one whose report is lost (its gateway died
     /// mid-send) is reported failed here ([`SNAPSHOT_REPORT_TIMEOUT`], or a new raft stream).
     snapshots_unreported: HashMap<u64, Instant>,
+    /// The index of the last snapshot sent to each follower not yet caught up past it, and
+    /// when: the log is not compacted past it, so that the follower finds the entries after the
+    /// snapshot once it installed it (installing a large one takes a while); for at most
+    /// [`SNAPSHOT_FLOOR_MAX`].
+    snapshot_floors: HashMap<u64, (u64, Instant)>,
 }
+
+/// How long a snapshot sent keeps the log from being compacted past it.
+pub(crate) const SNAPSHOT_FLOOR_MAX: Duration = Duration::from_secs(300);
 
 /// How long a raft snapshot's send may go unreported once no image is being read.
 pub(crate) const SNAPSHOT_REPORT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,6 +199,7 @@ impl<L: LogStore> Core<L> {
             lost_data_to: None,
             compaction: Compaction::default(),
             snapshots_unreported: HashMap::new(),
+            snapshot_floors: HashMap::new(),
         }
     }
 
@@ -221,7 +230,10 @@ impl<L: LogStore> Core<L> {
             return Ok(());
         }
         self.compaction.since = self.applied;
-        let point = self.applied.saturating_sub(policy.catchup_entries);
+        let point = self
+            .applied
+            .saturating_sub(policy.catchup_entries)
+            .min(self.snapshot_floor().unwrap_or(u64::MAX));
         let log = &self.node.raft.raft_log;
         if point < log.first_index() {
             return Ok(());
@@ -250,11 +262,42 @@ impl<L: LogStore> Core<L> {
         if self.compaction.in_flight.is_none() {
             return Ok(());
         }
-        if let Some(point) = sm.compaction_durable()? {
+        if let Some(mut point) = sm.compaction_durable()? {
+            // A snapshot sent meanwhile keeps what its follower needs (the record on disk may
+            // say more: a restart drops that much, which only a restart's own follower misses).
+            if let Some(floor) = self.snapshot_floor()
+                && floor < point.index
+            {
+                let log = &self.node.raft.raft_log;
+                match log.term(floor) {
+                    Ok(term) if floor >= log.first_index() => {
+                        point.index = floor;
+                        point.term = term;
+                    }
+                    _ => {
+                        self.compaction.in_flight = None;
+                        return Ok(());
+                    }
+                }
+            }
             self.node.mut_store().compact(&point)?;
             self.compaction.in_flight = None;
         }
         Ok(())
+    }
+
+    /// The lowest index a snapshot sent still keeps in the log, if any.
+    fn snapshot_floor(&self) -> Option<u64> {
+        self.snapshot_floors.values().map(|(index, _)| *index).min()
+    }
+
+    /// Forgets the floors of followers caught up past them, or kept too long.
+    fn prune_snapshot_floors(&mut self, now: Instant) {
+        let prs = self.node.raft.prs();
+        self.snapshot_floors.retain(|to, (index, since)| {
+            let caught_up = prs.get(*to).is_some_and(|pr| pr.matched >= *index);
+            !caught_up && now.duration_since(*since) < SNAPSHOT_FLOOR_MAX
+        });
     }
 
     /// This run started from an empty data dir (a new member of a new cluster, or one whose data
@@ -468,6 +511,9 @@ impl<L: LogStore> Core<L> {
                 ok, "a report of a snapshot not in flight"
             );
         }
+        if !ok {
+            self.snapshot_floors.remove(&to);
+        }
         let counter = if ok {
             &self.shared.snapshots_sent
         } else {
@@ -507,6 +553,9 @@ impl<L: LogStore> Core<L> {
     /// A raft tick (the heartbeat interval), and the timers that run with it.
     pub(crate) fn tick(&mut self, now: Instant, fx: &mut impl Effects) {
         self.node.tick();
+        if !self.snapshot_floors.is_empty() {
+            self.prune_snapshot_floors(now);
+        }
         if !self.snapshots_unreported.is_empty() && !self.node.store().snapshot_in_flight() {
             let lost: Vec<u64> = self
                 .snapshots_unreported
@@ -709,6 +758,8 @@ impl<L: LogStore> Core<L> {
         self.forwarders.first(&mut msgs);
         for m in &msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
+                let index = m.get_snapshot().get_metadata().index;
+                self.snapshot_floors.insert(m.to, (index, fx.clock()));
                 self.snapshots_unreported.insert(m.to, fx.clock());
             }
         }

@@ -714,3 +714,57 @@ fn a_snapshot_never_reported_is_reported_failed_and_sent_again() {
     let leader_applied = c.member(1).machine.applied;
     assert_eq!(c.member(3).machine.applied, leader_applied);
 }
+
+/// While a snapshot is on its way (a large one takes a while to stream and install), the
+/// leader goes on compacting but never past the snapshot's index: the follower finds the entries
+/// after it and needs one snapshot, not a second.
+#[test]
+fn the_log_is_not_compacted_past_a_snapshot_on_its_way() {
+    use super::super::core::LogCompaction;
+    let policy = LogCompaction {
+        snapshot_count: 20,
+        catchup_entries: 5,
+    };
+    let mut c = compacting_cluster(policy);
+    for v in 1..=60 {
+        let _rx = propose_at(&mut c, 1, v);
+        settle_without(&mut c, 3);
+    }
+    // Hold the snapshot for member 3 back, as a long transfer would.
+    let mut held = None;
+    for _ in 0..20 {
+        c.advance(TICK);
+        c.tick(1);
+        for _ in 0..10_000 {
+            let Some(m) = c.net.first() else { break };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                held = Some(c.net.remove(0));
+            } else {
+                c.deliver(0);
+            }
+        }
+        if held.is_some() {
+            break;
+        }
+    }
+    let held = held.expect("a snapshot for member 3");
+    let index = held.get_snapshot().get_metadata().index;
+    for v in 100..200 {
+        let _rx = propose_at(&mut c, 1, v);
+        settle_without(&mut c, 3);
+    }
+    let first = c.member(1).log.first_index().unwrap();
+    assert!(
+        first > 1 && first <= index + 1,
+        "compacted to {first} past the snapshot at {index}"
+    );
+    c.net.push(held);
+    for _ in 0..10 {
+        c.advance(TICK);
+        c.tick(1);
+        c.settle();
+    }
+    assert_eq!(c.snapshots, (1, 0), "one snapshot was enough");
+    let leader_applied = c.member(1).machine.applied;
+    assert_eq!(c.member(3).machine.applied, leader_applied);
+}
